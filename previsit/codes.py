@@ -1,0 +1,194 @@
+"""Codes and value sets: the one place where a coded FHIR element is matched against a set.
+
+Rules name value sets by canonical URL. A `ValueSetRegistry` holds the sets a rule folder
+ships (or a clinic drops in: fresh VSAC expansions replace ours by URL) and answers
+"is any coding of this concept in that set?".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Systems as EHRs actually send them: the canonical URI, its OID form, and a few
+# legacy spellings seen in exports. Everything is folded to the canonical URI.
+SYSTEM_ALIASES: dict[str, str] = {
+    "urn:oid:2.16.840.1.113883.6.1": "http://loinc.org",
+    "http://loinc.org/": "http://loinc.org",
+    "urn:oid:2.16.840.1.113883.6.96": "http://snomed.info/sct",
+    "http://snomed.info/sct/": "http://snomed.info/sct",
+    "urn:oid:2.16.840.1.113883.6.88": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "urn:oid:2.16.840.1.113883.12.292": "http://hl7.org/fhir/sid/cvx",
+    "urn:oid:2.16.840.1.113883.6.90": "http://hl7.org/fhir/sid/icd-10-cm",
+    "http://hl7.org/fhir/sid/icd-10": "http://hl7.org/fhir/sid/icd-10-cm",
+    "urn:oid:2.16.840.1.113883.6.12": "http://www.ama-assn.org/go/cpt",
+    "urn:oid:2.16.840.1.113883.6.285": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+    "urn:oid:2.16.840.1.113883.6.4": "http://www.cms.gov/Medicare/Coding/ICD10",
+}
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CVX = "http://hl7.org/fhir/sid/cvx"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+def canonical_system(system: str | None) -> str:
+    if not system:
+        return ""
+    return SYSTEM_ALIASES.get(system, system)
+
+
+@dataclass(frozen=True)
+class Coding:
+    system: str
+    code: str
+    display: str | None = None
+
+    def key(self) -> tuple[str, str]:
+        return (self.system, self.code)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A CodeableConcept: its codings and its free text."""
+
+    codings: tuple[Coding, ...] = ()
+    text: str | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> Concept:
+        if not isinstance(value, dict):
+            return cls()
+        codings = []
+        for raw in value.get("coding") or ():
+            if isinstance(raw, dict) and isinstance(raw.get("code"), str):
+                display = raw.get("display")
+                codings.append(Coding(canonical_system(raw.get("system")), raw["code"],
+                                      display if isinstance(display, str) else None))
+        text = value.get("text")
+        return cls(tuple(codings), text if isinstance(text, str) else None)
+
+    def label(self) -> str:
+        """What a person would call it: the text, else the first display, else a code."""
+        if self.text:
+            return self.text
+        for coding in self.codings:
+            if coding.display:
+                return coding.display
+        return self.codings[0].code if self.codings else "(uncoded)"
+
+    def words(self) -> str:
+        """Lower-cased text and displays, for the ingredient-name fallback."""
+        parts = [self.text or ""] + [c.display or "" for c in self.codings]
+        return " ".join(parts).lower()
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    url: str
+    title: str
+    codes: frozenset[tuple[str, str]]
+    displays: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, hash=False)
+    source: str = ""
+
+    def __contains__(self, coding: object) -> bool:
+        return isinstance(coding, Coding) and coding.key() in self.codes
+
+    def matches(self, concept: Concept) -> bool:
+        return any(c.key() in self.codes for c in concept.codings)
+
+
+class ValueSetError(ValueError):
+    """A value-set file that cannot be used, or a reference to one that does not exist."""
+
+
+def _walk_contains(items: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    for item in items:
+        if isinstance(item, dict):
+            yield item
+            yield from _walk_contains(item.get("contains") or ())
+
+
+def valueset_from_json(data: Any, source: str = "") -> ValueSet:
+    """Read a FHIR ValueSet: its expansion if it has one, else its compose.include concepts.
+
+    An intensional compose (filters, or includes of other value sets) cannot be evaluated
+    without a terminology server, so it is refused rather than silently matching nothing.
+    """
+    if not isinstance(data, dict) or data.get("resourceType") != "ValueSet":
+        raise ValueSetError(f"{source}: not a FHIR ValueSet resource")
+    url = data.get("url")
+    if not isinstance(url, str) or not url:
+        raise ValueSetError(f"{source}: ValueSet has no canonical url")
+    codes: set[tuple[str, str]] = set()
+    displays: dict[tuple[str, str], str] = {}
+
+    def take(system: Any, code: Any, display: Any) -> None:
+        if isinstance(code, str) and code:
+            key = (canonical_system(system if isinstance(system, str) else None), code)
+            codes.add(key)
+            if isinstance(display, str):
+                displays[key] = display
+
+    expansion = data.get("expansion")
+    if isinstance(expansion, dict) and expansion.get("contains"):
+        for item in _walk_contains(expansion["contains"]):
+            take(item.get("system"), item.get("code"), item.get("display"))
+    else:
+        compose = data.get("compose") or {}
+        for include in compose.get("include") or ():
+            if include.get("filter") or include.get("valueSet"):
+                raise ValueSetError(
+                    f"{source}: {url} uses filters or nested value sets in compose.include; "
+                    "provide an expansion (for example the VSAC $expand output) instead"
+                )
+            for concept in include.get("concept") or ():
+                take(include.get("system"), concept.get("code"), concept.get("display"))
+    if not codes:
+        raise ValueSetError(f"{source}: {url} has no codes (empty expansion and compose)")
+    title = data.get("title") or data.get("name") or url
+    return ValueSet(url=url, title=str(title), codes=frozenset(codes), displays=displays,
+                    source=source)
+
+
+class ValueSetRegistry:
+    """Value sets by canonical URL. Later folders override earlier ones with the same URL."""
+
+    def __init__(self, valuesets: Iterable[ValueSet] = ()) -> None:
+        self._by_url: dict[str, ValueSet] = {}
+        for vs in valuesets:
+            self.add(vs)
+
+    def add(self, valueset: ValueSet) -> None:
+        self._by_url[valueset.url] = valueset
+
+    def load_folder(self, folder: Path) -> list[ValueSet]:
+        loaded = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueSetError(f"{path}: cannot read JSON: {exc}") from exc
+            vs = valueset_from_json(data, source=str(path))
+            self.add(vs)
+            loaded.append(vs)
+        return loaded
+
+    def get(self, url: str) -> ValueSet:
+        try:
+            return self._by_url[url]
+        except KeyError:
+            raise ValueSetError(f"no value set with url {url}") from None
+
+    def __contains__(self, url: object) -> bool:
+        return url in self._by_url
+
+    def __iter__(self) -> Iterator[ValueSet]:
+        return iter(self._by_url.values())
+
+    def __len__(self) -> int:
+        return len(self._by_url)

@@ -1,0 +1,239 @@
+"""What a run produces for one appointment: a Visit, its Findings and its VisitPlan.
+
+These are the objects the sheets, the write-back and plan.json are rendered from. They
+serialise to plain JSON (`to_json`) and back (`visit_plan_from_json`) so that
+`previsit sheet` can render from an existing plan.json without re-reading the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    DUE = "due"  # needed at this visit; nothing qualifying on record
+    OVERDUE = "overdue"  # was done, and fell due on or before the visit date
+    DUE_SOON = "due-soon"  # falls due within the due-soon window after the visit
+    SATISFIED = "satisfied"
+    EXCLUDED = "excluded"
+    NOT_APPLICABLE = "not-applicable"
+    UNKNOWN = "unknown"  # data needed to decide was missing or unreadable
+
+    @property
+    def actionable(self) -> bool:
+        return self in (Status.DUE, Status.OVERDUE, Status.DUE_SOON)
+
+
+class Kind(StrEnum):
+    SCREENING = "screening"
+    LAB = "lab"
+    IMMUNIZATION = "immunization"
+    RENEWAL = "renewal"
+
+
+class Role(StrEnum):
+    MA = "medical-assistant"
+    NURSE = "nurse"
+    PHARMACIST = "pharmacist"
+    PHYSICIAN = "physician"
+
+    @property
+    def label(self) -> str:
+        return {"medical-assistant": "MA", "nurse": "Nurse", "pharmacist": "Pharmacist",
+                "physician": "Physician"}[self.value]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to another resource, with what to call it on a sheet."""
+
+    reference: str | None
+    display: str | None = None
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One booked appointment in the planning window."""
+
+    appointment_id: str
+    patient_id: str
+    start: datetime | None
+    status: str
+    practitioner: Ref | None = None
+    location: Ref | None = None
+    service_type: str | None = None
+    reason: str | None = None
+    description: str | None = None
+
+    @property
+    def day(self) -> date | None:
+        return self.start.date() if self.start else None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A resource that decided a finding, as it should be cited on a sheet."""
+
+    reference: str
+    day: date | None
+    summary: str
+    purpose: str = "result"  # "result" (it decided satisfaction) or "reason" (why it applies)
+
+
+@dataclass(frozen=True)
+class Order:
+    """A coded thing to order at this visit (a lab, a screening, a vaccine, a renewal)."""
+
+    system: str
+    code: str
+    display: str
+    category: str  # laboratory, imaging, procedure, immunization, medication
+    role: Role
+    before_visit: bool  # pre-visit lab: drawn ahead so results are in at the visit
+    lead_days: int = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule_id: str
+    title: str
+    kind: Kind
+    status: Status
+    explanation: str
+    role: Role
+    evidence: tuple[Evidence, ...] = ()
+    orders: tuple[Order, ...] = ()  # what to propose; empty unless actionable
+    due_date: date | None = None
+    flags: tuple[str, ...] = ()  # e.g. "physician-review", "controlled-substance", "abnormal"
+    measure: str | None = None
+    citation: str | None = None
+    medication_ref: str | None = None  # renewals: the MedicationRequest to renew
+
+    @property
+    def needs_physician(self) -> bool:
+        return "physician-review" in self.flags
+
+
+@dataclass(frozen=True)
+class ProposalSummary:
+    """What was (or would be) written for a visit, as reported in plan.json and sheets."""
+
+    resource_type: str  # ServiceRequest or MedicationRequest
+    identifier: str  # the idempotency identifier value
+    code: str
+    display: str
+    rule_ids: tuple[str, ...]
+    occurrence: date | None
+    role: Role
+    outcome: str  # proposed, already-open (someone's open order), already-written (ours)
+    existing: str | None = None  # the existing resource that suppressed it
+
+
+@dataclass(frozen=True)
+class VisitPlan:
+    visit: Visit
+    patient_name: str | None
+    patient_age: int | None
+    patient_sex: str | None
+    patient_mrn: str | None
+    findings: tuple[Finding, ...]
+    proposals: tuple[ProposalSummary, ...] = ()
+    issues: tuple[str, ...] = ()
+    failed: str | None = None  # why this visit could not be planned
+
+    def by_status(self, *statuses: Status) -> list[Finding]:
+        return [f for f in self.findings if f.status in statuses]
+
+    @property
+    def actionable(self) -> list[Finding]:
+        return [f for f in self.findings if f.status.actionable]
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def to_json(plan: VisitPlan) -> dict[str, Any]:
+    out: dict[str, Any] = _encode(asdict(plan))
+    return out
+
+
+def _day(value: Any) -> date | None:
+    return date.fromisoformat(value) if isinstance(value, str) else None
+
+
+def _ref(value: Any) -> Ref | None:
+    return Ref(value.get("reference"), value.get("display")) if isinstance(value, dict) else None
+
+
+def visit_from_json(data: dict[str, Any]) -> Visit:
+    start = data.get("start")
+    return Visit(
+        appointment_id=data["appointment_id"], patient_id=data["patient_id"],
+        start=datetime.fromisoformat(start) if isinstance(start, str) else None,
+        status=data.get("status", ""), practitioner=_ref(data.get("practitioner")),
+        location=_ref(data.get("location")), service_type=data.get("service_type"),
+        reason=data.get("reason"), description=data.get("description"))
+
+
+def _finding_from_json(data: dict[str, Any]) -> Finding:
+    return Finding(
+        rule_id=data["rule_id"], title=data["title"], kind=Kind(data["kind"]),
+        status=Status(data["status"]), explanation=data["explanation"], role=Role(data["role"]),
+        evidence=tuple(Evidence(e["reference"], _day(e.get("day")), e["summary"],
+                                e.get("purpose", "result"))
+                       for e in data.get("evidence", ())),
+        orders=tuple(Order(**{**o, "role": Role(o["role"])}) for o in data.get("orders", ())),
+        due_date=_day(data.get("due_date")), flags=tuple(data.get("flags", ())),
+        measure=data.get("measure"), citation=data.get("citation"),
+        medication_ref=data.get("medication_ref"))
+
+
+def visit_plan_from_json(data: dict[str, Any]) -> VisitPlan:
+    return VisitPlan(
+        visit=visit_from_json(data["visit"]), patient_name=data.get("patient_name"),
+        patient_age=data.get("patient_age"), patient_sex=data.get("patient_sex"),
+        patient_mrn=data.get("patient_mrn"),
+        findings=tuple(_finding_from_json(f) for f in data.get("findings", ())),
+        proposals=tuple(ProposalSummary(**{**p, "rule_ids": tuple(p["rule_ids"]),
+                                           "occurrence": _day(p.get("occurrence")),
+                                           "role": Role(p["role"])})
+                        for p in data.get("proposals", ())),
+        issues=tuple(data.get("issues", ())), failed=data.get("failed"))
+
+
+@dataclass(frozen=True)
+class DayPlan:
+    """Every visit planned in one run, in time order: what plan.json holds."""
+
+    generated_for: date
+    days: int
+    plans: tuple[VisitPlan, ...]
+    ruleset: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"resourceType": "previsit-plan", "version": 1,
+                "date": self.generated_for.isoformat(), "days": self.days,
+                "ruleset": self.ruleset, "visits": [to_json(p) for p in self.plans]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DayPlan:
+        if data.get("resourceType") != "previsit-plan":
+            raise ValueError("not a previsit plan.json (resourceType is not 'previsit-plan')")
+        return cls(generated_for=date.fromisoformat(data["date"]), days=int(data["days"]),
+                   plans=tuple(visit_plan_from_json(v) for v in data["visits"]),
+                   ruleset=data.get("ruleset", {}))

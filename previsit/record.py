@@ -1,0 +1,401 @@
+"""PatientRecord: the clinical picture of one patient, built from raw FHIR R4 JSON.
+
+Reads are parsed by hand into small frozen dataclasses rather than through full
+fhir.resources validation: a real record has hundreds to thousands of resources and
+model validation costs ~300 µs each (bench/ measures both). What cannot be read is kept
+as a `DataIssue` on the record, with the resource it came from, instead of being guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from previsit.codes import Concept
+from previsit.intervals import parse_fhir_date
+
+JSON = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Quantity:
+    value: float
+    unit: str | None = None
+
+    def __str__(self) -> str:
+        value = f"{self.value:g}"
+        return f"{value} {self.unit}" if self.unit else value
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """Something in the patient's data that could not be used, said so a person can fix it."""
+
+    resource: str  # "Observation/123", or the resource type when it had no id
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    ref: str
+    code: Concept
+    day: date
+    status: str
+    value_quantity: Quantity | None = None
+    value_concept: Concept | None = None
+    value_date: date | None = None
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Condition:
+    ref: str
+    code: Concept
+    clinical_status: str  # active, recurrence, relapse, inactive, remission, resolved, ""
+    verification: str  # confirmed, unconfirmed, provisional, refuted, entered-in-error, ""
+    onset: date | None
+    abatement: date | None
+    recorded: date | None
+
+    @property
+    def active(self) -> bool:
+        return self.clinical_status in ("active", "recurrence", "relapse", "")  and \
+            self.abatement is None
+
+    @property
+    def refuted(self) -> bool:
+        return self.verification in ("refuted", "entered-in-error")
+
+    @property
+    def first_known(self) -> date | None:
+        return self.onset or self.recorded
+
+
+@dataclass(frozen=True)
+class Procedure:
+    ref: str
+    code: Concept
+    day: date
+    status: str
+
+
+@dataclass(frozen=True)
+class Immunization:
+    ref: str
+    vaccine: Concept
+    day: date
+    status: str
+
+
+@dataclass(frozen=True)
+class MedicationOrder:
+    """A MedicationRequest (order) with what is needed to know what it is and when it runs out."""
+
+    ref: str
+    medication: Concept
+    status: str
+    intent: str
+    authored_on: date | None
+    validity_start: date | None
+    validity_end: date | None
+    supply_days: int | None
+    repeats: int | None
+    dosage_text: str | None
+    requester: str | None
+    identifiers: tuple[tuple[str, str], ...] = ()
+    raw: JSON = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active" and self.intent in ("order", "original-order",
+                                                           "reflex-order", "filler-order",
+                                                           "instance-order", "plan")
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """A ServiceRequest or MedicationRequest already on the chart (ours or anyone's)."""
+
+    ref: str
+    resource_type: str
+    code: Concept
+    status: str
+    intent: str
+    identifiers: tuple[tuple[str, str], ...]
+    authored_on: date | None
+
+    @property
+    def open(self) -> bool:
+        return self.status in ("draft", "active", "on-hold")
+
+
+@dataclass(frozen=True)
+class Patient:
+    id: str
+    birth_date: date | None
+    sex: str | None  # FHIR administrative gender: male, female, other, unknown
+    name: str | None
+    mrn: str | None
+    deceased: bool = False
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    patient: Patient
+    conditions: tuple[Condition, ...] = ()
+    medications: tuple[MedicationOrder, ...] = ()
+    observations: tuple[Observation, ...] = ()
+    procedures: tuple[Procedure, ...] = ()
+    immunizations: tuple[Immunization, ...] = ()
+    requests: tuple[OpenRequest, ...] = ()
+    issues: tuple[DataIssue, ...] = ()
+
+    @property
+    def resource_count(self) -> int:
+        return 1 + sum(map(len, (self.conditions, self.medications, self.observations,
+                                 self.procedures, self.immunizations, self.requests)))
+
+
+class RecordError(ValueError):
+    """The data cannot make a PatientRecord at all (no Patient resource, wrong type)."""
+
+
+# --- parsing -------------------------------------------------------------------------
+
+
+def _ref(resource: JSON) -> str:
+    rid = resource.get("id")
+    return f"{resource.get('resourceType')}/{rid}" if rid else str(resource.get("resourceType"))
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _status_code(concept: Any) -> str:
+    """The code of a status CodeableConcept (Condition.clinicalStatus and friends)."""
+    c = Concept.from_json(concept)
+    return c.codings[0].code if c.codings else ""
+
+
+def _quantity(value: Any) -> Quantity | None:
+    if isinstance(value, dict) and isinstance(value.get("value"), (int, float)) \
+            and not isinstance(value.get("value"), bool):
+        return Quantity(float(value["value"]), _str(value.get("unit")) or _str(value.get("code")))
+    return None
+
+
+def _effective(resource: JSON, *names: str) -> date | None:
+    for name in names:
+        value = resource.get(name)
+        if isinstance(value, dict):  # a Period: the start is when it happened
+            day = parse_fhir_date(value.get("start")) or parse_fhir_date(value.get("end"))
+        else:
+            day = parse_fhir_date(value)
+        if day:
+            return day
+    return None
+
+
+def _identifiers(resource: JSON) -> tuple[tuple[str, str], ...]:
+    out = []
+    for ident in resource.get("identifier") or ():
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+            out.append((_str(ident.get("system")) or "", ident["value"]))
+    return tuple(out)
+
+
+def _mrn(resource: JSON) -> str | None:
+    """The medical record number: the identifier typed MR, else the first identifier."""
+    first = None
+    for ident in resource.get("identifier") or ():
+        if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
+            continue
+        first = first or ident["value"]
+        for coding in (ident.get("type") or {}).get("coding") or ():
+            if isinstance(coding, dict) and coding.get("code") == "MR":
+                return str(ident["value"])
+    return first
+
+
+def human_name(resource: JSON) -> str | None:
+    """A display name: official name first, then any; 'Given Family'."""
+    names = [n for n in resource.get("name") or () if isinstance(n, dict)]
+    names.sort(key=lambda n: 0 if n.get("use") == "official" else 1)
+    for name in names:
+        if isinstance(name.get("text"), str) and name["text"].strip():
+            return str(name["text"]).strip()
+        parts = [g for g in name.get("given") or () if isinstance(g, str)]
+        if isinstance(name.get("family"), str):
+            parts.append(name["family"])
+        if parts:
+            return " ".join(parts)
+    return None
+
+
+def parse_patient(resource: JSON) -> Patient:
+    if resource.get("resourceType") != "Patient" or not isinstance(resource.get("id"), str):
+        raise RecordError("expected a Patient resource with an id")
+    sex = _str(resource.get("gender"))
+    deceased = bool(resource.get("deceasedBoolean")) or "deceasedDateTime" in resource
+    return Patient(id=resource["id"], birth_date=parse_fhir_date(resource.get("birthDate")),
+                   sex=sex, name=human_name(resource), mrn=_mrn(resource), deceased=deceased)
+
+
+def _medication_concept(resource: JSON, medications: Mapping[str, JSON]) -> Concept:
+    if "medicationCodeableConcept" in resource:
+        return Concept.from_json(resource["medicationCodeableConcept"])
+    reference = (resource.get("medicationReference") or {}).get("reference")
+    if isinstance(reference, str):
+        target = medications.get(reference) or medications.get(reference.lstrip("#"))
+        if target is not None:
+            return Concept.from_json(target.get("code"))
+    display = (resource.get("medicationReference") or {}).get("display")
+    return Concept(text=display if isinstance(display, str) else None)
+
+
+def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -> MedicationOrder:
+    contained = {f"#{c.get('id')}": c for c in resource.get("contained") or ()
+                 if isinstance(c, dict) and c.get("resourceType") == "Medication"}
+    dispense = resource.get("dispenseRequest") or {}
+    validity = dispense.get("validityPeriod") or {}
+    supply = dispense.get("expectedSupplyDuration") or {}
+    supply_days = None
+    if isinstance(supply.get("value"), (int, float)):
+        unit = (supply.get("code") or supply.get("unit") or "d").lower()
+        factor = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30,
+                  "month": 30, "months": 30}.get(unit)
+        if factor is not None:
+            supply_days = int(round(supply["value"] * factor))
+    repeats = dispense.get("numberOfRepeatsAllowed")
+    dosage = next((d.get("text") for d in resource.get("dosageInstruction") or ()
+                   if isinstance(d, dict) and isinstance(d.get("text"), str)), None)
+    return MedicationOrder(
+        ref=_ref(resource),
+        medication=_medication_concept(resource, {**medications, **contained}),
+        status=_str(resource.get("status")) or "",
+        intent=_str(resource.get("intent")) or "",
+        authored_on=parse_fhir_date(resource.get("authoredOn")),
+        validity_start=parse_fhir_date(validity.get("start")),
+        validity_end=parse_fhir_date(validity.get("end")),
+        supply_days=supply_days,
+        repeats=repeats if isinstance(repeats, int) and not isinstance(repeats, bool) else None,
+        dosage_text=dosage,
+        requester=_str((resource.get("requester") or {}).get("reference")),
+        identifiers=_identifiers(resource),
+        raw=resource,
+    )
+
+
+_UNUSABLE = ("entered-in-error", "cancelled")
+
+
+def build_record(resources: Iterable[JSON]) -> PatientRecord:
+    """Build a PatientRecord from one patient's resources (any order, any mix).
+
+    Resources that cannot be used (no date on a result, wrong shape) become DataIssues.
+    Observations that are cancelled or entered in error are dropped silently: they are
+    the chart's own way of saying "this did not happen".
+    """
+    patient: Patient | None = None
+    conditions: list[Condition] = []
+    meds: list[MedicationOrder] = []
+    observations: list[Observation] = []
+    procedures: list[Procedure] = []
+    immunizations: list[Immunization] = []
+    requests: list[OpenRequest] = []
+    issues: list[DataIssue] = []
+    med_requests: list[JSON] = []
+    medications: dict[str, JSON] = {}
+
+    for resource in resources:
+        if not isinstance(resource, Mapping):
+            issues.append(DataIssue("(unknown)", "a resource is not a JSON object"))
+            continue
+        rtype = resource.get("resourceType")
+        ref = _ref(resource)
+        try:
+            if rtype == "Patient":
+                patient = parse_patient(resource)
+            elif rtype == "Observation":
+                if resource.get("status") in _UNUSABLE:
+                    continue
+                day = _effective(resource, "effectiveDateTime", "effectivePeriod",
+                                 "effectiveInstant", "issued")
+                if day is None:
+                    issues.append(DataIssue(ref, "result has no date; not used"))
+                    continue
+                value_concept = resource.get("valueCodeableConcept")
+                observations.append(Observation(
+                    ref=ref, code=Concept.from_json(resource.get("code")), day=day,
+                    status=_str(resource.get("status")) or "",
+                    value_quantity=_quantity(resource.get("valueQuantity")),
+                    value_concept=Concept.from_json(value_concept) if value_concept else None,
+                    value_date=parse_fhir_date(resource.get("valueDateTime")),
+                    members=tuple(m.get("reference") for m in resource.get("hasMember") or ()
+                                  if isinstance(m, dict) and isinstance(m.get("reference"),
+                                                                        str)),
+                ))
+            elif rtype == "Condition":
+                conditions.append(Condition(
+                    ref=ref, code=Concept.from_json(resource.get("code")),
+                    clinical_status=_status_code(resource.get("clinicalStatus")),
+                    verification=_status_code(resource.get("verificationStatus")),
+                    onset=_effective(resource, "onsetDateTime", "onsetPeriod"),
+                    abatement=_effective(resource, "abatementDateTime", "abatementPeriod"),
+                    recorded=parse_fhir_date(resource.get("recordedDate")),
+                ))
+            elif rtype == "Procedure":
+                if resource.get("status") in ("entered-in-error", "not-done"):
+                    continue
+                day = _effective(resource, "performedDateTime", "performedPeriod")
+                if day is None:
+                    issues.append(DataIssue(ref, "procedure has no performed date; not used"))
+                    continue
+                procedures.append(Procedure(ref, Concept.from_json(resource.get("code")), day,
+                                            _str(resource.get("status")) or ""))
+            elif rtype == "Immunization":
+                day = _effective(resource, "occurrenceDateTime")
+                if day is None:
+                    issues.append(DataIssue(ref, "immunization has no date; not used"))
+                    continue
+                immunizations.append(Immunization(
+                    ref, Concept.from_json(resource.get("vaccineCode")), day,
+                    _str(resource.get("status")) or ""))
+            elif rtype == "MedicationRequest":
+                med_requests.append(resource)
+            elif rtype == "Medication":
+                medications[ref] = resource
+            elif rtype == "ServiceRequest":
+                requests.append(OpenRequest(
+                    ref=ref, resource_type="ServiceRequest",
+                    code=Concept.from_json(resource.get("code")),
+                    status=_str(resource.get("status")) or "",
+                    intent=_str(resource.get("intent")) or "",
+                    identifiers=_identifiers(resource),
+                    authored_on=parse_fhir_date(resource.get("authoredOn"))))
+        except (AttributeError, TypeError, ValueError) as exc:
+            issues.append(DataIssue(ref, f"could not be read ({exc.__class__.__name__}: {exc})"))
+
+    if patient is None:
+        raise RecordError("no Patient resource among the resources")
+    for resource in med_requests:
+        try:
+            order = _parse_medication_request(resource, medications)
+        except (AttributeError, TypeError, ValueError) as exc:
+            issues.append(DataIssue(_ref(resource), f"could not be read ({exc})"))
+            continue
+        if order.intent == "proposal" or order.status == "draft":
+            # A proposal on the chart is a request someone (maybe we) suggested, not a
+            # medication the patient takes.
+            requests.append(OpenRequest(order.ref, "MedicationRequest", order.medication,
+                                        order.status, order.intent, order.identifiers,
+                                        order.authored_on))
+        else:
+            meds.append(order)
+    return PatientRecord(patient=patient, conditions=tuple(conditions), medications=tuple(meds),
+                         observations=tuple(observations), procedures=tuple(procedures),
+                         immunizations=tuple(immunizations), requests=tuple(requests),
+                         issues=tuple(issues))

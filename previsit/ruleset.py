@@ -1,0 +1,472 @@
+"""The rule library as data: the YAML schema, the loader and its error messages.
+
+A rule says who it applies to (`applies_when`), what excludes them (`excluded_when`),
+what satisfies it and for how long (`requirements`, each a list of alternative
+`evidence` with its own look-back) and what to order when it is not satisfied. Renewal
+rules (`kind: renewal`) carry a `renewal` block instead of requirements. The schema is
+checked strictly (unknown fields are errors) so a typo names its file and field instead
+of silently switching a rule off. See rules/README.md for the authoring guide.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from previsit.codes import ValueSet, ValueSetError, ValueSetRegistry
+from previsit.intervals import Duration, DurationError
+from previsit.plan import Kind, Role
+
+
+class RuleError(ValueError):
+    """A rule file that cannot be used. The message names the file, the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: Any) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    try:
+        return Duration.parse(str(value))
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Lookback = Union[Literal["ever", "season"], Duration]
+
+
+def _lookback(value: Any) -> Lookback:
+    if value in ("ever", "season"):
+        return value  # type: ignore[no-any-return]
+    return _duration(value)
+
+
+class Range(_Strict):
+    """Inclusive numeric bounds (ages in completed years, values in the result's unit)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self, unit: str = "") -> str:
+        suffix = f" {unit}" if unit else ""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}–{self.max:g}{suffix}"
+        if self.min is not None:
+            return f"≥ {self.min:g}{suffix}"
+        return f"≤ {self.max:g}{suffix}"
+
+
+# --- criteria (applies_when / excluded_when) ------------------------------------------
+
+
+class AgeCriterion(_Strict):
+    age: Range
+
+
+class SexCriterion(_Strict):
+    sex: Literal["female", "male"]
+
+
+class ConditionCriterion(_Strict):
+    condition: str  # value-set URL
+    # active: on the problem list now; ever: recorded at any time (not refuted)
+    status: Literal["active", "ever"] = "active"
+    lookback: Annotated[Duration | None, Field(default=None)] = None
+    label: str | None = None
+
+    _v = field_validator("lookback", mode="before")(
+        lambda v: None if v is None else _duration(v))
+
+
+class ProcedureCriterion(_Strict):
+    procedure: str
+    lookback: Duration | None = None
+    label: str | None = None
+
+    _v = field_validator("lookback", mode="before")(
+        lambda v: None if v is None else _duration(v))
+
+
+class MedicationCriterion(_Strict):
+    medication: str  # value-set URL (ingredients and clinical drugs)
+    names: tuple[str, ...] = ()  # ingredient names for the text fallback, lower case
+    min_duration: Duration | None = None  # on the drug at least this long at the visit
+    label: str | None = None
+
+    _v = field_validator("min_duration", mode="before")(
+        lambda v: None if v is None else _duration(v))
+
+
+class ObservationCriterion(_Strict):
+    """The latest result in the value set, within the look-back, compared with a value."""
+
+    observation: str
+    value: Range | None = None  # numeric value of the latest result
+    value_in: str | None = None  # coded value of the latest result in this value set
+    value_date_within: Duration | None = None  # the result's date value (a quit date)
+    lookback: Duration | None = None
+    unit: str | None = None
+    label: str | None = None
+    # what an absent result means: the rule cannot be decided ("unknown") or the
+    # criterion simply does not hold ("false")
+    missing: Literal["unknown", "false"] = "false"
+
+    _v = field_validator("lookback", "value_date_within", mode="before")(
+        lambda v: None if v is None else _duration(v))
+
+
+class AllCriterion(_Strict):
+    all: tuple[Criterion, ...] = Field(min_length=1)
+
+    _c = field_validator("all", mode="before")(lambda v: _parse_criteria(v))
+
+
+class AnyCriterion(_Strict):
+    any: tuple[Criterion, ...] = Field(min_length=1)
+
+    _c = field_validator("any", mode="before")(lambda v: _parse_criteria(v))
+
+
+class NotCriterion(_Strict):
+    not_: Criterion = Field(alias="not")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _c = field_validator("not_", mode="before")(lambda v: _parse_criterion(v))
+
+
+Criterion = Union[AgeCriterion, SexCriterion, ConditionCriterion, ProcedureCriterion,
+                  MedicationCriterion, ObservationCriterion, AllCriterion, AnyCriterion,
+                  NotCriterion]
+
+_CRITERION_KEYS = {
+    "age": AgeCriterion, "sex": SexCriterion, "condition": ConditionCriterion,
+    "procedure": ProcedureCriterion, "medication": MedicationCriterion,
+    "observation": ObservationCriterion, "all": AllCriterion, "any": AnyCriterion,
+    "not": NotCriterion,
+}
+
+
+def _parse_criteria(values: Any) -> Any:
+    return tuple(_parse_criterion(v) for v in values) if isinstance(values, list) else values
+
+
+def _parse_criterion(value: Any) -> Any:
+    """Pick the criterion type by its key, so errors speak of one type, not all nine."""
+    if isinstance(value, BaseModel):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("a criterion is a mapping such as {age: {min: 45}}")
+    keys = [k for k in _CRITERION_KEYS if k in value]
+    if len(keys) != 1:
+        raise ValueError(
+            f"a criterion needs exactly one of {', '.join(_CRITERION_KEYS)}; got "
+            f"{', '.join(map(str, value)) or 'nothing'}")
+    return _CRITERION_KEYS[keys[0]].model_validate(value)
+
+
+class Exclusion(_Strict):
+    reason: str
+    when: Criterion
+
+    _c = field_validator("when", mode="before")(_parse_criterion)
+
+
+# --- requirements ------------------------------------------------------------------------
+
+
+class ValueLookback(_Strict):
+    """A shorter look-back when the latest result is outside the goal (HbA1c ≥ 7 %)."""
+
+    value: Range
+    lookback: Duration
+    note: str | None = None
+
+    _v = field_validator("lookback", mode="before")(_duration)
+
+
+class Evidence(_Strict):
+    """One way of satisfying a requirement: a kind of resource in a value set, recently."""
+
+    observation: str | None = None
+    procedure: str | None = None
+    immunization: str | None = None
+    label: str
+    lookback: Lookback
+    count: int = 1  # distinct dates needed (vaccine series)
+    min_age: float | None = None  # age on the date of the evidence (HPV from 30)
+    if_value: ValueLookback | None = None
+    review_if: Range | None = None  # the latest value outside this range: physician review
+    unit: str | None = None
+    with_: tuple[Evidence, ...] = Field(default=(), alias="with")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _l = field_validator("lookback", mode="before")(_lookback)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Evidence:
+        given = [k for k in ("observation", "procedure", "immunization") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("evidence needs exactly one of observation, procedure, immunization")
+        if self.count < 1:
+            raise ValueError("count must be at least 1")
+        return self
+
+    @property
+    def resource_kind(self) -> str:
+        return next(k for k in ("observation", "procedure", "immunization") if getattr(self, k))
+
+    @property
+    def valueset(self) -> str:
+        return str(getattr(self, self.resource_kind))
+
+
+class OrderSpec(_Strict):
+    system: str
+    code: str
+    display: str
+    category: Literal["laboratory", "imaging", "procedure", "immunization", "counselling"]
+    before_visit: bool = False  # a pre-visit lab, drawn lead_days before the visit
+    lead_days: int = 0
+    role: Role | None = None  # who does it, when not the rule's role
+
+
+class Requirement(_Strict):
+    id: str
+    label: str
+    evidence: tuple[Evidence, ...] = Field(min_length=1)
+    order: OrderSpec | None = None
+
+
+class RenewalSpec(_Strict):
+    horizon: Duration = Duration(90, "d")
+    renew_for: Duration = Duration(12, "mo")
+    controlled: str  # value-set URL of controlled substances
+    controlled_names: tuple[str, ...] = ()
+    controlled_role: Role = Role.PHYSICIAN
+
+    _v = field_validator("horizon", "renew_for", mode="before")(_duration)
+
+
+class Citation(_Strict):
+    source: str
+    url: str | None = None
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    title: str
+    kind: Kind
+    role: Role
+    citation: Citation | tuple[Citation, ...]
+    measure: str | None = None
+    differences: str | None = None  # deliberate differences from the measure, for auditors
+    applies_when: tuple[Criterion, ...] = ()
+    excluded_when: tuple[Exclusion, ...] = ()
+    requirements: tuple[Requirement, ...] = ()
+    renewal: RenewalSpec | None = None
+    enabled: bool = True
+
+    _c = field_validator("applies_when", mode="before")(lambda v: _parse_criteria(v))
+
+    @model_validator(mode="after")
+    def _shape(self) -> Rule:
+        if self.kind == Kind.RENEWAL:
+            if self.renewal is None:
+                raise ValueError("a renewal rule needs a renewal block")
+        elif not self.requirements:
+            raise ValueError(f"a {self.kind.value} rule needs at least one requirement")
+        return self
+
+    @property
+    def citations(self) -> tuple[Citation, ...]:
+        return self.citation if isinstance(self.citation, tuple) else (self.citation,)
+
+    def valueset_urls(self) -> Iterator[str]:
+        def walk(c: Any) -> Iterator[str]:
+            for name in ("condition", "procedure", "medication", "observation", "value_in"):
+                if isinstance(getattr(c, name, None), str):
+                    yield getattr(c, name)
+            for child in getattr(c, "all", ()) or getattr(c, "any", ()):
+                yield from walk(child)
+            if isinstance(c, NotCriterion):
+                yield from walk(c.not_)
+
+        for criterion in self.applies_when:
+            yield from walk(criterion)
+        for exclusion in self.excluded_when:
+            yield from walk(exclusion.when)
+
+        def evidence(e: Evidence) -> Iterator[str]:
+            yield e.valueset
+            for other in e.with_:
+                yield from evidence(other)
+
+        for req in self.requirements:
+            for ev in req.evidence:
+                yield from evidence(ev)
+        if self.renewal:
+            yield self.renewal.controlled
+
+
+for _model in (AllCriterion, AnyCriterion, NotCriterion, Exclusion, Evidence, Rule):
+    _model.model_rebuild()
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before", "function-wrap") or \
+                str(part).startswith(("function-", "tagged-union", "union[")) or \
+                part in ("Duration", "literal['ever','season']"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _explain(path: Path, exc: ValidationError) -> RuleError:
+    lines = []
+    seen = set()
+    for err in exc.errors():
+        loc = _format_loc(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see rules/README.md for the fields)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        if (loc, msg) in seen:
+            continue
+        seen.add((loc, msg))
+        lines.append(f"{path}: {loc}: {msg}")
+    return RuleError("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    valuesets: ValueSetRegistry
+    sources: tuple[str, ...] = ()  # folders the rules and value sets came from
+    disabled: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # rule id -> file
+
+    def get(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(rule_id)
+
+    @property
+    def active(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.enabled and r.id not in self.disabled)
+
+    def valueset(self, url: str) -> ValueSet:
+        return self.valuesets.get(url)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sources": list(self.sources), "rules": [r.id for r in self.active],
+                "disabled": sorted({*self.disabled, *(r.id for r in self.rules if not r.enabled)})}
+
+
+def default_rules_dir() -> Path:
+    """The rule library shipped with previsit (package data in a wheel, rules/ in a checkout)."""
+    packaged = Path(str(resources.files("previsit"))) / "rules"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "rules"
+
+
+def load_rule_file(path: Path) -> Rule:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RuleError(f"{path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RuleError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RuleError(f"{path}: a rule file holds one mapping (id:, title:, kind:, ...)")
+    try:
+        return Rule.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+
+
+def load_ruleset(rules_dir: Path | None = None, *, extra_valuesets: Iterable[Path] = (),
+                 disabled: Iterable[str] = ()) -> RuleSet:
+    """Load every *.yaml rule in a folder and the ValueSets in its valuesets/ subfolder.
+
+    `extra_valuesets` are folders of ValueSet JSON (fresh VSAC expansions, say) that
+    replace the shipped ones with the same canonical URL. Every problem in every file is
+    collected and raised together, so one run of `previsit rules validate` shows them all.
+    """
+    folder = rules_dir or default_rules_dir()
+    if not folder.is_dir():
+        raise RuleError(f"{folder}: rule folder does not exist")
+    errors: list[str] = []
+    registry = ValueSetRegistry()
+    for vs_folder in (folder / "valuesets", *extra_valuesets):
+        if vs_folder.is_dir():
+            try:
+                registry.load_folder(vs_folder)
+            except ValueSetError as exc:
+                errors.append(str(exc))
+        elif vs_folder != folder / "valuesets":
+            errors.append(f"{vs_folder}: value-set folder does not exist")
+    rules: list[Rule] = []
+    files: dict[str, str] = {}
+    paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    if not paths:
+        errors.append(f"{folder}: no rule files (*.yaml) found")
+    for path in paths:
+        try:
+            rule = load_rule_file(path)
+        except RuleError as exc:
+            errors.append(str(exc))
+            continue
+        if rule.id in files:
+            errors.append(f"{path}: id: {rule.id!r} is already used by {files[rule.id]}")
+            continue
+        files[rule.id] = str(path)
+        for url in rule.valueset_urls():
+            if url not in registry:
+                errors.append(f"{path}: value set {url} is not in {folder / 'valuesets'} "
+                              "(or any extra value-set folder)")
+        rules.append(rule)
+    disabled = tuple(disabled)
+    unknown = [d for d in disabled if d not in files]
+    if unknown and not errors:
+        errors.append(f"disabled rules not found in {folder}: {', '.join(unknown)} "
+                      f"(known: {', '.join(sorted(files))})")
+    if errors:
+        raise RuleError("\n".join(errors))
+    return RuleSet(rules=tuple(rules), valuesets=registry,
+                   sources=(str(folder), *map(str, extra_valuesets)), disabled=disabled,
+                   files=files)
+
+
+def rules_json_schema() -> str:
+    return json.dumps(Rule.model_json_schema(), indent=2)
