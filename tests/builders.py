@@ -1,0 +1,161 @@
+"""Small builders for FHIR JSON in tests: patient(age=50, sex="female"), observation(...).
+
+Dates are given relative to a visit date (`days_ago`) so a test reads as the rule does:
+"HbA1c 8.1 % 91 days before the visit".
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from previsit.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
+from previsit.evaluate import Settings, evaluate
+from previsit.intervals import Duration
+from previsit.plan import Finding
+from previsit.record import PatientRecord, build_record
+from previsit.ruleset import RuleSet, load_ruleset
+
+VISIT = date(2026, 12, 1)
+_ids = itertools.count(1)
+_RULES: RuleSet | None = None
+
+__all__ = ["CVX", "ICD10CM", "LOINC", "RXNORM", "SNOMED", "VISIT"]
+
+
+def shipped_rules() -> RuleSet:
+    """The shipped rule library, loaded once per test session."""
+    global _RULES
+    if _RULES is None:
+        _RULES = load_ruleset(Path(__file__).resolve().parent.parent / "rules")
+    return _RULES
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}{next(_ids)}"
+
+
+def day(days_ago: int = 0, *, visit: date = VISIT) -> str:
+    return (visit - timedelta(days=days_ago)).isoformat()
+
+
+def birth_date_for(age: int, *, days: int = 0, visit: date = VISIT) -> str:
+    """The birth date of someone exactly `age` on the visit date (+days: turns it later).
+
+    birth_date_for(45) is 45 today (birthday on the visit date); days=1 means the 45th
+    birthday is tomorrow, so the patient is still 44.
+    """
+    born = Duration(-age, "y").after(visit) + timedelta(days=days)
+    return born.isoformat()
+
+
+def patient(age: int | None = 50, sex: str | None = "female", *, days: int = 0,
+            pid: str = "p1", name: str = "Test Patient", birth: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Patient", "id": pid,
+                                "name": [{"family": name.split()[-1],
+                                          "given": name.split()[:-1]}]}
+    if birth is not None:
+        resource["birthDate"] = birth
+    elif age is not None:
+        resource["birthDate"] = birth_date_for(age, days=days)
+    if sex is not None:
+        resource["gender"] = sex
+    return resource
+
+
+def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code, **({"display": display} if display
+                                                           else {})}]}
+
+
+def observation(code: str, days_ago: int, value: float | None = None, unit: str = "",
+                *, system: str = LOINC, status: str = "final", display: str | None = None,
+                value_code: tuple[str, str] | None = None, value_date: str | None = None,
+                pid: str = "p1") -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation", "id": _id("obs"), "status": status,
+        "code": coding(system, code, display), "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": day(days_ago)}
+    if value is not None:
+        resource["valueQuantity"] = {"value": value, "unit": unit}
+    if value_code is not None:
+        resource["valueCodeableConcept"] = coding(*value_code)
+    if value_date is not None:
+        resource["valueDateTime"] = value_date
+    return resource
+
+
+def condition(code: str, *, system: str = SNOMED, days_ago: int = 1000,
+              status: str = "active", verification: str = "confirmed",
+              abated_days_ago: int | None = None, display: str | None = None,
+              pid: str = "p1") -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition", "id": _id("cond"),
+        "clinicalStatus": coding("http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                 status),
+        "verificationStatus": coding(
+            "http://terminology.hl7.org/CodeSystem/condition-ver-status", verification),
+        "code": coding(system, code, display), "subject": {"reference": f"Patient/{pid}"},
+        "onsetDateTime": day(days_ago)}
+    if abated_days_ago is not None:
+        resource["abatementDateTime"] = day(abated_days_ago)
+    return resource
+
+
+def procedure(code: str, days_ago: int, *, system: str = SNOMED, status: str = "completed",
+              display: str | None = None, pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Procedure", "id": _id("proc"), "status": status,
+            "code": coding(system, code, display), "subject": {"reference": f"Patient/{pid}"},
+            "performedDateTime": day(days_ago)}
+
+
+def immunization(cvx: str, days_ago: int, *, status: str = "completed",
+                 pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Immunization", "id": _id("imm"), "status": status,
+            "vaccineCode": coding(CVX, cvx), "patient": {"reference": f"Patient/{pid}"},
+            "occurrenceDateTime": day(days_ago)}
+
+
+def medication(rxnorm: str, display: str, *, days_ago: int = 400, status: str = "active",
+               supply_days: int | None = 90, repeats: int | None = 3,
+               validity_end_days_ahead: int | None = None, text_only: bool = False,
+               pid: str = "p1") -> dict[str, Any]:
+    med = ({"text": display} if text_only else
+           {"coding": [{"system": RXNORM, "code": rxnorm, "display": display}],
+            "text": display})
+    dispense: dict[str, Any] = {}
+    if supply_days is not None:
+        dispense["expectedSupplyDuration"] = {"value": supply_days, "unit": "days",
+                                              "system": "http://unitsofmeasure.org",
+                                              "code": "d"}
+    if repeats is not None:
+        dispense["numberOfRepeatsAllowed"] = repeats
+    if validity_end_days_ahead is not None:
+        dispense["validityPeriod"] = {"start": day(days_ago),
+                                      "end": day(-validity_end_days_ahead)}
+    return {"resourceType": "MedicationRequest", "id": _id("med"), "status": status,
+            "intent": "order", "medicationCodeableConcept": med,
+            "subject": {"reference": f"Patient/{pid}"}, "authoredOn": day(days_ago),
+            "dispenseRequest": dispense}
+
+
+def record(*resources: dict[str, Any]) -> PatientRecord:
+    return build_record(resources)
+
+
+def finding(rule_id: str, *resources: dict[str, Any], rules: RuleSet | None = None,
+            settings: Settings | None = None, visit: date = VISIT) -> Finding:
+    """The finding of one rule for a patient built from `resources` (first is the Patient)."""
+    plan = evaluate(record(*resources), rules or shipped_rules(), visit, settings)
+    matches = [f for f in plan.findings if f.rule_id == rule_id]
+    assert matches, f"rule {rule_id} produced no finding"
+    return matches[0]
+
+
+def findings(rule_id: str, *resources: dict[str, Any], rules: RuleSet | None = None,
+             settings: Settings | None = None, visit: date = VISIT) -> list[Finding]:
+    """All findings of one rule (renewals produce one per medication)."""
+    plan = evaluate(record(*resources), rules or shipped_rules(), visit, settings)
+    return [f for f in plan.findings if f.rule_id == rule_id]
