@@ -30,7 +30,8 @@ def _participant(resource: Mapping[str, Any], prefix: str) -> Ref | None:
     for part in resource.get("participant") or ():
         actor = part.get("actor") if isinstance(part, dict) else None
         ref = actor.get("reference") if isinstance(actor, dict) else None
-        if isinstance(ref, str) and (ref.startswith(prefix) or f"/{prefix}" in ref):
+        if isinstance(actor, dict) and isinstance(ref, str) and (
+                ref.startswith(prefix) or f"/{prefix}" in ref):
             display = actor.get("display")
             return Ref(ref, display if isinstance(display, str) else None)
     return None

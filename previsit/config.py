@@ -47,7 +47,8 @@ class SourceConfig(_Section):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA time zone (e.g. America/Chicago)")
+            raise ValueError(
+                f"{value!r} is not an IANA time zone (e.g. America/Chicago)") from None
         return value
 
 
@@ -111,7 +112,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for section, model in Config.model_fields.items():
         assert model.annotation is not None
-        for key in model.annotation.model_fields:  # type: ignore[union-attr]
+        for key in model.annotation.model_fields:
             name = f"{ENV_PREFIX}{section}_{key}".upper()
             if name in env:
                 value: Any = env[name]

@@ -474,13 +474,13 @@ def evaluate_renewals(ctx: _Context, rule: Rule, findings: Iterable[Finding]) ->
     limit = horizon.after(ctx.day)
     for med in orders:
         name = med.medication.label()
-        ev = (EvidenceRef(med.ref, med.authored_on, name, "reason"),)
+        reason = (EvidenceRef(med.ref, med.authored_on, name, "reason"),)
         is_controlled = ctx.medication_matches(controlled, med.medication)
         role = spec.controlled_role if is_controlled else rule.role
         flags = ("controlled-substance", "physician-review") if is_controlled else ()
         runs_out = run_out_date(med)
         common: dict[str, Any] = {**base, "title": f"Renew {name}", "role": role,
-                                  "evidence": ev, "medication_ref": med.ref, "flags": flags}
+                                  "evidence": reason, "medication_ref": med.ref, "flags": flags}
         if runs_out is None:
             out.append(Finding(status=Status.UNKNOWN, explanation=(
                 f"{name}: cannot tell when it runs out (no validity period, or no "

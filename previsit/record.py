@@ -268,7 +268,7 @@ def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -
         factor = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30,
                   "month": 30, "months": 30}.get(unit)
         if factor is not None:
-            supply_days = int(round(supply["value"] * factor))
+            supply_days = round(supply["value"] * factor)
     repeats = dispense.get("numberOfRepeatsAllowed")
     dosage = next((d.get("text") for d in resource.get("dosageInstruction") or ()
                    if isinstance(d, dict) and isinstance(d.get("text"), str)), None)
@@ -334,7 +334,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                     value_quantity=_quantity(resource.get("valueQuantity")),
                     value_concept=Concept.from_json(value_concept) if value_concept else None,
                     value_date=parse_fhir_date(resource.get("valueDateTime")),
-                    members=tuple(m.get("reference") for m in resource.get("hasMember") or ()
+                    members=tuple(str(m["reference"]) for m in resource.get("hasMember") or ()
                                   if isinstance(m, dict) and isinstance(m.get("reference"),
                                                                         str)),
                 ))

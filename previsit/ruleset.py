@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -49,7 +49,7 @@ def _duration(value: Any) -> Duration:
         raise ValueError(str(exc)) from None
 
 
-Lookback = Union[Literal["ever", "season"], Duration]
+Lookback = Literal["ever", "season"] | Duration
 
 
 def _lookback(value: Any) -> Lookback:
@@ -154,11 +154,11 @@ class NotCriterion(_Strict):
     _c = field_validator("not_", mode="before")(lambda v: _parse_criterion(v))
 
 
-Criterion = Union[AgeCriterion, SexCriterion, ConditionCriterion, ProcedureCriterion,
-                  MedicationCriterion, ObservationCriterion, AllCriterion, AnyCriterion,
-                  NotCriterion]
+Criterion = (AgeCriterion | SexCriterion | ConditionCriterion | ProcedureCriterion
+             | MedicationCriterion | ObservationCriterion | AllCriterion | AnyCriterion
+             | NotCriterion)
 
-_CRITERION_KEYS = {
+_CRITERION_KEYS: dict[str, type[BaseModel]] = {
     "age": AgeCriterion, "sex": SexCriterion, "condition": ConditionCriterion,
     "procedure": ProcedureCriterion, "medication": MedicationCriterion,
     "observation": ObservationCriterion, "all": AllCriterion, "any": AnyCriterion,

@@ -1,0 +1,313 @@
+"""The `previsit` command: thin Typer wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import typer
+
+from previsit.config import Config, ConfigError, load_config
+from previsit.evaluate import Settings, evaluate
+from previsit.intervals import Duration
+from previsit.plan import DayPlan, Status
+from previsit.run import EXIT_NOTHING, RunOptions, RunResult, run_day, write_outputs
+from previsit.ruleset import RuleError, RuleSet, load_ruleset
+from previsit.sources import PatientReadError, Source, SourceError, VisitWindow
+from previsit.sources.bundles import BundleSource
+
+app = typer.Typer(help="Pre-visit planning from FHIR: labs, screenings, immunizations and "
+                       "renewals due at the next clinic day's visits.",
+                  no_args_is_help=True, add_completion=False,
+                  # a crash must not print local variables: they hold patient data and tokens
+                  pretty_exceptions_show_locals=False)
+rules_app = typer.Typer(help="List and validate the rule library.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="TOML configuration file (see README, 'Configuration').",
+    exists=True, dir_okay=False)]
+RulesOpt = Annotated[Path | None, typer.Option(
+    "--rules", help="Rule folder to use instead of the configured / shipped one.",
+    exists=True, file_okay=False)]
+
+
+def fail(message: str, code: int = EXIT_NOTHING) -> typer.Exit:
+    typer.secho(f"previsit: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path | None, **overrides: Any) -> Config:
+    try:
+        return load_config(path, **overrides)
+    except ConfigError as exc:
+        raise fail(f"configuration: {exc}") from None
+
+
+def _ruleset(config: Config, rules_dir: Path | None = None) -> RuleSet:
+    try:
+        return load_ruleset(rules_dir or config.rules.folder,
+                            extra_valuesets=config.rules.valuesets,
+                            disabled=config.rules.disabled)
+    except RuleError as exc:
+        raise fail(f"the rule library cannot be used:\n{exc}") from None
+
+
+def _settings(config: Config) -> Settings:
+    horizon = config.planning.renewal_horizon_days
+    return Settings(due_soon=Duration(config.planning.due_soon_days, "d"),
+                    renewal_horizon=Duration(horizon, "d") if horizon is not None else None)
+
+
+@contextmanager
+def _source(config: Config) -> Iterator[Source]:
+    """The configured source; closed on exit."""
+    if config.source.kind == "bundles":
+        yield BundleSource(config.source.path)
+        return
+    from previsit.sources.http import open_http_source
+
+    source = open_http_source(config)
+    try:
+        yield source
+    finally:
+        asyncio.run(source.aclose())
+
+
+def _setup_logging(verbose: bool) -> None:
+    # INFO lines carry counts only; identifiers appear at DEBUG (--verbose) and never names.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _default_date(config: Config) -> date:
+    return datetime.now(ZoneInfo(config.source.timezone)).date() + timedelta(days=1)
+
+
+@app.command()
+def run(
+    config_path: ConfigOpt = None,
+    day: Annotated[str | None, typer.Option("--date", "-d", help="First clinic day "
+                                            "(YYYY-MM-DD); default: tomorrow in the clinic's "
+                                            "time zone.")] = None,
+    days: Annotated[int | None, typer.Option(help="Number of clinic days to plan.")] = None,
+    source_dir: Annotated[Path | None, typer.Option(
+        "--source", help="Folder of FHIR Bundles / NDJSON to read instead of a server.",
+        exists=True, file_okay=False)] = None,
+    fhir_url: Annotated[str | None, typer.Option(
+        "--fhir-url", help="FHIR R4 base URL to read (overrides the configuration).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+    practitioner: Annotated[list[str] | None, typer.Option(
+        help="Only this practitioner's appointments (id; repeatable).")] = None,
+    location: Annotated[list[str] | None, typer.Option(
+        help="Only appointments at this location (id; repeatable).")] = None,
+    service_type: Annotated[list[str] | None, typer.Option(
+        "--service-type", help="Only this service type (code; repeatable).")] = None,
+    write_back: Annotated[bool, typer.Option(
+        "--write-back", help="Write the proposals to the FHIR server (default: dry run).")
+    ] = False,
+    rules_dir: RulesOpt = None,
+    timezone: Annotated[str | None, typer.Option(help="Clinic time zone (IANA).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+) -> None:
+    """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
+    _setup_logging(verbose)
+    overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
+                                 "planning__days": days}
+    if source_dir is not None:
+        overrides.update(source__kind="bundles", source__path=source_dir)
+    if fhir_url is not None:
+        overrides.update(source__kind="fhir", source__base_url=fhir_url)
+    config = _config(config_path, **overrides)
+    ruleset = _ruleset(config, rules_dir)
+    try:
+        start = date.fromisoformat(day) if day else _default_date(config)
+    except ValueError:
+        raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
+    window = VisitWindow(
+        start=start, end=start + timedelta(days=config.planning.days),
+        timezone=config.source.timezone, statuses=config.planning.statuses,
+        practitioners=tuple(practitioner or config.planning.practitioners),
+        locations=tuple(location or config.planning.locations),
+        service_types=tuple(service_type or config.planning.service_types))
+    # The bundle source's write-back is the transaction file itself; it is always written.
+    local = config.source.kind == "bundles"
+    options = RunOptions(window=window, settings=_settings(config),
+                         identifier_system=config.output.identifier_system,
+                         write_back=write_back or local,
+                         concurrency=config.source.concurrency)
+    with _source(config) as source:
+        result = _run_with_progress(source, ruleset, options, quiet)
+    out_dir = config.output.folder
+    paths = write_outputs(result, out_dir)
+    sheet_paths = _write_sheets(result.day, out_dir, config)
+    if not quiet:
+        _print_summary(result, config, paths, sheet_paths, write_back, local)
+    raise typer.Exit(result.exit_code)
+
+
+def _run_with_progress(source: Source, ruleset: RuleSet, options: RunOptions,
+                       quiet: bool) -> RunResult:
+    tty = sys.stderr.isatty() and not quiet
+    state: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if tty:
+            width = 30
+            filled = int(width * done / max(total, 1))
+            sys.stderr.write(f"\r{stage:>8} [{'#' * filled}{'.' * (width - filled)}] "
+                             f"{done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif done == total or done - state.get(stage, 0) >= 25:
+            state[stage] = done
+            logging.getLogger("previsit.run").info("%s: %d/%d", stage, done, total)
+
+    try:
+        return asyncio.run(run_day(source, ruleset, options, on_progress=progress))
+    except SourceError as exc:
+        raise fail(f"nothing could be planned: {exc}") from None
+
+
+def _write_sheets(day: DayPlan, out_dir: Path, config: Config) -> list[Path]:
+    from previsit import sheets
+
+    folder = out_dir / "sheets"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.html"):
+        stale.unlink()
+    written = []
+    for plan in day.plans:
+        path = folder / sheets.visit_sheet_filename(plan)
+        path.write_text(sheets.render_visit_sheet(plan), encoding="utf-8")
+        written.append(path)
+    huddle = out_dir / "huddle.html"
+    huddle.write_text(sheets.render_huddle(day, minutes_saved=config.sheets.minutes_saved),
+                      encoding="utf-8")
+    written.append(huddle)
+    return written
+
+
+def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
+                   sheet_paths: list[Path], write_back: bool, local: bool) -> None:
+    report = result.report
+    visits = report["visits"]
+    echo = typer.echo
+    where = (f"bundles in {config.source.path}" if local
+             else f"FHIR server {config.source.base_url}")
+    echo(f"previsit: {report['date']} (+{report['days'] - 1} days), {where}, "
+         f"time zone {config.source.timezone}")
+    echo(f"  appointments: {visits['total']} ({visits['patients']} patients): "
+         f"{visits['planned']} planned, {visits['failed']} failed")
+    kinds = report["actionable_by_kind"]
+    echo("  to do at these visits: " + (", ".join(
+        f"{kinds.get(k, 0)} {k}" for k in ("lab", "screening", "immunization", "renewal"))))
+    findings = report["findings"]
+    echo("  findings: " + ", ".join(f"{findings.get(s.value, 0)} {s.value}" for s in Status))
+    p = report["proposals"]
+    if local:
+        action = f"{p['proposed']} draft orders in transaction bundles"
+    elif write_back:
+        action = (f"{p['created']} draft orders created on the server, "
+                  f"{p['already_present']} already there")
+    else:
+        action = f"{p['proposed']} draft orders would be written (dry run; use --write-back)"
+    echo(f"  proposals: {action}; not proposed: {p['already-open']} already ordered, "
+         f"{p['already-written']} already proposed, {p['declined']} declined, "
+         f"{p['done']} done, {p['earlier-visit']} for an earlier visit that day")
+    for failure in report["failures"]:
+        echo(f"  FAILED appointment {failure['appointment']}: {failure['reason']}")
+    if report["source_problems"]:
+        echo(f"  input problems: {len(report['source_problems'])} (see run-report.json)")
+    echo(f"  outputs: {paths['plan']}, {paths['report']}, {paths['transactions']}/, "
+         f"{sheet_paths[-1]}, {len(sheet_paths) - 1} visit sheets in "
+         f"{sheet_paths[0].parent if len(sheet_paths) > 1 else '-'}")
+
+
+@app.command()
+def explain(
+    patient: Annotated[str, typer.Option("--patient", "-p", help="Patient id.")],
+    day: Annotated[str, typer.Option("--date", "-d", help="Visit date (YYYY-MM-DD).")],
+    config_path: ConfigOpt = None,
+    source_dir: Annotated[Path | None, typer.Option(
+        "--source", help="Folder of FHIR Bundles / NDJSON.", exists=True,
+        file_okay=False)] = None,
+    fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
+    rules_dir: RulesOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every rule's outcome for one patient on a date, with the reason."""
+    overrides: dict[str, Any] = {}
+    if source_dir is not None:
+        overrides.update(source__kind="bundles", source__path=source_dir)
+    if fhir_url is not None:
+        overrides.update(source__kind="fhir", source__base_url=fhir_url)
+    config = _config(config_path, **overrides)
+    ruleset = _ruleset(config, rules_dir)
+    try:
+        visit_day = date.fromisoformat(day)
+    except ValueError:
+        raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
+    with _source(config) as source:
+        try:
+            record = asyncio.run(source.patient_record(patient))
+        except (PatientReadError, SourceError) as exc:
+            raise fail(f"patient {patient}: {exc}") from None
+    plan = evaluate(record, ruleset, visit_day, _settings(config))
+    if as_json:
+        from previsit.plan import to_json
+
+        typer.echo(json.dumps(to_json(plan), indent=2, sort_keys=True))
+        return
+    age = plan.patient_age if plan.patient_age is not None else "age unknown"
+    typer.echo(f"Patient/{patient} on {visit_day}: {age}, {plan.patient_sex or 'sex unknown'}")
+    width = max(len(f.rule_id) for f in plan.findings) if plan.findings else 10
+    for f in plan.findings:
+        flags = f" [{', '.join(f.flags)}]" if f.flags else ""
+        typer.echo(f"  {f.status.value:<15} {f.rule_id:<{width}}  {f.explanation}{flags}")
+    for issue in plan.issues:
+        typer.echo(f"  data issue: {issue}")
+
+
+@rules_app.command("list")
+def rules_list(config_path: ConfigOpt = None, rules_dir: RulesOpt = None) -> None:
+    """The rules in the library: id, kind, who does it, measure, and whether it is on."""
+    config = _config(config_path)
+    ruleset = _ruleset(config, rules_dir)
+    active = {r.id for r in ruleset.active}
+    for rule in ruleset.rules:
+        state = "on " if rule.id in active else "off"
+        typer.echo(f"{state} {rule.id:<32} {rule.kind.value:<13} {rule.role.label:<10} "
+                   f"{rule.measure or '-'}")
+    typer.echo(f"{len(active)} of {len(ruleset.rules)} rules on; value sets: "
+               f"{len(ruleset.valuesets)}; from {', '.join(ruleset.sources)}")
+
+
+@rules_app.command("validate")
+def rules_validate(
+    folder: Annotated[Path | None, typer.Argument(
+        help="Rule folder (default: the configured or shipped library).")] = None,
+    config_path: ConfigOpt = None,
+) -> None:
+    """Check every rule file and value set; on error, name the file and the field."""
+    config = _config(config_path)
+    ruleset = _ruleset(config, folder)
+    typer.echo(f"ok: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets in "
+               f"{folder or config.rules.folder or 'the shipped library'}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,225 @@
+"""One run: appointments → records → plans → proposals → write-back → outputs + report.
+
+This is the only module that sequences the edges; each step is a call into a module
+that knows nothing of the others. A patient whose record cannot be read, or whose
+write-back fails, marks that patient's visits `failed` with the reason; the run goes on
+and the exit code tells the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from previsit.evaluate import Settings, evaluate
+from previsit.plan import DayPlan, Visit, VisitPlan
+from previsit.proposals import ProposalError, plan_proposals
+from previsit.record import PatientRecord
+from previsit.ruleset import RuleSet
+from previsit.sources import PatientReadError, Source, SourceError, VisitWindow
+
+log = logging.getLogger("previsit.run")
+
+EXIT_OK = 0  # every visit planned
+EXIT_PARTIAL = 3  # some visits failed; the others were planned and written
+EXIT_NOTHING = 4  # nothing could be done: configuration, auth, rules, server unreachable
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    window: VisitWindow
+    settings: Settings = field(default_factory=Settings)
+    identifier_system: str = "urn:previsit:proposal"
+    as_of: date | None = None  # the authoredOn of proposals; default: the window start
+    write_back: bool = False  # send transactions to the source (a server)
+    concurrency: int = 8
+
+
+@dataclass
+class RunResult:
+    day: DayPlan
+    bundles: dict[str, dict[str, Any]]  # appointment id -> transaction Bundle to write
+    report: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.report["exit_code"])
+
+
+def _failed_plan(visit: Visit, reason: str) -> VisitPlan:
+    return VisitPlan(visit=visit, patient_name=None, patient_age=None, patient_sex=None,
+                     patient_mrn=None, findings=(), failed=reason)
+
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+async def _read_records(source: Source, patient_ids: Sequence[str], concurrency: int,
+                        on_progress: Progress | None) -> dict[str, PatientRecord | str]:
+    """Each patient once, at most `concurrency` at a time; a failure is kept as its reason."""
+    gate = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(pid: str) -> tuple[str, PatientRecord | str]:
+        nonlocal done
+        async with gate:
+            try:
+                result: PatientRecord | str = await source.patient_record(pid)
+            except (PatientReadError, SourceError) as exc:
+                # the reason can name the patient's resources: not at WARNING
+                log.warning("a patient record could not be read")
+                log.debug("record %s: %s", pid, exc)
+                result = f"record could not be read: {exc}"
+        done += 1
+        if on_progress:
+            on_progress("records", done, len(patient_ids))
+        return pid, result
+
+    return dict(await asyncio.gather(*(one(pid) for pid in patient_ids)))
+
+
+async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
+                  on_progress: Progress | None = None) -> RunResult:
+    """Plan every appointment in the window. Raises SourceError when nothing can be read."""
+    started = time.perf_counter()
+    visits = list(await source.appointments(options.window))
+    read_done = time.perf_counter()
+    log.info("planning %d appointments", len(visits))
+    patient_ids = list(dict.fromkeys(v.patient_id for v in visits))
+    records = await _read_records(source, patient_ids, options.concurrency, on_progress)
+    records_done = time.perf_counter()
+
+    plans: list[VisitPlan] = []
+    bundles: dict[str, dict[str, Any]] = {}
+    proposed_for: dict[str, list[tuple[str, str]]] = {}
+    writes: Counter[str] = Counter()
+    as_of = options.as_of or options.window.start
+    for index, visit in enumerate(visits, start=1):
+        record = records.get(visit.patient_id)
+        if not isinstance(record, PatientRecord):
+            plans.append(_failed_plan(visit, record or "record was not read"))
+            continue
+        plan = evaluate(record, ruleset, visit, options.settings)
+        try:
+            proposals = plan_proposals(plan, record, identifier_system=options.identifier_system,
+                                       authored=as_of,
+                                       already_this_run=proposed_for.get(visit.patient_id, ()))
+        except ProposalError as exc:
+            plans.append(replace(plan, failed=f"proposals could not be built: {exc}"))
+            continue
+        proposed_for.setdefault(visit.patient_id, []).extend(
+            (p.resource_type, p.code) for p in proposals.summaries if p.outcome == "proposed")
+        plan = replace(plan, proposals=proposals.summaries)
+        if proposals.bundle is not None:
+            bundles[visit.appointment_id] = proposals.bundle
+            if options.write_back:
+                try:
+                    result = await source.write_transaction(proposals.bundle,
+                                                            key=visit.appointment_id)
+                except (SourceError, PatientReadError) as exc:
+                    plan = replace(plan, failed=f"write-back failed: {exc}")
+                else:
+                    writes["created"] += len(result.created)
+                    writes["existing"] += len(result.existing)
+        plans.append(plan)
+        if on_progress:
+            on_progress("visits", index, len(visits))
+    finished = time.perf_counter()
+    day = DayPlan(generated_for=options.window.start,
+                  days=(options.window.end - options.window.start).days, plans=tuple(plans),
+                  ruleset=ruleset.describe())
+    report = build_report(day, source, writes, options, timings={
+        "appointments_seconds": round(read_done - started, 3),
+        "records_seconds": round(records_done - read_done, 3),
+        "planning_seconds": round(finished - records_done, 3),
+        "total_seconds": round(finished - started, 3)})
+    log.info("planned %d of %d appointments", report["visits"]["planned"], len(visits))
+    return RunResult(day=day, bundles=bundles, report=report)
+
+
+def exit_code_for(planned: int, failed: int) -> int:
+    if failed == 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if planned else EXIT_NOTHING
+
+
+def build_report(day: DayPlan, source: Source, writes: Counter[str], options: RunOptions,
+                 timings: dict[str, float]) -> dict[str, Any]:
+    statuses: Counter[str] = Counter()
+    actionable: Counter[str] = Counter()
+    proposals: Counter[str] = Counter()
+    failures = []
+    for plan in day.plans:
+        if plan.failed:
+            failures.append({"appointment": plan.visit.appointment_id,
+                             "start": plan.visit.start.isoformat() if plan.visit.start else None,
+                             "reason": plan.failed})
+        for f in plan.findings:
+            statuses[f.status.value] += 1
+            if f.status.actionable:
+                actionable[f.kind.value] += 1
+        for p in plan.proposals:
+            proposals[p.outcome] += 1
+    failed = len(failures)
+    planned = len(day.plans) - failed
+    return {
+        "date": day.generated_for.isoformat(),
+        "days": day.days,
+        "write_back": options.write_back,
+        "visits": {"total": len(day.plans), "planned": planned, "failed": failed,
+                   "patients": len({p.visit.patient_id for p in day.plans})},
+        "findings": dict(sorted(statuses.items())),
+        "actionable_by_kind": dict(sorted(actionable.items())),
+        "proposals": {**{k: proposals.get(k, 0) for k in (
+            "proposed", "already-written", "already-open", "declined", "done",
+            "earlier-visit")},
+            "created": writes.get("created", 0), "already_present": writes.get("existing", 0)},
+        "failures": failures,
+        "source_problems": [{"where": p.where, "message": p.message}
+                            for p in source.problems()],
+        "http_requests": int(getattr(source, "request_count", 0)),
+        "timings": timings,
+        "exit_code": exit_code_for(planned, failed),
+    }
+
+
+def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
+    """plan.json, run-report.json and one transaction Bundle per visit; returns the paths.
+
+    Files are written with sorted keys so that the same input gives byte-identical output.
+    Stale transaction files from an earlier run of the same folder are removed, so the
+    folder always shows exactly what this run planned.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tx_dir = out_dir / "transactions"
+    tx_dir.mkdir(exist_ok=True)
+    for stale in tx_dir.glob("*.json"):
+        stale.unlink()
+    paths = {"plan": out_dir / "plan.json", "report": out_dir / "run-report.json"}
+    _dump(result.day.to_json(), paths["plan"])
+    report = {k: v for k, v in result.report.items() if k != "timings"}
+    # Timings vary run to run; they go in the report but not in what tests compare.
+    _dump({**report, "timings": result.report["timings"]}, paths["report"])
+    for appointment_id, bundle in result.bundles.items():
+        _dump(bundle, tx_dir / f"{safe_name(appointment_id)}.json")
+    paths["transactions"] = tx_dir
+    return paths
+
+
+def safe_name(key: str) -> str:
+    """A file name from a FHIR id ([A-Za-z0-9-.]{1,64}); anything else becomes '_'."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in key)
+    return cleaned.strip(".") or "visit"
+
+
+def _dump(data: Any, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
