@@ -261,14 +261,14 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
                    ) -> VisitProposals:
     """Merge, de-duplicate against the chart, build and validate the visit's transaction.
 
-    `already_this_run` holds (system, code) proposed for an earlier visit of the same
+    `already_this_run` holds (resource type, code) proposed for an earlier visit of the same
     patient in this run (two appointments the same day: one draw, not two).
     """
     summaries: list[ProposalSummary] = []
     entries: list[dict[str, Any]] = []
     for proposal in merge_orders(plan, record):
         outcome, existing = existing_outcome(proposal, record.requests, identifier_system)
-        if outcome == "proposed" and (proposal.order.system, proposal.order.code) in \
+        if outcome == "proposed" and (proposal.resource_type, proposal.order.code) in \
                 already_this_run:
             outcome = "earlier-visit"
         resource = None

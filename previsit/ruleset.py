@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +27,7 @@ from pydantic import (
 )
 
 from previsit.codes import ValueSet, ValueSetError, ValueSetRegistry
+from previsit.data import shipped_dir
 from previsit.intervals import Duration, DurationError
 from previsit.plan import Kind, Role
 
@@ -255,6 +255,13 @@ class Requirement(_Strict):
     label: str
     evidence: tuple[Evidence, ...] = Field(min_length=1)
     order: OrderSpec | None = None
+    # A narrower due-soon window for short intervals (INR every 4 weeks): with the clinic's
+    # 60-day default a 4-week test could never be satisfied. The narrower of this and the
+    # clinic's window applies.
+    due_soon: Duration | None = None
+
+    _v = field_validator("due_soon", mode="before")(
+        lambda v: None if v is None else _duration(v))
 
 
 class RenewalSpec(_Strict):
@@ -394,10 +401,7 @@ class RuleSet:
 
 def default_rules_dir() -> Path:
     """The rule library shipped with previsit (package data in a wheel, rules/ in a checkout)."""
-    packaged = Path(str(resources.files("previsit"))) / "rules"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "rules"
+    return shipped_dir("rules")
 
 
 def load_rule_file(path: Path) -> Rule:

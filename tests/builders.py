@@ -159,3 +159,25 @@ def findings(rule_id: str, *resources: dict[str, Any], rules: RuleSet | None = N
     """All findings of one rule (renewals produce one per medication)."""
     plan = evaluate(record(*resources), rules or shipped_rules(), visit, settings)
     return [f for f in plan.findings if f.rule_id == rule_id]
+
+
+FIT_VS = "https://example.org/fhir/ValueSet/fit"
+
+
+def tiny_rules(folder: Path) -> RuleSet:
+    """A one-rule library (FIT every year from 45) for tests that must not depend on the
+    shipped clinical content."""
+    import json
+
+    (folder / "valuesets").mkdir(parents=True, exist_ok=True)
+    (folder / "valuesets" / "fit.json").write_text(json.dumps({
+        "resourceType": "ValueSet", "url": FIT_VS, "title": "FIT",
+        "compose": {"include": [{"system": LOINC, "concept": [{"code": "29771-3"}]}]}}))
+    (folder / "fit.yaml").write_text(
+        "id: fit\ntitle: FIT\nkind: screening\nrole: medical-assistant\n"
+        "citation: {source: test}\napplies_when: [{age: {min: 45}}]\n"
+        "requirements:\n  - id: fit\n    label: FIT\n    evidence:\n"
+        f"      - {{observation: '{FIT_VS}', label: FIT, lookback: 1y}}\n"
+        "    order: {system: 'http://loinc.org', code: 29771-3, display: FIT, "
+        "category: laboratory, before_visit: true, lead_days: 7}\n")
+    return load_ruleset(folder)

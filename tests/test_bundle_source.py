@@ -1,0 +1,175 @@
+"""The local bundle source: windows, filters, and malformed input reported and skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import condition, observation, patient
+
+from previsit.sources import PatientReadError, SourceError, VisitWindow
+from previsit.sources.bundles import BundleSource
+
+DAY = date(2026, 12, 1)
+TZ = "America/Chicago"
+
+
+def appointment(aid: str, start: str, *, status: str = "booked", pid: str = "p1",
+                practitioner: str = "dr-a", location: str = "loc-main",
+                service: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Appointment", "id": aid, "status": status, "start": start,
+        "participant": [
+            {"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"},
+            {"actor": {"reference": f"Practitioner/{practitioner}", "display": "Dr A"},
+             "status": "accepted"},
+            {"actor": {"reference": f"Location/{location}", "display": "Main"},
+             "status": "accepted"}]}
+    if service:
+        resource["serviceType"] = [{"coding": [{"system": "http://snomed.info/sct",
+                                                "code": service}]}]
+    return resource
+
+
+def bundle(*resources: dict[str, Any], kind: str = "collection") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind,
+            "entry": [{"resource": r} for r in resources]}
+
+
+def write(folder: Path, name: str, data: Any) -> None:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def window(**kwargs: Any) -> VisitWindow:
+    return VisitWindow(start=DAY, end=date(2026, 12, 2), timezone=TZ, **kwargs)
+
+
+def visits(folder: Path, **kwargs: Any) -> list[str]:
+    found = asyncio.run(BundleSource(folder).appointments(window(**kwargs)))
+    return [v.appointment_id for v in found]
+
+
+def test_window_is_the_clinic_day_in_local_time(tmp_path: Path) -> None:
+    write(tmp_path, "appts.json", bundle(
+        appointment("early", "2026-12-01T00:10:00-06:00"),
+        appointment("late", "2026-12-01T23:50:00-06:00"),
+        # 2026-12-02T03:00Z is 21:00 on Dec 1 in Chicago: in the window
+        appointment("utc", "2026-12-02T03:00:00Z"),
+        # 2026-12-01T05:30Z is 23:30 on Nov 30 in Chicago: not in the window
+        appointment("yesterday", "2026-12-01T05:30:00Z"),
+        appointment("tomorrow", "2026-12-02T08:00:00-06:00")))
+    assert visits(tmp_path) == ["early", "utc", "late"]
+
+
+@pytest.mark.parametrize("status,counted", [
+    ("booked", True), ("arrived", True), ("pending", True), ("cancelled", False),
+    ("noshow", False), ("entered-in-error", False), ("proposed", False), ("fulfilled", False)])
+def test_only_booked_like_statuses_count(tmp_path: Path, status: str, counted: bool) -> None:
+    write(tmp_path, "a.json", bundle(appointment("a", "2026-12-01T09:00:00-06:00",
+                                                 status=status)))
+    assert visits(tmp_path) == (["a"] if counted else [])
+
+
+def test_practitioner_location_and_service_filters(tmp_path: Path) -> None:
+    write(tmp_path, "a.json", bundle(
+        appointment("a", "2026-12-01T09:00:00-06:00", practitioner="dr-a", location="east",
+                    service="410620009"),
+        appointment("b", "2026-12-01T09:20:00-06:00", practitioner="dr-b", location="main")))
+    assert visits(tmp_path, practitioners=("Practitioner/dr-b",)) == ["b"]
+    assert visits(tmp_path, locations=("east",)) == ["a"]
+    assert visits(tmp_path, service_types=("410620009",)) == ["a"]
+    assert visits(tmp_path, practitioners=("dr-a",), locations=("main",)) == []
+
+
+def test_malformed_files_and_entries_are_reported_and_skipped(tmp_path: Path) -> None:
+    write(tmp_path, "good.json", bundle(patient(pid="p1"),
+                                        appointment("a", "2026-12-01T09:00:00-06:00")))
+    write(tmp_path, "broken.json", '{"resourceType": "Bundle", "entry": [')
+    write(tmp_path, "not-fhir.json", {"hello": "world"})
+    write(tmp_path, "entries.json", {"resourceType": "Bundle", "type": "collection",
+                                     "entry": [{"resource": "text"}, {"fullUrl": "x"},
+                                               {"resource": {"id": "no-type"}}]})
+    write(tmp_path, "more.ndjson", json.dumps(observation("4548-4", 10, 7.1, "%")) +
+          "\n{oops\n\n" + json.dumps({"resourceType": "Observation", "id": "orphan"}) + "\n")
+    source = BundleSource(tmp_path)
+    assert [v.appointment_id for v in asyncio.run(source.appointments(window()))] == ["a"]
+    record = asyncio.run(source.patient_record("p1"))
+    assert len(record.observations) == 1  # the good NDJSON line was kept
+    problems = {(Path(p.where).name, p.message.split(":")[0]) for p in source.problems()}
+    assert ("broken.json", "not valid JSON") in problems
+    assert ("not-fhir.json", "not a FHIR resource (no resourceType); file skipped") in problems
+    wheres = [Path(p.where).name for p in source.problems()]
+    assert "entries.json entry[0]" in wheres
+    assert "entries.json entry[1]" in wheres
+    assert "entries.json entry[2]" in wheres
+    assert "more.ndjson line 2" in wheres
+    assert any(w == "more.ndjson line 4" for w in wheres)  # Observation without a subject
+
+
+def test_transaction_bundles_with_urn_uuid_references(tmp_path: Path) -> None:
+    """Synthea and EHR exports link resources by fullUrl, not Type/id."""
+    pat = patient(pid="3f1c")
+    obs = observation("4548-4", 30, 8.2, "%")
+    obs["subject"] = {"reference": "urn:uuid:3f1c"}
+    write(tmp_path, "synthea.json", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:3f1c", "resource": pat,
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:aaaa", "resource": obs,
+         "request": {"method": "POST", "url": "Observation"}}]})
+    record = asyncio.run(BundleSource(tmp_path).patient_record("3f1c"))
+    assert [o.ref for o in record.observations] == [f"Observation/{obs['id']}"]
+
+
+def test_duplicate_resources_keep_the_first_and_say_so(tmp_path: Path) -> None:
+    cond = condition("44054006", pid="p1")
+    write(tmp_path, "a.json", bundle(patient(pid="p1"), cond))
+    write(tmp_path, "b.json", bundle(cond))
+    source = BundleSource(tmp_path)
+    record = asyncio.run(source.patient_record("p1"))
+    assert len(record.conditions) == 1
+    assert any("also appears in" in p.message for p in source.problems())
+
+
+def test_missing_patient_is_a_patient_error_and_missing_folder_a_source_error(
+        tmp_path: Path) -> None:
+    write(tmp_path, "a.json", bundle(appointment("a", "2026-12-01T09:00:00-06:00", pid="ghost")))
+    with pytest.raises(PatientReadError) as err:
+        asyncio.run(BundleSource(tmp_path).patient_record("ghost"))
+    assert err.value.patient_id == "ghost"
+    with pytest.raises(SourceError, match="does not exist"):
+        asyncio.run(BundleSource(tmp_path / "nope").appointments(window()))
+
+
+def test_medication_reference_resolved_to_medication_resource(tmp_path: Path) -> None:
+    med = {"resourceType": "Medication", "id": "m1", "code": {"coding": [{
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076",
+        "display": "lisinopril 10 MG Oral Tablet"}]}}
+    request = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active",
+               "intent": "order", "subject": {"reference": "Patient/p1"},
+               "medicationReference": {"reference": "Medication/m1"}, "authoredOn": "2026-01-01"}
+    write(tmp_path, "meds.json", bundle(patient(pid="p1"), med, request))
+    record = asyncio.run(BundleSource(tmp_path).patient_record("p1"))
+    assert record.medications[0].medication.codings[0].code == "314076"
+
+
+def test_conditional_create_evaluated_against_loaded_identifiers(tmp_path: Path) -> None:
+    existing = {"resourceType": "ServiceRequest", "id": "sr1", "status": "active",
+                "intent": "order", "subject": {"reference": "Patient/p1"},
+                "identifier": [{"system": "urn:previsit:proposal", "value": "pv-1"}]}
+    write(tmp_path, "a.json", bundle(patient(pid="p1"), existing))
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "ServiceRequest"},
+         "request": {"method": "POST", "url": "ServiceRequest",
+                     "ifNoneExist": "identifier=urn:previsit:proposal|pv-1"}},
+        {"resource": {"resourceType": "ServiceRequest"},
+         "request": {"method": "POST", "url": "ServiceRequest",
+                     "ifNoneExist": "identifier=urn:previsit:proposal|pv-2"}}]}
+    result = asyncio.run(BundleSource(tmp_path).write_transaction(tx, key="a"))
+    assert result.existing == ("ServiceRequest/sr1",)
+    assert len(result.created) == 1

@@ -1,0 +1,184 @@
+"""Proposals: merged per visit, de-duplicated against the chart, idempotent, valid FHIR R4B."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from builders import medication, patient, record
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from previsit.codes import LOINC, RXNORM
+from previsit.plan import Evidence, Finding, Kind, Order, Role, Status, Visit, VisitPlan
+from previsit.proposals import plan_proposals, proposal_identifier
+from previsit.record import PatientRecord
+
+SYSTEM = "urn:previsit:proposal"
+VISIT = Visit(appointment_id="appt-1", patient_id="p1", status="booked",
+              start=datetime(2026, 12, 1, 9, 20, tzinfo=ZoneInfo("America/Chicago")))
+POTASSIUM = Order(LOINC, "2823-3", "Potassium", "laboratory", Role.MA, True, 7)
+
+
+def lab(rule_id: str, order: Order = POTASSIUM, status: Status = Status.OVERDUE,
+        evidence: tuple[Evidence, ...] = ()) -> Finding:
+    return Finding(rule_id=rule_id, title=rule_id.title(), kind=Kind.LAB, status=status,
+                   explanation=f"{rule_id} explanation", role=order.role, orders=(order,),
+                   evidence=evidence)
+
+
+def plan_of(*findings: Finding, visit: Visit = VISIT) -> VisitPlan:
+    return VisitPlan(visit=visit, patient_name="A", patient_age=60, patient_sex="female",
+                     patient_mrn="1", findings=findings)
+
+
+def chart(*resources: dict[str, Any]) -> PatientRecord:
+    return record(patient(pid="p1"), *resources)
+
+
+def service_request(code: str, status: str, *, ours: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "ServiceRequest", "id": f"sr-{code}-{status}", "status": status,
+        "intent": "order", "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": LOINC, "code": code}]}}
+    if ours:
+        resource["identifier"] = [{"system": SYSTEM, "value": ours}]
+    return resource
+
+
+def proposals(plan: VisitPlan, rec: PatientRecord, **kwargs: Any) -> Any:
+    return plan_proposals(plan, rec, identifier_system=SYSTEM, authored=date(2026, 11, 23),
+                          **kwargs)
+
+
+def test_same_code_from_two_rules_is_one_order_with_two_reasons() -> None:
+    ace = lab("ace-arb-diuretic-monitoring")
+    lithium = lab("lithium-monitoring", Order(LOINC, "2823-3", "Potassium", "laboratory",
+                                              Role.MA, True, 10))
+    result = proposals(plan_of(ace, lithium), chart())
+    assert len(result.summaries) == 1
+    summary = result.summaries[0]
+    assert summary.rule_ids == ("ace-arb-diuretic-monitoring", "lithium-monitoring")
+    # the longest lead time wins so both rules' results are in before the visit
+    assert summary.occurrence == date(2026, 11, 21)
+    resource = result.bundle["entry"][0]["resource"]
+    assert [r["text"] for r in resource["reasonCode"]] == [
+        "Ace-Arb-Diuretic-Monitoring", "Lithium-Monitoring"]
+    assert resource["occurrenceDateTime"] == "2026-11-21"
+
+
+def test_service_request_shape_and_validates_as_r4b() -> None:
+    evidence = (Evidence("MedicationRequest/m1", date(2025, 1, 1), "lisinopril", "reason"),
+                Evidence("Condition/c1", date(2020, 1, 1), "Hypertension", "reason"),
+                Evidence("Observation/o1", date(2025, 10, 1), "Potassium 4.1 mmol/L"))
+    result = proposals(plan_of(lab("ace-arb-diuretic-monitoring", evidence=evidence)), chart())
+    entry = result.bundle["entry"][0]
+    resource = entry["resource"]
+    ServiceRequest.model_validate(resource)
+    Bundle.model_validate(result.bundle)
+    assert (resource["status"], resource["intent"]) == ("draft", "proposal")
+    assert resource["code"]["coding"][0] == {"system": LOINC, "code": "2823-3",
+                                             "display": "Potassium"}
+    assert resource["subject"] == {"reference": "Patient/p1"}
+    assert resource["performerType"]["coding"][0]["code"] == "medical-assistant"
+    assert resource["reasonReference"] == [{"reference": "Condition/c1",
+                                            "display": "Hypertension"}]
+    supporting = [s["reference"] for s in resource["supportingInfo"]]
+    assert supporting == ["Appointment/appt-1", "MedicationRequest/m1", "Observation/o1"]
+    identifier = proposal_identifier("appt-1", LOINC, "2823-3")
+    assert resource["identifier"] == [{"system": SYSTEM, "value": identifier}]
+    assert entry["request"] == {"method": "POST", "url": "ServiceRequest",
+                                "ifNoneExist": f"identifier={SYSTEM}|{identifier}"}
+
+
+def test_identifier_is_deterministic_and_specific() -> None:
+    first = proposal_identifier("appt-1", LOINC, "2823-3")
+    assert first == proposal_identifier("appt-1", LOINC, "2823-3")
+    assert first != proposal_identifier("appt-2", LOINC, "2823-3")
+    assert first != proposal_identifier("appt-1", LOINC, "2160-0")
+    assert "|" not in first and "," not in first
+    again = proposals(plan_of(lab("x")), chart())
+    assert again.bundle == proposals(plan_of(lab("x")), chart()).bundle
+
+
+@pytest.mark.parametrize("status,outcome", [
+    ("active", "already-open"), ("draft", "already-open"), ("on-hold", "already-open"),
+    ("completed", "proposed"), ("revoked", "proposed"), ("entered-in-error", "proposed")])
+def test_someone_elses_order_suppresses_only_while_open(status: str, outcome: str) -> None:
+    result = proposals(plan_of(lab("x")), chart(service_request("2823-3", status)))
+    assert result.summaries[0].outcome == outcome
+    assert (result.bundle is None) == (outcome != "proposed")
+
+
+@pytest.mark.parametrize("status,outcome", [
+    ("draft", "already-written"), ("active", "already-written"), ("revoked", "declined"),
+    ("completed", "done"), ("entered-in-error", "proposed")])
+def test_our_own_proposal_is_never_written_twice_or_re_proposed(status: str,
+                                                                outcome: str) -> None:
+    ours = proposal_identifier("appt-1", LOINC, "2823-3")
+    existing = service_request("9999-9", status, ours=ours)  # the code may have been edited
+    result = proposals(plan_of(lab("x")), chart(existing))
+    assert result.summaries[0].outcome == outcome
+    if outcome != "proposed":
+        assert result.summaries[0].existing == existing["resourceType"] + "/" + existing["id"]
+
+
+def test_a_different_code_is_not_suppressed() -> None:
+    result = proposals(plan_of(lab("x")), chart(service_request("2160-0", "active")))
+    assert result.summaries[0].outcome == "proposed"
+
+
+def test_second_visit_same_day_does_not_duplicate_the_draw() -> None:
+    result = proposals(plan_of(lab("x")), chart(),
+                       already_this_run=[("ServiceRequest", "2823-3")])
+    assert result.summaries[0].outcome == "earlier-visit"
+    assert result.bundle is None
+
+
+def test_satisfied_findings_propose_nothing() -> None:
+    result = proposals(plan_of(lab("x", status=Status.SATISFIED),
+                               lab("y", status=Status.UNKNOWN)), chart())
+    assert result.summaries == () and result.bundle is None
+
+
+def test_due_soon_is_proposed_now() -> None:
+    result = proposals(plan_of(lab("x", status=Status.DUE_SOON)), chart())
+    assert result.summaries[0].outcome == "proposed"
+
+
+def test_renewal_is_a_medication_request_proposal_with_prior_prescription() -> None:
+    med = medication("314076", "lisinopril 10 MG Oral Tablet", supply_days=90, repeats=3)
+    rec = chart(med)
+    order = Order(RXNORM, "314076", "lisinopril 10 MG Oral Tablet", "medication",
+                  Role.PHARMACIST, False)
+    renewal = Finding(rule_id="annual-prescription-renewal", title="Renew lisinopril",
+                      kind=Kind.RENEWAL, status=Status.DUE, explanation="runs out",
+                      role=Role.PHARMACIST, orders=(order,),
+                      medication_ref=f"MedicationRequest/{med['id']}")
+    result = proposals(plan_of(renewal), rec)
+    resource = result.bundle["entry"][0]["resource"]
+    MedicationRequest.model_validate(resource)
+    assert (resource["status"], resource["intent"]) == ("draft", "proposal")
+    assert resource["priorPrescription"]["reference"] == f"MedicationRequest/{med['id']}"
+    assert resource["medicationCodeableConcept"] == med["medicationCodeableConcept"]
+    assert resource["dispenseRequest"]["validityPeriod"] == {"start": "2026-12-01",
+                                                             "end": "2027-12-01"}
+    # 365 days of 90-day fills: 5 fills, so 4 repeats
+    assert resource["dispenseRequest"]["numberOfRepeatsAllowed"] == 4
+    assert result.bundle["entry"][0]["request"]["url"] == "MedicationRequest"
+
+
+def test_an_open_renewal_proposal_by_someone_else_suppresses_ours() -> None:
+    med = medication("314076", "lisinopril 10 MG Oral Tablet")
+    pending = {**medication("314076", "lisinopril 10 MG Oral Tablet"), "intent": "proposal",
+               "status": "draft"}
+    order = Order(RXNORM, "314076", "lisinopril 10 MG Oral Tablet", "medication",
+                  Role.PHARMACIST, False)
+    renewal = Finding(rule_id="annual-prescription-renewal", title="Renew", kind=Kind.RENEWAL,
+                      status=Status.DUE, explanation="", role=Role.PHARMACIST, orders=(order,),
+                      medication_ref=f"MedicationRequest/{med['id']}")
+    result = proposals(plan_of(renewal), chart(med, pending))
+    assert result.summaries[0].outcome == "already-open"

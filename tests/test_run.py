@@ -1,0 +1,128 @@
+"""Run orchestration: one patient's failure fails only their visits; exit codes; outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import patient, tiny_rules
+from test_bundle_source import appointment, bundle, write
+
+from previsit.plan import Visit
+from previsit.record import PatientRecord
+from previsit.run import (
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    RunOptions,
+    run_day,
+    write_outputs,
+)
+from previsit.sources import PatientReadError, SourceError, VisitWindow, WriteResult
+from previsit.sources.bundles import BundleSource
+
+WINDOW = VisitWindow(start=date(2026, 12, 1), end=date(2026, 12, 2), timezone="America/Chicago")
+
+
+class Breaking(BundleSource):
+    """A bundle source whose reads or writes fail for chosen patients / appointments."""
+
+    def __init__(self, folder: Path, *, unreadable: Sequence[str] = (),
+                 unwritable: Sequence[str] = (), down: bool = False) -> None:
+        super().__init__(folder)
+        self.unreadable, self.unwritable, self.down = set(unreadable), set(unwritable), down
+
+    async def appointments(self, window: VisitWindow) -> Sequence[Visit]:
+        if self.down:
+            raise SourceError("connection refused")
+        return await super().appointments(window)
+
+    async def patient_record(self, patient_id: str) -> PatientRecord:
+        if patient_id in self.unreadable:
+            raise PatientReadError(patient_id, "HTTP 503 after 5 attempts")
+        return await super().patient_record(patient_id)
+
+    async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> WriteResult:
+        if key in self.unwritable:
+            raise SourceError("HTTP 500 on transaction")
+        return await super().write_transaction(bundle, key=key)
+
+
+@pytest.fixture
+def day(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    write(folder, "day.json", bundle(
+        patient(pid="p1", age=50), patient(pid="p2", age=60), patient(pid="p3", age=70),
+        appointment("a1", "2026-12-01T09:00:00-06:00", pid="p1"),
+        appointment("a2", "2026-12-01T09:20:00-06:00", pid="p2"),
+        appointment("a2b", "2026-12-01T11:00:00-06:00", pid="p2"),
+        appointment("a3", "2026-12-01T10:00:00-06:00", pid="p3")))
+    return folder
+
+
+def run(source: BundleSource, tmp_path: Path, write_back: bool = True) -> Any:
+    rules = tiny_rules(tmp_path / "rules")
+    return asyncio.run(run_day(source, rules, RunOptions(window=WINDOW, write_back=write_back)))
+
+
+def test_all_planned(day: Path, tmp_path: Path) -> None:
+    result = run(BundleSource(day), tmp_path)
+    assert result.exit_code == EXIT_OK
+    assert [p.visit.appointment_id for p in result.day.plans] == ["a1", "a2", "a3", "a2b"]
+    # p2 has two visits: the FIT is proposed for the first one only
+    outcomes = {p.visit.appointment_id: [s.outcome for s in p.proposals]
+                for p in result.day.plans}
+    assert outcomes == {"a1": ["proposed"], "a2": ["proposed"], "a3": ["proposed"],
+                        "a2b": ["earlier-visit"]}
+    assert sorted(result.bundles) == ["a1", "a2", "a3"]
+    assert result.report["visits"] == {"total": 4, "planned": 4, "failed": 0, "patients": 3}
+
+
+def test_one_unreadable_patient_fails_only_their_visits(day: Path, tmp_path: Path) -> None:
+    result = run(Breaking(day, unreadable=["p2"]), tmp_path)
+    assert result.exit_code == EXIT_PARTIAL
+    failed = {p.visit.appointment_id: p.failed for p in result.day.plans if p.failed}
+    assert set(failed) == {"a2", "a2b"}
+    assert "HTTP 503 after 5 attempts" in failed["a2"]
+    assert [f["appointment"] for f in result.report["failures"]] == ["a2", "a2b"]
+
+
+def test_write_back_failure_fails_that_visit(day: Path, tmp_path: Path) -> None:
+    result = run(Breaking(day, unwritable=["a3"]), tmp_path)
+    assert result.exit_code == EXIT_PARTIAL
+    assert [p.visit.appointment_id for p in result.day.plans if p.failed] == ["a3"]
+
+
+def test_every_patient_failing_is_nothing_done(day: Path, tmp_path: Path) -> None:
+    result = run(Breaking(day, unreadable=["p1", "p2", "p3"]), tmp_path)
+    assert result.exit_code == EXIT_NOTHING
+
+
+def test_unreachable_source_raises(day: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="connection refused"):
+        run(Breaking(day, down=True), tmp_path)
+
+
+def test_dry_run_writes_nothing(day: Path, tmp_path: Path) -> None:
+    result = run(Breaking(day, unwritable=["a1", "a2", "a3"]), tmp_path, write_back=False)
+    assert result.exit_code == EXIT_OK
+    assert result.report["proposals"]["created"] == 0
+    assert result.report["proposals"]["proposed"] == 3
+
+
+def test_outputs_are_byte_identical_on_a_rerun(day: Path, tmp_path: Path) -> None:
+    first = write_outputs(run(BundleSource(day), tmp_path), tmp_path / "out1")
+    second = write_outputs(run(BundleSource(day), tmp_path), tmp_path / "out2")
+    assert first["plan"].read_bytes() == second["plan"].read_bytes()
+    names = sorted(p.name for p in (tmp_path / "out1" / "transactions").iterdir())
+    assert names == ["a1.json", "a2.json", "a3.json"]
+    for name in names:
+        assert (tmp_path / "out1/transactions" / name).read_bytes() == \
+            (tmp_path / "out2/transactions" / name).read_bytes()
+    report = json.loads(first["report"].read_text())
+    assert report["exit_code"] == 0 and "timings" in report
