@@ -52,7 +52,8 @@ def birth_date_for(age: int, *, days: int = 0, visit: date = VISIT) -> str:
 
 
 def patient(age: int | None = 50, sex: str | None = "female", *, days: int = 0,
-            pid: str = "p1", name: str = "Test Patient", birth: str | None = None) -> dict[str, Any]:
+            pid: str = "p1", name: str = "Test Patient",
+            birth: str | None = None) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Patient", "id": pid,
                                 "name": [{"family": name.split()[-1],
                                           "given": name.split()[:-1]}]}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from previsit.cli.app import app
 from typer.testing import CliRunner
 
-from previsit.cli.app import app
 from previsit.ruleset import RuleError, default_rules_dir, load_ruleset
 
 VS_URL = "https://example.org/fhir/ValueSet/fit"
@@ -90,7 +90,7 @@ def test_disabling_rules_by_configuration(tmp_path: Path) -> None:
     other = {**GOOD, "id": "other"}
     ruleset = load_ruleset(_folder(tmp_path, GOOD, other), disabled=["other"])
     assert [r.id for r in ruleset.active] == ["fit-screening"]
-    with pytest.raises(RuleError, match="disabled rules not found.*typo-rule"):
+    with pytest.raises(RuleError, match=r"disabled rules not found.*typo-rule"):
         load_ruleset(_folder(tmp_path, GOOD), disabled=["typo-rule"])
 
 
