@@ -19,8 +19,8 @@ from previsit.config import Config, ConfigError, load_config
 from previsit.evaluate import Settings, evaluate
 from previsit.intervals import Duration
 from previsit.plan import DayPlan, Status
-from previsit.run import EXIT_NOTHING, RunOptions, RunResult, run_day, write_outputs
 from previsit.ruleset import RuleError, RuleSet, load_ruleset
+from previsit.run import EXIT_NOTHING, RunOptions, RunResult, run_day, write_outputs
 from previsit.sources import PatientReadError, Source, SourceError, VisitWindow
 from previsit.sources.bundles import BundleSource
 
@@ -194,6 +194,9 @@ def _write_sheets(day: DayPlan, out_dir: Path, config: Config) -> list[Path]:
         path = folder / sheets.visit_sheet_filename(plan)
         path.write_text(sheets.render_visit_sheet(plan), encoding="utf-8")
         written.append(path)
+    every = out_dir / "visits.html"
+    every.write_text(sheets.render_visit_sheets(day), encoding="utf-8")
+    written.append(every)
     huddle = out_dir / "huddle.html"
     huddle.write_text(sheets.render_huddle(day, minutes_saved=config.sheets.minutes_saved),
                       encoding="utf-8")
@@ -232,9 +235,11 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
         echo(f"  FAILED appointment {failure['appointment']}: {failure['reason']}")
     if report["source_problems"]:
         echo(f"  input problems: {len(report['source_problems'])} (see run-report.json)")
-    echo(f"  outputs: {paths['plan']}, {paths['report']}, {paths['transactions']}/, "
-         f"{sheet_paths[-1]}, {len(sheet_paths) - 1} visit sheets in "
-         f"{sheet_paths[0].parent if len(sheet_paths) > 1 else '-'}")
+    visit_sheets = sheet_paths[:-2]
+    echo(f"  outputs: {paths['plan']}, {paths['report']}, {paths['transactions']}/ "
+         f"({len(result.bundles)} bundles), {sheet_paths[-1]} (huddle), {sheet_paths[-2]} "
+         f"(all visits, one per page), {len(visit_sheets)} visit sheets in "
+         f"{visit_sheets[0].parent if visit_sheets else '-'}/")
 
 
 @app.command()
@@ -307,6 +312,70 @@ def rules_validate(
     ruleset = _ruleset(config, folder)
     typer.echo(f"ok: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets in "
                f"{folder or config.rules.folder or 'the shipped library'}")
+
+
+@app.command()
+def sheet(
+    plan_file: Annotated[Path, typer.Argument(help="plan.json written by `previsit run`.",
+                                              exists=True, dir_okay=False)],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output folder (default: the plan's folder).")] = None,
+    visit: Annotated[str | None, typer.Option(
+        help="Only this appointment's sheet (appointment id).")] = None,
+    huddle: Annotated[bool, typer.Option(help="Render the huddle sheet.")] = True,
+    visits: Annotated[bool, typer.Option(help="Render the visit sheets (one document).")
+                      ] = True,
+    location: Annotated[str | None, typer.Option(help="Only this location (id).")] = None,
+    practitioner: Annotated[str | None, typer.Option(help="Only this practitioner (id).")
+                            ] = None,
+    paper: Annotated[str, typer.Option(help="letter or a4.")] = "letter",
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also write PDFs (WeasyPrint).")] = False,
+    config_path: ConfigOpt = None,
+) -> None:
+    """Render sheets from an existing plan.json, without reading the server again."""
+    from previsit import sheets
+    from previsit.pdf import write_pdf
+
+    if paper not in ("letter", "a4"):
+        raise fail("--paper must be letter or a4", 2)
+    size: sheets.Paper = "a4" if paper == "a4" else "letter"
+    config = _config(config_path)
+    try:
+        day = DayPlan.from_json(json.loads(plan_file.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise fail(f"{plan_file}: not a usable plan.json ({exc})") from None
+    folder = out or plan_file.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs: list[tuple[Path, str]] = []
+    if visit is not None:
+        chosen = [p for p in day.plans if p.visit.appointment_id == visit]
+        if not chosen:
+            raise fail(f"no appointment {visit!r} in {plan_file}", 2)
+        outputs.append((folder / sheets.visit_sheet_filename(chosen[0]),
+                        sheets.render_visit_sheet(chosen[0], paper=size)))
+    else:
+        if visits:
+            name = sheets.huddle_sheet_filename(day, location=location,
+                                                practitioner=practitioner)
+            outputs.append((folder / name.replace("huddle-", "visits-", 1),
+                            sheets.render_visit_sheets(day, location=location,
+                                                       practitioner=practitioner,
+                                                       paper=size)))
+        if huddle:
+            outputs.append((folder / sheets.huddle_sheet_filename(
+                day, location=location, practitioner=practitioner),
+                sheets.render_huddle(day, location=location, practitioner=practitioner,
+                                     minutes_saved=config.sheets.minutes_saved,
+                                     paper=size)))
+    for path, html in outputs:
+        path.write_text(html, encoding="utf-8")
+        typer.echo(str(path))
+        if pdf:
+            try:
+                write_pdf(html, path.with_suffix(".pdf"))
+            except RuntimeError as exc:
+                raise fail(str(exc)) from None
+            typer.echo(str(path.with_suffix(".pdf")))
 
 
 def main() -> None:

@@ -1,0 +1,64 @@
+"""A visit's planning sheet stored in the EHR as a DocumentReference (`--write-sheets`).
+
+Written with a conditional update (`PUT DocumentReference?identifier=…`) keyed on the
+appointment: a re-run replaces the sheet with the current one instead of adding a
+second document, and two runs at once still leave one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import date
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.documentreference import DocumentReference
+
+from previsit.codes import LOINC
+from previsit.plan import VisitPlan
+
+
+def sheet_identifier(appointment_id: str) -> str:
+    digest = hashlib.sha256(f"{appointment_id}\x1fplanning-sheet".encode()).hexdigest()
+    return f"pv-sheet-{digest[:32]}"
+
+
+def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
+                   as_of: date) -> dict[str, Any]:
+    """The DocumentReference for one visit's sheet (HTML attachment, patient, appointment)."""
+    data = html.encode("utf-8")
+    resource: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "identifier": [{"system": identifier_system,
+                        "value": sheet_identifier(plan.visit.appointment_id)}],
+        "status": "current",
+        "docStatus": "preliminary",
+        # LOINC 11506-3 "Progress note" is the closest general document type; planning
+        # sheets have no LOINC document code of their own.
+        "type": {"coding": [{"system": LOINC, "code": "11506-3", "display": "Progress note"}],
+                 "text": "Pre-visit planning sheet"},
+        "subject": {"reference": f"Patient/{plan.visit.patient_id}"},
+        "date": f"{as_of.isoformat()}T00:00:00Z",
+        "description": "Pre-visit planning sheet prepared by previsit",
+        "content": [{"attachment": {
+            "contentType": "text/html; charset=utf-8", "language": "en",
+            "data": base64.b64encode(data).decode("ascii"), "size": len(data),
+            "hash": base64.b64encode(hashlib.sha1(data).digest()).decode("ascii"),  # noqa: S324  (FHIR defines Attachment.hash as SHA-1)
+            "title": "Pre-visit planning sheet"}}],
+        "context": {"related": [{"reference": f"Appointment/{plan.visit.appointment_id}"}]},
+    }
+    DocumentReference.model_validate(resource)
+    return resource
+
+
+def sheet_transaction(plan: VisitPlan, html: str, *, identifier_system: str,
+                      as_of: date) -> dict[str, Any]:
+    resource = sheet_document(plan, html, identifier_system=identifier_system, as_of=as_of)
+    value = resource["identifier"][0]["value"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": resource,
+        "request": {"method": "PUT",
+                    "url": f"DocumentReference?identifier={identifier_system}|{value}"}}]}
+    Bundle.model_validate(bundle)
+    return bundle
