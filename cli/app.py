@@ -31,6 +31,11 @@ app = typer.Typer(help="Pre-visit planning from FHIR: labs, screenings, immuniza
                   pretty_exceptions_show_locals=False)
 rules_app = typer.Typer(help="List and validate the rule library.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+keys_app = typer.Typer(help="Key pairs for SMART Backend Services.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+config_app = typer.Typer(help="Check a configuration against its server.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="TOML configuration file (see README, 'Configuration').",
@@ -376,6 +381,72 @@ def sheet(
             except RuntimeError as exc:
                 raise fail(str(exc)) from None
             typer.echo(str(path.with_suffix(".pdf")))
+
+
+@keys_app.command("generate")
+def keys_generate(
+    private_key: Annotated[Path, typer.Option(
+        "--private-key", help="Where to write the private key (PEM, mode 0600).")],
+    algorithm: Annotated[str, typer.Option(help="RS384 or ES384.")] = "RS384",
+    kid: Annotated[str | None, typer.Option(help="Key id (default: the JWK thumbprint).")
+                   ] = None,
+    jwks_out: Annotated[Path | None, typer.Option(
+        "--jwks", help="Also write the public JWKS to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing private key.")] = False,
+) -> None:
+    """Generate a key pair; print the public JWKS to register with the EHR.
+
+    Put the printed kid in the configuration as auth.key_id and the key file as
+    auth.private_key_file. The private key never leaves this machine.
+    """
+    from previsit.keys import KeyFileError, generate_key_pair
+
+    if algorithm not in ("RS384", "ES384"):
+        raise fail("--algorithm must be RS384 or ES384", 2)
+    try:
+        key = generate_key_pair(private_key, "ES384" if algorithm == "ES384" else "RS384",
+                                kid=kid, overwrite=overwrite)
+    except KeyFileError as exc:
+        raise fail(str(exc), 2) from None
+    if jwks_out is not None:
+        jwks_out.write_text(key.jwks_json() + "\n", encoding="utf-8")
+    typer.echo(key.jwks_json())
+    typer.secho(f"private key: {key.private_key_path} (kid {key.kid}); register the JWKS "
+                "above with the EHR", err=True)
+
+
+@app.command()
+def upload(
+    folder: Annotated[Path, typer.Argument(help="Folder of Bundles / NDJSON to load.",
+                                           exists=True, file_okay=False)],
+    config_path: ConfigOpt = None,
+    fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
+) -> None:
+    """Load a folder of FHIR data into the server (PUT by id; loading twice is harmless)."""
+    from previsit.upload import UploadError, read_resources, transactions
+
+    overrides: dict[str, Any] = {"source__kind": "fhir"}
+    if fhir_url is not None:
+        overrides["source__base_url"] = fhir_url
+    config = _config(config_path, **overrides)
+    try:
+        resources = read_resources(folder)
+    except UploadError as exc:
+        raise fail(str(exc), 2) from None
+
+    async def send(source: Source) -> int:
+        count = 0
+        for index, bundle in enumerate(transactions(resources)):
+            await source.write_transaction(bundle, key=f"upload-{index}")
+            count += len(bundle["entry"])
+        return count
+
+    with _source(config) as source:
+        try:
+            count = asyncio.run(send(source))
+        except SourceError as exc:
+            raise fail(f"upload failed: {exc}") from None
+    typer.echo(f"uploaded {count} resources from {folder} to {config.source.base_url}")
 
 
 def main() -> None:
