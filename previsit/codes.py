@@ -25,7 +25,12 @@ SYSTEM_ALIASES: dict[str, str] = {
     "urn:oid:2.16.840.1.113883.6.90": "http://hl7.org/fhir/sid/icd-10-cm",
     "http://hl7.org/fhir/sid/icd-10": "http://hl7.org/fhir/sid/icd-10-cm",
     "urn:oid:2.16.840.1.113883.6.12": "http://www.ama-assn.org/go/cpt",
-    "urn:oid:2.16.840.1.113883.6.285": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+    # HCPCS: VSAC (and so every CMS measure value set) spells it with the NLM URI
+    "urn:oid:2.16.840.1.113883.6.285": "http://www.nlm.nih.gov/research/umls/hcpcs",
+    "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets":
+        "http://www.nlm.nih.gov/research/umls/hcpcs",
+    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets":
+        "http://www.nlm.nih.gov/research/umls/hcpcs",
     "urn:oid:2.16.840.1.113883.6.4": "http://www.cms.gov/Medicare/Coding/ICD10",
 }
 
@@ -135,18 +140,26 @@ def valueset_from_json(data: Any, source: str = "") -> ValueSet:
                 displays[key] = display
 
     expansion = data.get("expansion")
-    if isinstance(expansion, dict) and expansion.get("contains"):
+    if isinstance(expansion, dict) and isinstance(expansion.get("contains"), list) \
+            and expansion["contains"]:
         for item in _walk_contains(expansion["contains"]):
             take(item.get("system"), item.get("code"), item.get("display"))
     else:
         compose = data.get("compose") or {}
-        for include in compose.get("include") or ():
+        includes = compose.get("include", []) if isinstance(compose, dict) else None
+        if not isinstance(includes, list) or not all(isinstance(i, dict) for i in includes):
+            raise ValueSetError(f"{source}: {url} has neither an expansion.contains list nor "
+                                "a compose.include list of objects")
+        for include in includes:
             if include.get("filter") or include.get("valueSet"):
                 raise ValueSetError(
                     f"{source}: {url} uses filters or nested value sets in compose.include; "
                     "provide an expansion (for example the VSAC $expand output) instead"
                 )
             for concept in include.get("concept") or ():
+                if not isinstance(concept, dict):
+                    raise ValueSetError(f"{source}: {url} has a compose concept that is not "
+                                        "an object")
                 take(include.get("system"), concept.get("code"), concept.get("display"))
     if not codes:
         raise ValueSetError(f"{source}: {url} has no codes (empty expansion and compose)")

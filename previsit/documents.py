@@ -44,7 +44,8 @@ def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
         "content": [{"attachment": {
             "contentType": "text/html; charset=utf-8", "language": "en",
             "data": base64.b64encode(data).decode("ascii"), "size": len(data),
-            "hash": base64.b64encode(hashlib.sha1(data).digest()).decode("ascii"),  # noqa: S324  (FHIR defines Attachment.hash as SHA-1)
+            # FHIR R4 defines Attachment.hash as the SHA-1 of the data
+            "hash": base64.b64encode(hashlib.sha1(data).digest()).decode("ascii"),
             "title": "Pre-visit planning sheet"}}],
         "context": {"related": [{"reference": f"Appointment/{plan.visit.appointment_id}"}]},
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from previsit.codes import Concept, ValueSet
@@ -188,14 +188,10 @@ class _Context:
                     for m in active]
         if c.min_duration is None:
             return _Truth(True, f"on {active[0].medication.label()}", evidence)
-        # Continuous use is approximated by the earliest order of the same drug class that
-        # is not entered in error: refills appear as new orders with later dates.
-        starts = [m.authored_on for m in matching if m.authored_on
-                  and m.status not in ("entered-in-error", "cancelled", "draft")]
-        if not starts:
+        start = therapy_start(matching, self.day)
+        if start is None:
             return _Truth(None, f"on {active[0].medication.label()} but no start date on "
                                 f"record, so cannot tell whether for {c.min_duration.words()}")
-        start = min(starts)
         threshold = c.min_duration.before(self.day)
         if start <= threshold:
             return _Truth(True, f"on {active[0].medication.label()} since {fmt(start)}",
@@ -331,20 +327,48 @@ class _Context:
                 if value is not None and not ev.review_if.contains(value.value):
                     flags.append("abnormal")
         if best is None:
-            labels = " or ".join(e.label for e in req.evidence)
+            labels = " or ".join(dict.fromkeys(e.label for e in req.evidence))
             text = "; ".join(partial) if partial else f"no {labels} on record"
             return Status.DUE, None, text, partial_items, flags
         through, items, text = best
-        window_end = self.settings.due_soon.after(self.day)
+        window = self.settings.due_soon
+        if req.due_soon is not None and req.due_soon.after(self.day) < window.after(self.day):
+            window = req.due_soon
+        window_end = window.after(self.day)
         if through <= self.day:
             return Status.OVERDUE, through, f"last {text}; due since {fmt(through)}", items, \
                 flags
         if through <= window_end:
             return Status.DUE_SOON, through, (f"last {text}; falls due {fmt(through)}, within "
-                                              f"{self.settings.due_soon.words()} of the visit"), \
+                                              f"{window.words()} of the visit"), \
                 items, flags
         due = "" if through == FOREVER else f"; next due {fmt(through)}"
         return Status.SATISFIED, through, f"{text}{due}", items, flags
+
+
+# Orders of a chronic drug are renewed at least yearly; a longer gap between two orders
+# means the drug was stopped and restarted, and therapy counts from the restart.
+_MAX_RENEWAL_GAP = timedelta(days=400)
+
+
+def therapy_start(orders: Iterable[MedicationOrder], day: date) -> date | None:
+    """When the current, continuous course of a drug (class) began.
+
+    Continuous use is read from the chain of orders ending at the latest one: refills and
+    renewals appear as new orders with later dates; a gap of more than ~13 months breaks
+    the chain. None when no order has a date.
+    """
+    dates = sorted({m.authored_on for m in orders if m.authored_on and m.authored_on <= day
+                    and m.status not in ("entered-in-error", "cancelled", "draft")},
+                   reverse=True)
+    if not dates:
+        return None
+    start = dates[0]
+    for earlier in dates[1:]:
+        if start - earlier > _MAX_RENEWAL_GAP:
+            break
+        start = earlier
+    return start
 
 
 def describe_value(obs: Observation) -> str:
@@ -445,7 +469,8 @@ def _current_orders(record: PatientRecord, day: date) -> list[MedicationOrder]:
         if not med.active or (med.authored_on and med.authored_on > day):
             continue
         codes = med.medication.codings
-        key = codes[0].key() if codes else med.medication.label().lower()
+        key: Any = (frozenset(c.key() for c in codes) if codes
+                    else med.medication.label().lower())
         held = latest.get(key)
         if held is None or (med.authored_on or date.min) > (held.authored_on or date.min):
             latest[key] = med
@@ -512,14 +537,16 @@ def evaluate_renewals(ctx: _Context, rule: Rule, findings: Iterable[Finding]) ->
     return out
 
 
-def evaluate(record: PatientRecord, ruleset: RuleSet, visit: Visit | date,
+def evaluate(record: PatientRecord, ruleset: RuleSet, visit: Visit | date | datetime,
              settings: Settings | None = None) -> VisitPlan:
     """Every active rule's finding for one visit. Pure: the same input gives the same plan."""
     settings = settings or Settings()
-    if isinstance(visit, date) and not isinstance(visit, datetime):
+    if isinstance(visit, datetime):
+        visit = Visit(appointment_id="", patient_id=record.patient.id, start=visit,
+                      status="booked")
+    elif isinstance(visit, date):
         visit = Visit(appointment_id="", patient_id=record.patient.id,
                       start=datetime.combine(visit, time(0)), status="booked")
-    assert isinstance(visit, Visit)
     day = visit.day
     if day is None:
         raise ValueError(f"appointment {visit.appointment_id} has no start date")

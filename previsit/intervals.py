@@ -21,7 +21,7 @@ class DurationError(ValueError):
     """A duration string that is not of the form <number><y|mo|w|d>."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Duration:
     """A calendar duration: years and months are calendar units, weeks and days are exact."""
 

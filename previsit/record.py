@@ -174,6 +174,14 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _concept(resource: JSON, name: str) -> Concept:
+    """A CodeableConcept field; present but not an object is an error, not "uncoded"."""
+    value = resource.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{name} is not a CodeableConcept")
+    return Concept.from_json(value)
+
+
 def _status_code(concept: Any) -> str:
     """The code of a status CodeableConcept (Condition.clinicalStatus and friends)."""
     c = Concept.from_json(concept)
@@ -214,7 +222,8 @@ def _mrn(resource: JSON) -> str | None:
         if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
             continue
         first = first or ident["value"]
-        for coding in (ident.get("type") or {}).get("coding") or ():
+        kind = ident.get("type")
+        for coding in (kind.get("coding") if isinstance(kind, dict) else None) or ():
             if isinstance(coding, dict) and coding.get("code") == "MR":
                 return str(ident["value"])
     return first
@@ -329,7 +338,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                     continue
                 value_concept = resource.get("valueCodeableConcept")
                 observations.append(Observation(
-                    ref=ref, code=Concept.from_json(resource.get("code")), day=day,
+                    ref=ref, code=_concept(resource, "code"), day=day,
                     status=_str(resource.get("status")) or "",
                     value_quantity=_quantity(resource.get("valueQuantity")),
                     value_concept=Concept.from_json(value_concept) if value_concept else None,
@@ -340,7 +349,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                 ))
             elif rtype == "Condition":
                 conditions.append(Condition(
-                    ref=ref, code=Concept.from_json(resource.get("code")),
+                    ref=ref, code=_concept(resource, "code"),
                     clinical_status=_status_code(resource.get("clinicalStatus")),
                     verification=_status_code(resource.get("verificationStatus")),
                     onset=_effective(resource, "onsetDateTime", "onsetPeriod"),
@@ -354,7 +363,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                 if day is None:
                     issues.append(DataIssue(ref, "procedure has no performed date; not used"))
                     continue
-                procedures.append(Procedure(ref, Concept.from_json(resource.get("code")), day,
+                procedures.append(Procedure(ref, _concept(resource, "code"), day,
                                             _str(resource.get("status")) or ""))
             elif rtype == "Immunization":
                 day = _effective(resource, "occurrenceDateTime")
@@ -362,7 +371,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                     issues.append(DataIssue(ref, "immunization has no date; not used"))
                     continue
                 immunizations.append(Immunization(
-                    ref, Concept.from_json(resource.get("vaccineCode")), day,
+                    ref, _concept(resource, "vaccineCode"), day,
                     _str(resource.get("status")) or ""))
             elif rtype == "MedicationRequest":
                 med_requests.append(resource)
@@ -385,7 +394,8 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
         try:
             order = _parse_medication_request(resource, medications)
         except (AttributeError, TypeError, ValueError) as exc:
-            issues.append(DataIssue(_ref(resource), f"could not be read ({exc})"))
+            issues.append(DataIssue(_ref(resource), f"could not be read "
+                                                    f"({exc.__class__.__name__}: {exc})"))
             continue
         if order.intent == "proposal" or order.status == "draft":
             # A proposal on the chart is a request someone (maybe we) suggested, not a
