@@ -5,7 +5,8 @@ Statuses (see plan.Status): a requirement with no qualifying evidence on record 
 out within the due-soon window after the visit is `due-soon` (do it now rather than
 bring the patient back); otherwise `satisfied`. Evidence dated d with look-back L is good
 through the day before d + L: a 1-year test done 364 days before the visit still counts,
-one done 365 days before does not.
+one done 365 days before does not. Criteria with a look-back (a BMI in the last 2 years,
+an exclusion in the last year) use the same convention.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class _Context:
             vs = self.vs(c.procedure)
             since = c.lookback.before(self.day) if c.lookback else date.min
             hits = [p for p in self.record.procedures if p.status == "completed"
-                    and since <= p.day <= self.day and vs.matches(p.code)]
+                    and since < p.day <= self.day and vs.matches(p.code)]
             label = c.label or vs.title
             if not hits:
                 return _Truth(False, f"no {label} on record")
@@ -117,8 +118,7 @@ class _Context:
             return self._any([self.criterion(x) for x in c.any])
         if isinstance(c, NotCriterion):
             inner = self.criterion(c.not_)
-            return _Truth(None if inner.value is None else not inner.value,
-                          f"not ({inner.reason})", [])
+            return _Truth(None if inner.value is None else not inner.value, inner.reason, [])
         raise TypeError(f"unknown criterion {c!r}")
 
     @staticmethod
@@ -156,9 +156,13 @@ class _Context:
                                              (cond.abatement and cond.abatement > self.day)):
                 continue
             if c.lookback:
-                # ever-recorded within a window: the condition's time must touch the window
-                end = cond.abatement or self.day
-                if end < since:
+                # ever-recorded within a window: the condition's time must touch the window.
+                # A resolved/inactive condition without an abatement date ended, as far as
+                # we know, when it was recorded (an old Z51.5 palliative-care diagnosis must
+                # not exclude a patient forever).
+                end = cond.abatement or (self.day if cond.active
+                                         else cond.first_known or self.day)
+                if end <= since:
                     continue
             hits.append(cond)
         label = c.label or vs.title
@@ -204,7 +208,7 @@ class _Context:
         since = lookback.before(self.day) if lookback else date.min
         best: Observation | None = None
         for obs in self.record.observations:
-            if obs.status in _DONE_OBSERVATION and since <= obs.day <= self.day \
+            if obs.status in _DONE_OBSERVATION and since < obs.day <= self.day \
                     and vs.matches(obs.code) and (best is None or obs.day > best.day):
                 best = obs
         return best
@@ -401,7 +405,8 @@ def evaluate_rule(ctx: _Context, rule: Rule) -> Finding:
                             "citation": _citation(rule)}
     applies = ctx._all([ctx.criterion(c) for c in rule.applies_when])
     if applies.value is False:
-        return Finding(status=Status.NOT_APPLICABLE, explanation=f"applies to {applies.reason}",
+        return Finding(status=Status.NOT_APPLICABLE,
+                       explanation=f"not applicable: {applies.reason}",
                        **base)
     if applies.value is None:
         return Finding(status=Status.UNKNOWN, explanation=applies.reason, **base)

@@ -261,7 +261,7 @@ def test_age_range_is_inclusive_in_completed_years_on_the_visit_day(
 
 def test_not_applicable_says_to_whom_it_applies() -> None:
     f = result("crc-screening", patient(age=30))
-    assert f.explanation == "applies to ages 45–75; patient is 30"
+    assert f.explanation == "not applicable: ages 45–75; patient is 30"
 
 
 def test_missing_birth_date_makes_an_age_rule_unknown() -> None:
@@ -517,10 +517,10 @@ def test_observation_value_boundary_and_lookback(rule_id: str) -> None:
 
 
 def test_a_result_older_than_the_criterion_lookback_is_missing() -> None:
-    old = observation("39156-5", ago(date(2024, 11, 30)), 31, "kg/m2")
+    old = observation("39156-5", ago(date(2024, 12, 1)), 31, "kg/m2")
     assert result("bmi-missing-unknown", patient(), old).status == Status.UNKNOWN
     assert result("bmi-missing-false", patient(), old).status == Status.NOT_APPLICABLE
-    edge = observation("39156-5", ago(date(2024, 12, 1)), 31, "kg/m2")
+    edge = observation("39156-5", ago(date(2024, 12, 2)), 31, "kg/m2")
     assert result("bmi-missing-false", patient(), edge).status == Status.DUE
 
 
