@@ -44,7 +44,8 @@ def synthea_records(folder: Path) -> list[list[dict[str, Any]]]:
     return records
 
 
-def generated_records(count: int, seed: int = 7) -> list[list[dict[str, Any]]]:
+def generated_records(count: int, seed: int = 7, visits: tuple[int, int] = (20, 60)
+                      ) -> list[list[dict[str, Any]]]:
     """Records shaped like Synthea's: ~10 years of vitals and labs, meds, immunizations."""
     rng = random.Random(seed)
     labs = [("4548-4", "%", 5.5, 9.5), ("2823-3", "mmol/L", 3.4, 5.4), ("2160-0", "mg/dL",
@@ -57,8 +58,8 @@ def generated_records(count: int, seed: int = 7) -> list[list[dict[str, Any]]]:
                                       "gender": rng.choice(["male", "female"]),
                                       "birthDate": f"{rng.randint(1940, 2000)}-0{rng.randint(1, 9)}-15"}]
         start = date(2011, 1, 1)
-        for visit in range(rng.randint(20, 60)):
-            day = (start + timedelta(days=visit * rng.randint(40, 90))).isoformat()
+        for visit in range(rng.randint(*visits)):
+            day = (start + timedelta(days=visit * rng.randint(15, 30))).isoformat()
             for code, unit, lo, hi in labs:
                 res.append({"resourceType": "Observation", "id": f"{pid}-o{visit}-{code}",
                             "status": "final", "subject": {"reference": f"Patient/{pid}"},
@@ -67,7 +68,8 @@ def generated_records(count: int, seed: int = 7) -> list[list[dict[str, Any]]]:
                             "valueQuantity": {"value": round(rng.uniform(lo, hi), 1),
                                               "unit": unit}})
             res.append({"resourceType": "MedicationRequest", "id": f"{pid}-m{visit}",
-                        "status": "completed" if visit < 20 else "active", "intent": "order",
+                        "status": "completed" if visit < visits[0] else "active",
+                        "intent": "order",
                         "subject": {"reference": f"Patient/{pid}"}, "authoredOn": day,
                         "medicationCodeableConcept": {"coding": [{
                             "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
@@ -105,8 +107,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--generated", type=int, default=40,
                         help="records to generate when Synthea is not available")
+    parser.add_argument("--large", action="store_true",
+                        help="use generated records of ~1,000-2,000 resources each")
     args = parser.parse_args()
-    if args.synthea.is_dir():
+    if args.large:
+        records, origin, visit = generated_records(args.generated, visits=(120, 200)), \
+            "generated (large)", date(2021, 1, 15)
+    elif args.synthea.is_dir():
         records, origin, visit = synthea_records(args.synthea), f"Synthea ({args.synthea})", \
             date(2021, 1, 15)
     else:
