@@ -6,11 +6,10 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
@@ -72,19 +71,32 @@ def _settings(config: Config) -> Settings:
                     renewal_horizon=Duration(horizon, "d") if horizon is not None else None)
 
 
-@contextmanager
-def _source(config: Config) -> Iterator[Source]:
-    """The configured source; closed on exit."""
+T = TypeVar("T")
+
+
+def _open_source(config: Config) -> Source:
     if config.source.kind == "bundles":
-        yield BundleSource(config.source.path)
-        return
+        return BundleSource(config.source.path)
     from previsit.sources.http import open_http_source
 
-    source = open_http_source(config)
     try:
-        yield source
-    finally:
-        asyncio.run(source.aclose())
+        return open_http_source(config)
+    except SourceError as exc:  # configuration or auth: nothing can be done
+        raise fail(str(exc)) from None
+
+
+def _with_source(config: Config, work: Callable[[Source], Awaitable[T]]) -> T:
+    """Run `work` on the configured source in one event loop, and close the source there
+    (an httpx client must be closed in the loop that used it)."""
+
+    async def scoped() -> T:
+        source = _open_source(config)
+        try:
+            return await work(source)
+        finally:
+            await source.aclose()
+
+    return asyncio.run(scoped())
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -153,8 +165,7 @@ def run(
                          identifier_system=config.output.identifier_system,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency)
-    with _source(config) as source:
-        result = _run_with_progress(source, ruleset, options, quiet)
+    result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
     sheet_paths = _write_sheets(result.day, out_dir, config)
@@ -163,7 +174,7 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
-def _run_with_progress(source: Source, ruleset: RuleSet, options: RunOptions,
+def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
                        quiet: bool) -> RunResult:
     tty = sys.stderr.isatty() and not quiet
     state: dict[str, int] = {}
@@ -182,7 +193,8 @@ def _run_with_progress(source: Source, ruleset: RuleSet, options: RunOptions,
             logging.getLogger("previsit.run").info("%s: %d/%d", stage, done, total)
 
     try:
-        return asyncio.run(run_day(source, ruleset, options, on_progress=progress))
+        return _with_source(config, lambda source: run_day(source, ruleset, options,
+                                                           on_progress=progress))
     except SourceError as exc:
         raise fail(f"nothing could be planned: {exc}") from None
 
@@ -271,11 +283,10 @@ def explain(
         visit_day = date.fromisoformat(day)
     except ValueError:
         raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
-    with _source(config) as source:
-        try:
-            record = asyncio.run(source.patient_record(patient))
-        except (PatientReadError, SourceError) as exc:
-            raise fail(f"patient {patient}: {exc}") from None
+    try:
+        record = _with_source(config, lambda source: source.patient_record(patient))
+    except (PatientReadError, SourceError) as exc:
+        raise fail(f"patient {patient}: {exc}") from None
     plan = evaluate(record, ruleset, visit_day, _settings(config))
     if as_json:
         from previsit.plan import to_json
@@ -441,11 +452,10 @@ def upload(
             count += len(bundle["entry"])
         return count
 
-    with _source(config) as source:
-        try:
-            count = asyncio.run(send(source))
-        except SourceError as exc:
-            raise fail(f"upload failed: {exc}") from None
+    try:
+        count = _with_source(config, send)
+    except SourceError as exc:
+        raise fail(f"upload failed: {exc}") from None
     typer.echo(f"uploaded {count} resources from {folder} to {config.source.base_url}")
 
 

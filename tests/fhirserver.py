@@ -87,7 +87,8 @@ def running_fhir_server(latency_ms: int = 0, token: str | None = None) -> Iterat
     /.well-known/smart-configuration need "Authorization: Bearer <token>" (401 otherwise).
     """
     node = ensure_installed()
-    cmd = [str(node), str(SERVER_DIR / "server.mjs"), "--port", "0", "--latency-ms", str(latency_ms)]
+    cmd = [str(node), str(SERVER_DIR / "server.mjs"), "--port", "0",
+           "--latency-ms", str(latency_ms)]
     if token is not None:
         cmd += ["--require-token", token]
     # stderr goes to a file, not a pipe: nobody reads it while tests run.

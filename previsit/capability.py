@@ -1,0 +1,306 @@
+"""What a FHIR server says it can do, and what that means for a previsit run.
+
+`parse_capabilities` reads a CapabilityStatement (GET [base]/metadata) into
+`ServerCapabilities`, which the HTTP source consults (is `batch` listed?). `check_server`
+is what `previsit config check` prints: one `CheckLine` per thing that will or won't work,
+in plain words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from previsit.outcome import describe_failure
+from previsit.sources import SourceError
+
+Level = Literal["ok", "info", "warn", "fail"]
+
+# What previsit reads for one patient (previsit.sources.http.RECORD_SEARCHES) and writes.
+RECORD_TYPES = ("Condition", "MedicationRequest", "Observation", "Procedure", "Immunization",
+                "ServiceRequest")
+WRITE_TYPES = ("ServiceRequest", "MedicationRequest")
+SHEET_TYPE = "DocumentReference"
+APPOINTMENT_REQUIRED = ("date", "status")
+APPOINTMENT_FILTERS = {"practitioner": "practitioner", "location": "location",
+                       "service-type": "service type"}
+
+
+@dataclass(frozen=True)
+class ResourceSupport:
+    type: str
+    interactions: frozenset[str]
+    search_params: frozenset[str] | None  # None: the statement does not list any
+    conditional_create: bool
+    search_include: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ServerCapabilities:
+    fhir_version: str | None
+    software: str | None
+    system_interactions: frozenset[str]
+    resources: Mapping[str, ResourceSupport]
+
+    @property
+    def batch(self) -> bool:
+        return "batch" in self.system_interactions
+
+    @property
+    def transaction(self) -> bool:
+        return "transaction" in self.system_interactions
+
+    @property
+    def r4(self) -> bool:
+        return bool(self.fhir_version and self.fhir_version.startswith("4.0."))
+
+    def can(self, resource_type: str, interaction: str) -> bool:
+        support = self.resources.get(resource_type)
+        return support is not None and interaction in support.interactions
+
+    def searchable(self, resource_type: str, param: str) -> bool | None:
+        """True/False as the statement says; None when it lists no parameters at all."""
+        support = self.resources.get(resource_type)
+        if support is None:
+            return False
+        if support.search_params is None:
+            return None
+        return param in support.search_params
+
+    def includes(self, resource_type: str, include: str) -> bool | None:
+        support = self.resources.get(resource_type)
+        if support is None or not support.search_include:
+            return None
+        return include in support.search_include or "*" in support.search_include
+
+
+def parse_capabilities(statement: Mapping[str, Any]) -> ServerCapabilities:
+    """Read the server-mode `rest` entry of a CapabilityStatement."""
+    if statement.get("resourceType") != "CapabilityStatement":
+        raise ValueError("not a CapabilityStatement")
+    rest = next((r for r in statement.get("rest") or () if isinstance(r, Mapping)
+                 and r.get("mode", "server") == "server"), {})
+    resources: dict[str, ResourceSupport] = {}
+    for entry in rest.get("resource") or ():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
+            continue
+        params = [p.get("name") for p in entry.get("searchParam") or () if isinstance(p, Mapping)]
+        resources[entry["type"]] = ResourceSupport(
+            type=entry["type"],
+            interactions=_codes(entry.get("interaction")),
+            search_params=frozenset(p for p in params if isinstance(p, str)) or None,
+            conditional_create=entry.get("conditionalCreate") is True,
+            search_include=frozenset(i for i in entry.get("searchInclude") or ()
+                                     if isinstance(i, str)))
+    software = statement.get("software")
+    return ServerCapabilities(
+        fhir_version=statement.get("fhirVersion") if isinstance(statement.get("fhirVersion"),
+                                                                 str) else None,
+        software=software.get("name") if isinstance(software, Mapping) and
+        isinstance(software.get("name"), str) else None,
+        system_interactions=_codes(rest.get("interaction")),
+        resources=resources)
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    level: Level
+    topic: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.topic}: {self.message}"
+
+
+def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[CheckLine]:
+    """Plain-words verdicts on a CapabilityStatement (and the SMART configuration, if any)."""
+    lines: list[CheckLine] = []
+
+    def add(level: Level, topic: str, message: str) -> None:
+        lines.append(CheckLine(level, topic, message))
+
+    version = caps.fhir_version or "not stated"
+    if caps.r4:
+        add("ok", "FHIR version", f"{version} (R4), the version previsit speaks")
+    elif caps.fhir_version is None:
+        add("warn", "FHIR version", "the server does not state its FHIR version; previsit "
+            "assumes R4 (4.0.x)")
+    else:
+        add("fail", "FHIR version", f"the server speaks FHIR {version}; previsit needs R4 "
+            "(4.0.x) — point source.base_url at the server's R4 endpoint")
+
+    # Reading appointments.
+    if not caps.can("Appointment", "search-type"):
+        add("fail", "appointments", "the server does not offer Appointment search: "
+            "no visits can be planned")
+    else:
+        missing = [p for p in APPOINTMENT_REQUIRED if caps.searchable("Appointment", p) is False]
+        if missing:
+            add("fail", "appointments", f"Appointment search lacks {_join(missing)}: the "
+                "visit window cannot be read")
+        else:
+            add("ok", "appointments", "appointments can be searched by date and status")
+        for param, words in APPOINTMENT_FILTERS.items():
+            known = caps.searchable("Appointment", param)
+            if known is False:
+                add("warn", "appointments", f"filtering by {words} will not work (the server "
+                    f"does not list Appointment?{param}); leave planning.{_cfg(param)} empty")
+            elif known is None:
+                add("info", "appointments", f"the server does not list its Appointment search "
+                    f"parameters; filtering by {words} may be refused")
+
+    # Reading a patient's record.
+    if caps.can("Patient", "read"):
+        add("ok", "records", "Patient read is supported")
+    else:
+        add("fail", "records", "Patient read is not listed: no patient record can be read")
+    for rtype in RECORD_TYPES:
+        if not caps.can(rtype, "search-type"):
+            add("fail", "records", f"{rtype} search is not offered: records will lack "
+                f"{rtype} data and rules that need it will say 'unknown'")
+        elif caps.searchable(rtype, "patient") is False:
+            add("fail", "records", f"{rtype}?patient= is not supported: records will lack "
+                f"{rtype} data")
+    if caps.includes("MedicationRequest", "MedicationRequest:medication") is False:
+        add("warn", "records", "MedicationRequest?_include=MedicationRequest:medication is "
+            "not listed: medications given by reference may be unnamed or the search refused")
+    if caps.batch:
+        add("ok", "batch", "batch is supported: each patient's record is read in one round "
+            "trip (more only for long histories)")
+    else:
+        add("warn", "batch", f"batch is not listed: each record takes {1 + len(RECORD_TYPES)} "
+            "or more requests (slower, still works)")
+
+    # Writing proposals back.
+    if caps.transaction:
+        add("ok", "write-back", "transaction is supported: one transaction per visit")
+    else:
+        add("fail", "write-back", "transaction is not listed: --write-back will not work "
+            "(planning and sheets still do)")
+    for rtype in WRITE_TYPES:
+        if not caps.can(rtype, "create"):
+            add("fail", "write-back", f"{rtype} create is not listed: proposals of this kind "
+                "cannot be written")
+        elif caps.resources[rtype].conditional_create:
+            add("ok", "write-back", f"conditional create on {rtype}: re-runs cannot "
+                "duplicate proposals")
+        else:
+            add("fail", "write-back", f"conditional create on {rtype} is not listed: a "
+                "re-run could write duplicate proposals, so do not use --write-back here")
+    if not caps.can(SHEET_TYPE, "create"):
+        add("warn", "sheets", "DocumentReference create is not listed: --write-sheets will "
+            "not work")
+    elif not caps.resources[SHEET_TYPE].conditional_create:
+        add("warn", "sheets", "conditional create on DocumentReference is not listed: "
+            "--write-sheets could store a sheet twice")
+    else:
+        add("ok", "sheets", "sheets can be stored as DocumentReferences, idempotently")
+
+    # Authorization.
+    if smart is None:
+        add("info", "SMART", "no .well-known/smart-configuration: fine for auth.method none "
+            "or bearer; smart-backend then needs auth.token_url")
+    else:
+        token = smart.get("token_endpoint")
+        methods = smart.get("token_endpoint_auth_methods_supported") or []
+        algs = smart.get("token_endpoint_auth_signing_alg_values_supported") or []
+        if not isinstance(token, str):
+            add("warn", "SMART", "the SMART configuration has no token_endpoint; set "
+                "auth.token_url")
+        else:
+            add("ok", "SMART", f"token endpoint {token}")
+        if methods and "private_key_jwt" not in methods:
+            add("warn", "SMART", "private_key_jwt is not among the token endpoint's auth "
+                f"methods ({_join(methods)}): smart-backend may be refused")
+        usable = [a for a in ("RS384", "ES384") if a in algs]
+        if algs and not usable:
+            add("warn", "SMART", f"the token endpoint accepts {_join(algs)}, neither RS384 "
+                "nor ES384")
+        elif usable:
+            add("info", "SMART", f"signing algorithms accepted: {_join(usable)}")
+    return lines
+
+
+async def check_server(client: httpx.AsyncClient, base_url: str, *,
+                       probe: bool = True) -> list[CheckLine]:
+    """Connect, read the CapabilityStatement and SMART configuration, and say what works.
+
+    /metadata and .well-known/smart-configuration are read without credentials (the spec
+    makes both public); with `probe`, one authenticated search (Appointment?_count=1)
+    shows whether the configured credentials are accepted.
+    """
+    base = base_url.rstrip("/")
+    lines: list[CheckLine] = []
+    headers = {"Accept": "application/fhir+json"}
+    try:
+        response = await client.get(f"{base}/metadata", headers=headers, auth=None)
+        if response.status_code in (401, 403):  # some servers protect /metadata too
+            response = await client.get(f"{base}/metadata", headers=headers)
+    except httpx.HTTPError as exc:
+        return [CheckLine("fail", "server", f"cannot reach {base}: {_transport(exc)}")]
+    except SourceError as exc:
+        return [CheckLine("fail", "server", f"{base}/metadata: {exc}")]
+    if response.status_code != 200:
+        return [CheckLine("fail", "server", f"{describe_failure(response, base)}: this does "
+                          "not look like a FHIR server's base URL")]
+    try:
+        statement = json.loads(response.content)
+        caps = parse_capabilities(statement)
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return [CheckLine("fail", "server", f"{base}/metadata is not a CapabilityStatement: "
+                          "this does not look like a FHIR server's base URL")]
+    lines.append(CheckLine("ok", "server", f"reached {base}"
+                           + (f" ({caps.software})" if caps.software else "")))
+
+    smart: Mapping[str, Any] | None = None
+    try:
+        answer = await client.get(f"{base}/.well-known/smart-configuration",
+                                  headers={"Accept": "application/json"}, auth=None)
+        if answer.status_code == 200:
+            body = json.loads(answer.content)
+            smart = body if isinstance(body, dict) else None
+    except (httpx.HTTPError, ValueError, UnicodeDecodeError):
+        smart = None
+    lines.extend(assess(caps, smart))
+
+    if probe:
+        lines.append(await _probe(client, base))
+    return lines
+
+
+async def _probe(client: httpx.AsyncClient, base: str) -> CheckLine:
+    try:
+        response = await client.get(f"{base}/Appointment", params={"_count": "1"},
+                                    headers={"Accept": "application/fhir+json"})
+    except SourceError as exc:  # AuthError from the token endpoint
+        return CheckLine("fail", "credentials", str(exc))
+    except httpx.HTTPError as exc:
+        return CheckLine("fail", "credentials", f"cannot reach {base}: {_transport(exc)}")
+    if response.status_code == 200:
+        return CheckLine("ok", "credentials", "an authenticated search succeeded")
+    if response.status_code in (401, 403):
+        return CheckLine("fail", "credentials", f"{describe_failure(response, base)}: the "
+                         "server refused the configured credentials")
+    return CheckLine("warn", "credentials", describe_failure(response, base))
+
+
+def _codes(items: Any) -> frozenset[str]:
+    return frozenset(str(i["code"]) for i in items or () if isinstance(i, Mapping)
+                     and isinstance(i.get("code"), str))
+
+
+def _join(items: Any) -> str:
+    return ", ".join(str(i) for i in items)
+
+
+def _cfg(param: str) -> str:
+    return {"practitioner": "practitioners", "location": "locations",
+            "service-type": "service_types"}[param]
+
+
+def _transport(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,718 @@
+"""The HTTP source: appointments, patient records and write-back against a FHIR R4 server.
+
+The client is passed in (`httpx.AsyncClient`, with its auth and transport), so tests swap
+the transport (respx) and the CLI builds one from configuration (`HttpSource.from_config`).
+
+Reads follow the FHIR conventions in DESIGN.md: only spec-defined search parameters,
+`Bundle.link[next]` followed to the end (never `total`), each patient's record in one
+`batch` round trip where the server lists batch (individual searches otherwise, or when a
+batch POST is refused), each patient read once per run, and at most `concurrency` requests
+in flight. Transient failures (429/502/503/504, connect errors, timeouts) are retried with
+exponential backoff and jitter, honouring Retry-After, within a bounded number of
+attempts and a bounded total wait; a write is retried only when it is conditional.
+
+Errors a person reads name the request as "GET Observation?patient=…": parameter names,
+never values (DESIGN: no patient identifiers at INFO).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as dtime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from previsit.appointments import AppointmentError, in_window, sort_visits, visit_from_appointment
+from previsit.capability import ServerCapabilities, parse_capabilities
+from previsit.config import AuthConfig, Config, SourceConfig
+from previsit.outcome import describe_failure, describe_outcome, redacted_target
+from previsit.plan import Visit
+from previsit.record import PatientRecord, RecordError, build_record
+from previsit.sources import (
+    PatientReadError,
+    SourceError,
+    SourceProblem,
+    VisitWindow,
+    WriteResult,
+)
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# A batch POST answered with one of these means "no batch here": read searches one by one.
+BATCH_REFUSED = frozenset({400, 404, 405, 501})
+# FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
+
+# One patient's record: the Patient read, then these searches, each by `patient`
+# (a search parameter every one of these resources defines in R4).
+RECORD_SEARCHES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Condition", ()),
+    ("MedicationRequest", (("_include", "MedicationRequest:medication"),)),
+    ("Observation", ()),
+    ("Procedure", ()),
+    ("Immunization", ()),
+    ("ServiceRequest", ()),
+)
+
+T = TypeVar("T")
+
+
+class WriteError(SourceError):
+    """A transaction could not be written (or its outcome is unknown); `key` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class RequestFailed(Exception):
+    """A request failed for good (after retries); the message is safe to show."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retry(Exception):
+    """Raised inside one attempt to ask tenacity for another."""
+
+    def __init__(self, message: str, *, response: httpx.Response | None = None,
+                 error: Exception | None = None) -> None:
+        super().__init__(message)
+        self.response = response
+        self.error = error
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one request. `sleep`/`now` are injectable so tests do not wait."""
+
+    max_attempts: int = 5
+    max_retry_seconds: float = 120.0  # total time a request may spend being retried
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False,
+                                                      repr=False)
+    now: Callable[[], datetime] = field(default=_utcnow, compare=False, repr=False)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds from `now`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT by definition
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def is_conditional_transaction(bundle: Mapping[str, Any]) -> bool:
+    """Safe to send twice: every POST is a conditional create, nothing is a PATCH.
+
+    GET/HEAD/PUT/DELETE are idempotent by HTTP's definition; a POST with ifNoneExist
+    creates at most one resource however often it is sent.
+    """
+    entries = bundle.get("entry") or ()
+    for entry in entries:
+        request = entry.get("request") if isinstance(entry, Mapping) else None
+        if not isinstance(request, Mapping):
+            return False
+        method = str(request.get("method", "")).upper()
+        if method == "POST" and not request.get("ifNoneExist"):
+            return False
+        if method not in ("GET", "HEAD", "PUT", "DELETE", "POST"):
+            return False
+    return True
+
+
+class _Stop:
+    """Stop after `attempts`, or when the next wait would overrun the time budget."""
+
+    def __init__(self, attempts: int, budget: float) -> None:
+        self.attempts = attempts
+        self.budget = budget
+
+    def __call__(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self.attempts:
+            return True
+        elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
+        return elapsed + state.upcoming_sleep > self.budget
+
+
+class HttpSource:
+    """A FHIR R4 server as a `Source`."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, *, concurrency: int = 8,
+                 page_size: int = 100, use_batch: bool = True,
+                 retry: RetryPolicy | None = None, owns_client: bool = False) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._client = client
+        self.base_url = base_url.rstrip("/")
+        self._base = httpx.URL(self.base_url + "/")  # for joining relative paths
+        self._root = httpx.URL(self.base_url)  # batch and transaction go to [base] itself
+        self._page_size = page_size
+        self._retry = retry or RetryPolicy()
+        self._owns_client = owns_client
+        self._new_client: Callable[[], httpx.AsyncClient] | None = None  # from_config's
+        self._concurrency = concurrency
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gate = asyncio.Semaphore(concurrency)
+        self._batch: bool | None = None if use_batch else False  # None: ask /metadata first
+        self._batch_decided: asyncio.Event | None = None
+        self._records: dict[str, asyncio.Task[PatientRecord]] = {}
+        self._problems: list[SourceProblem] = []
+        self.capabilities: ServerCapabilities | None = None
+        self.request_count = 0  # HTTP requests sent to the FHIR server, retries included
+        self.retry_count = 0
+
+    @classmethod
+    def from_config(cls, source: SourceConfig, auth: AuthConfig, env: Mapping[str, str], *,
+                    transport: httpx.AsyncBaseTransport | None = None) -> HttpSource:
+        """A source with its own client (closed by aclose), auth from files/environment."""
+        from previsit.auth import auth_from_config
+
+        if not source.base_url:
+            raise SourceError("source.kind is fhir but source.base_url is not set "
+                              "(or set PREVISIT_SOURCE_BASE_URL)")
+        flow = auth_from_config(auth, source.base_url, env)  # one token cache for all
+
+        def new_client() -> httpx.AsyncClient:
+            return build_client(source, flow, transport=transport)
+
+        made = cls(new_client(), source.base_url, concurrency=source.concurrency,
+                   page_size=source.page_size, use_batch=source.use_batch,
+                   retry=RetryPolicy(max_attempts=source.max_attempts,
+                                     max_retry_seconds=source.max_retry_seconds),
+                   owns_client=True)
+        made._new_client = new_client
+        return made
+
+    # --- the Source protocol -------------------------------------------------------------
+
+    async def appointments(self, window: VisitWindow) -> Sequence[Visit]:
+        """Booked-like appointments in the window, searched on the server, checked locally.
+
+        The server is asked for [start, end) as local midnights with their UTC offsets;
+        servers differ in how they compare a dateTime range with Appointment.start, so
+        every answer is filtered again with `in_window`.
+        """
+        tz = ZoneInfo(window.timezone)
+        params: list[tuple[str, str]] = [
+            ("date", "ge" + datetime.combine(window.start, dtime(), tz).isoformat()),
+            ("date", "lt" + datetime.combine(window.end, dtime(), tz).isoformat()),
+        ]
+        if window.statuses:
+            params.append(("status", ",".join(window.statuses)))
+        if window.practitioners:
+            if any(p.startswith("PractitionerRole/") for p in window.practitioners):
+                # `practitioner` only targets Practitioner; `actor` takes any participant.
+                params.append(("actor", ",".join(
+                    p if "/" in p else f"Practitioner/{p}" for p in window.practitioners)))
+            else:
+                params.append(("practitioner", ",".join(window.practitioners)))
+        if window.locations:
+            params.append(("location", ",".join(window.locations)))
+        if window.service_types:
+            params.append(("service-type", ",".join(window.service_types)))
+        params.append(("_count", str(self._page_size)))
+        try:
+            resources = await self._search("Appointment", params, step="reading appointments")
+        except RequestFailed as exc:
+            raise SourceError(str(exc)) from None
+        visits: dict[str, Visit] = {}
+        for resource in resources:
+            if resource.get("resourceType") != "Appointment":
+                continue  # included resources, OperationOutcome entries
+            try:
+                visit = visit_from_appointment(resource, window.timezone)
+            except AppointmentError as exc:
+                self._problems.append(SourceProblem(
+                    f"Appointment/{resource.get('id', '?')}", str(exc)))
+                continue
+            if visit.appointment_id not in visits and in_window(resource, visit, window):
+                visits[visit.appointment_id] = visit
+        return sort_visits(list(visits.values()))
+
+    async def patient_record(self, patient_id: str) -> PatientRecord:
+        """The patient's record, read once per run however many visits ask for it.
+
+        Raises PatientReadError for any failure (server gone, refused, malformed) so the
+        run marks that patient's visits failed and goes on.
+        """
+        self._bind_loop()
+        task = self._records.get(patient_id)
+        if task is not None and task.done():  # possibly from an earlier event loop
+            if not task.cancelled():
+                return task.result()
+            task = None  # cancelled with its loop: read again
+        if task is None:
+            task = asyncio.ensure_future(self._read_record(patient_id))
+            self._records[patient_id] = task
+        return await asyncio.shield(task)
+
+    async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> WriteResult:
+        """POST a transaction; 201 entries were created, 200 entries already existed.
+
+        Retried on transient failures only when every create in it is conditional:
+        otherwise a lost response could mean a second, duplicate write.
+        """
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+            raise ValueError("write_transaction needs a Bundle of type transaction")
+        conditional = is_conditional_transaction(bundle)
+        try:
+            response = await self._request("POST", self._root, json_body=bundle,
+                                           idempotent=conditional,
+                                           step=f"writing the transaction for {key}")
+            body = _json_object(response, self._base)
+        except RequestFailed as exc:
+            unsure = "" if conditional or exc.status is not None else (
+                " — it may or may not have been applied, and it is not retried because its "
+                "creates are not conditional")
+            raise WriteError(key, f"{exc}{unsure}") from None
+        except SourceError as exc:
+            raise WriteError(key, f"writing the transaction for {key}: {exc}") from None
+        if body.get("type") != "transaction-response":
+            raise WriteError(key, f"writing the transaction for {key}: the server answered "
+                             f"with a {body.get('type') or body.get('resourceType')}, not a "
+                             "transaction-response")
+        created: list[str] = []
+        existing: list[str] = []
+        entries: list[dict[str, Any]] = []
+        for index, entry in enumerate(body.get("entry") or ()):
+            answer = entry.get("response") if isinstance(entry, Mapping) else None
+            status = _entry_status(answer)
+            location = _location(answer, entry, self._base)
+            entries.append({"status": status, "location": location})
+            if status == 201:
+                created.append(location or f"entry {index}")
+            elif status == 200:
+                existing.append(location or f"entry {index}")
+            elif status is None or status >= 300:
+                detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
+                raise WriteError(key, f"writing the transaction for {key}: entry {index} "
+                                 f"answered {status or 'without a status'}: {detail}")
+        return WriteResult(created=tuple(created), existing=tuple(existing),
+                           location=self.base_url,
+                           extra={"http_status": response.status_code, "entries": entries})
+
+    def problems(self) -> Sequence[SourceProblem]:
+        return tuple(self._problems)
+
+    async def aclose(self) -> None:
+        for task in self._records.values():
+            if not task.done():
+                task.cancel()
+        if self._owns_client:
+            try:
+                await self._client.aclose()
+            except RuntimeError:
+                # Its connections belong to an event loop that has ended (an earlier
+                # asyncio.run): they cannot be closed from this one and died with it.
+                log.debug("the HTTP client's event loop has ended; nothing left to close")
+
+    def _bind_loop(self) -> None:
+        """Fresh asyncio primitives (and an owned client) for each event loop.
+
+        Semaphores and pooled connections belong to the loop that made them; the CLI may
+        call the source from more than one asyncio.run().
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            self._gate = asyncio.Semaphore(self._concurrency)
+            if self._batch is None:
+                self._batch_decided = None
+            if self._new_client is not None:
+                self._client = self._new_client()
+        self._loop = loop
+
+    # --- reading one record ------------------------------------------------------------
+
+    async def _read_record(self, patient_id: str) -> PatientRecord:
+        if not FHIR_ID.fullmatch(patient_id):
+            raise PatientReadError(patient_id, f"{patient_id!r} is not a valid FHIR id")
+        where = f"Patient/{patient_id}"
+        try:
+            resources: list[Mapping[str, Any]] | None = None
+            if await self._use_batch():
+                resources = await self._read_by_batch(patient_id)
+                if resources is None:
+                    log.info("the server refused a batch read; reading records one search "
+                             "at a time from now on")
+                    self._batch = False
+            if resources is None:
+                resources = await self._read_one_by_one(patient_id)
+        except (RequestFailed, SourceError) as exc:
+            raise PatientReadError(patient_id, f"{where}: {exc}") from None
+        try:
+            return build_record(resources)
+        except RecordError as exc:
+            raise PatientReadError(patient_id, f"{where}: {exc}") from None
+
+    def _record_queries(self, patient_id: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+        """(step, resource type or read path, params) for one record, in a fixed order."""
+        queries: list[tuple[str, str, list[tuple[str, str]]]] = [
+            ("reading Patient", f"Patient/{patient_id}", [])]
+        for rtype, extra in RECORD_SEARCHES:
+            params = [("patient", patient_id), *extra, ("_count", str(self._page_size))]
+            queries.append((f"reading {rtype}", rtype, params))
+        return queries
+
+    async def _read_by_batch(self, patient_id: str) -> list[Mapping[str, Any]] | None:
+        """The record from one batch of searches; None when the server refuses batch."""
+        queries = self._record_queries(patient_id)
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": _relative(path, params)}}
+            for _, path, params in queries]}
+        try:
+            response = await self._request("POST", self._root, json_body=bundle,
+                                           idempotent=True, step="reading the record (batch)")
+        except RequestFailed as exc:
+            if exc.status in BATCH_REFUSED:
+                return None
+            raise
+        body = _json_object(response, self._base)
+        entries = body.get("entry") or []
+        if body.get("type") != "batch-response" or len(entries) != len(queries):
+            raise RequestFailed("reading the record (batch): the server answered with "
+                                f"{len(entries)} entries of a {body.get('type')!r} Bundle for "
+                                f"a batch of {len(queries)}")
+
+        async def one(entry: Any, query: tuple[str, str, list[tuple[str, str]]]
+                      ) -> list[Mapping[str, Any]]:
+            step, path, params = query
+            answer = entry.get("response") if isinstance(entry, Mapping) else None
+            status = _entry_status(answer)
+            resource = entry.get("resource") if isinstance(entry, Mapping) else None
+            if status is not None and 200 <= status < 300 and isinstance(resource, Mapping):
+                if not params:
+                    return [resource]
+                return await self._pages(resource, step, first=_relative(path, params))
+            if status in RETRY_STATUSES or status is None:
+                # One entry hit a transient failure: ask for it alone, with retries.
+                return await self._query(step, path, params)
+            detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
+            target = redacted_target(self._base.join(path), self._base)
+            raise RequestFailed(f"{step}: GET {target} in the batch answered {status}: "
+                                f"{detail}", status=status)
+
+        parts = await _all([one(entry, query) for entry, query in zip(entries, queries,
+                                                                       strict=True)])
+        return _unique([r for part in parts for r in part])
+
+    async def _read_one_by_one(self, patient_id: str) -> list[Mapping[str, Any]]:
+        parts = await _all([self._query(step, path, params)
+                            for step, path, params in self._record_queries(patient_id)])
+        return _unique([r for part in parts for r in part])
+
+    async def _query(self, step: str, path: str, params: list[tuple[str, str]]
+                     ) -> list[Mapping[str, Any]]:
+        if not params:  # a read
+            response = await self._request("GET", self._base.join(path), step=step)
+            return [_json_object(response, self._base)]
+        return await self._search(path, params, step=step)
+
+    async def _use_batch(self) -> bool:
+        """Whether to read records by batch: as configured, and as /metadata lists."""
+        if self._batch is not None:
+            return self._batch
+        self._bind_loop()
+        if self._batch_decided is not None:  # another record read is asking already
+            await self._batch_decided.wait()
+            return bool(self._batch)
+        self._batch_decided = asyncio.Event()
+        try:
+            response = await self._request("GET", self._base.join("metadata"),
+                                           step="reading the CapabilityStatement")
+            self.capabilities = parse_capabilities(_json_object(response, self._base))
+            self._batch = self.capabilities.batch
+            if not self._batch:
+                log.info("the server does not list batch; reading records one search at a "
+                         "time")
+        except (RequestFailed, SourceError, ValueError) as exc:
+            # No usable statement: try batch anyway; a refusal falls back per BATCH_REFUSED.
+            log.info("could not read the CapabilityStatement (%s); trying batch", exc)
+            self._batch = True
+        finally:
+            self._batch_decided.set()
+        return self._batch
+
+    # --- searching and paging ----------------------------------------------------------
+
+    async def _search(self, resource_type: str, params: list[tuple[str, str]], *,
+                      step: str) -> list[Mapping[str, Any]]:
+        response = await self._request("GET", self._base.join(resource_type), params=params,
+                                       step=step)
+        first = _json_object(response, self._base)
+        return await self._pages(first, step, first=_relative(resource_type, params))
+
+    async def _pages(self, bundle: Mapping[str, Any], step: str, *, first: str
+                     ) -> list[Mapping[str, Any]]:
+        """The resources of a searchset and of every page its next links lead to."""
+        resources: list[Mapping[str, Any]] = []
+        seen = {first}
+        page = 1
+        while True:
+            if bundle.get("resourceType") != "Bundle":
+                raise RequestFailed(f"{step}, page {page}: the server answered with a "
+                                    f"{bundle.get('resourceType')}, not a search Bundle")
+            for entry in bundle.get("entry") or ():
+                resource = entry.get("resource") if isinstance(entry, Mapping) else None
+                if isinstance(resource, Mapping):
+                    resources.append(resource)
+            next_url = _next_link(bundle)
+            if next_url is None:
+                return resources
+            url = self._base.join(next_url)
+            if (url.scheme, url.host, url.port) != (self._base.scheme, self._base.host,
+                                                    self._base.port):
+                # SMART: a client SHOULD NOT send its token to another server; a proxy
+                # that rewrites hosts needs its base URL fixed, not followed blindly.
+                raise RequestFailed(f"{step}, page {page + 1}: the server's next link points "
+                                    f"at {url.scheme}://{url.host} instead of "
+                                    f"{self._base.host}; not followed")
+            if str(url) in seen or page >= MAX_PAGES:
+                raise RequestFailed(f"{step}: the server's next links do not end (page "
+                                    f"{page + 1} repeats an earlier page or exceeds "
+                                    f"{MAX_PAGES})")
+            seen.add(str(url))
+            page += 1
+            response = await self._request("GET", url, step=f"{step}, page {page}")
+            bundle = _json_object(response, self._base)
+
+    # --- one request, with retries --------------------------------------------------------
+
+    async def _request(self, method: str, url: httpx.URL, *,
+                       params: list[tuple[str, str]] | None = None,
+                       json_body: Mapping[str, Any] | None = None, idempotent: bool = True,
+                       step: str) -> httpx.Response:
+        """A 2xx response with its body read, or RequestFailed saying what went wrong."""
+        policy = self._retry
+        retrying = AsyncRetrying(
+            stop=_Stop(policy.max_attempts if idempotent else 1, policy.max_retry_seconds),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retry),
+            sleep=policy.sleep,
+            before_sleep=self._note_retry,
+            reraise=True)
+        headers = {"Accept": FHIR_JSON}
+        content = None
+        if json_body is not None:
+            headers["Content-Type"] = FHIR_JSON
+            content = json.dumps(json_body).encode("utf-8")
+        target = redacted_target(url.copy_merge_params(tuple(params or ())), self._base)
+        started = time.monotonic()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._send(method, url, params, headers, content, target)
+        except _Retry as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            spent = time.monotonic() - started
+            tries = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}" \
+                f" in {spent:.1f} s"
+            if exc.response is not None:
+                after = retry_after_seconds(exc.response.headers.get("Retry-After"),
+                                            policy.now())
+                wait = f"; the server asked to wait {after:.0f} s more" if after else ""
+                raise RequestFailed(f"{step}: {describe_failure(exc.response, self._base)} "
+                                    f"({tries}{wait})",
+                                    status=exc.response.status_code) from None
+            raise RequestFailed(f"{step}: {exc} ({tries})") from None
+        if response.is_success:
+            return response
+        message = f"{step}: {describe_failure(response, self._base)}"
+        if response.status_code == 401:
+            message += " — the server refused our credentials"
+        elif response.status_code == 403:
+            message += " — the credentials do not allow this request (scopes?)"
+        raise RequestFailed(message, status=response.status_code)
+
+    async def _send(self, method: str, url: httpx.URL, params: list[tuple[str, str]] | None,
+                    headers: dict[str, str], content: bytes | None, target: str
+                    ) -> httpx.Response:
+        started = time.monotonic()
+        self._bind_loop()
+        try:
+            async with self._gate:
+                self.request_count += 1
+                response = await self._client.request(
+                    method, url, params=tuple(params) if params else None, headers=headers,
+                    content=content)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise _Retry(f"{method} {target}: {_transport_words(exc, url)}", error=exc) \
+                from None
+        except httpx.HTTPError as exc:  # not transient: a bad URL, a protocol violation
+            raise RequestFailed(f"{method} {target}: {type(exc).__name__}: {exc}") from None
+        log.debug("%s %s -> %d (%.0f ms)", method, target, response.status_code,
+                  (time.monotonic() - started) * 1000)
+        if response.status_code in RETRY_STATUSES:
+            raise _Retry(f"{method} {target}: HTTP {response.status_code}", response=response)
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.response is not None:
+            after = retry_after_seconds(failure.response.headers.get("Retry-After"),
+                                        self._retry.now())
+            if after is not None:
+                return after
+        # Exponential backoff with up to one initial delay of jitter, so that many
+        # clients throttled together do not come back together.
+        policy = self._retry
+        delay = policy.initial_delay * float(2 ** (state.attempt_number - 1))
+        return min(policy.max_delay, delay + random.uniform(0, policy.initial_delay))
+
+    def _note_retry(self, state: RetryCallState) -> None:
+        self.retry_count += 1
+        failure = state.outcome.exception() if state.outcome else None
+        log.warning("%s; retry %d of %d in %.1f s", failure, state.attempt_number,
+                    self._retry.max_attempts - 1, state.upcoming_sleep)
+
+
+def build_client(source: SourceConfig, auth: httpx.Auth | None, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """An httpx client as the configuration asks (timeouts, pool size, auth)."""
+    return httpx.AsyncClient(
+        auth=auth, timeout=httpx.Timeout(source.timeout_seconds),
+        headers={"Accept": FHIR_JSON, "User-Agent": "previsit"},
+        limits=httpx.Limits(max_connections=source.concurrency * 2,
+                            max_keepalive_connections=source.concurrency),
+        transport=transport)
+
+
+def open_http_source(config: Config, env: Mapping[str, str] | None = None) -> HttpSource:
+    """The configured HTTP source (it owns its client; `aclose()` closes it)."""
+    return HttpSource.from_config(config.source, config.auth,
+                                  os.environ if env is None else env)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+async def _all(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run together; on the first failure cancel the rest and raise that failure."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as group_error:
+        first = group_error.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+def _relative(path: str, params: Sequence[tuple[str, str]]) -> str:
+    return f"{path}?{httpx.QueryParams(list(params))}" if params else path
+
+
+def _json_object(response: httpx.Response, base: httpx.URL) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        request = response.request
+        content_type = response.headers.get("content-type", "no content type").split(";")[0]
+        raise RequestFailed(f"{request.method} {redacted_target(request.url, base)} answered "
+                            f"HTTP {response.status_code} with a body that is not a JSON "
+                            f"object ({content_type}, {len(response.content)} bytes)",
+                            status=response.status_code)
+    return body
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    for link in bundle.get("link") or ():
+        if isinstance(link, Mapping) and link.get("relation") == "next" \
+                and isinstance(link.get("url"), str) and link["url"]:
+            return str(link["url"])
+    return None
+
+
+def _entry_status(answer: Any) -> int | None:
+    """Bundle.entry.response.status is a string starting with the code: "201 Created"."""
+    status = answer.get("status") if isinstance(answer, Mapping) else None
+    if isinstance(status, str) and status[:3].isdigit():
+        return int(status[:3])
+    return None
+
+
+def _location(answer: Any, entry: Any, base: httpx.URL) -> str | None:
+    """"ServiceRequest/123" from a response location (absolute or with _history)."""
+    location = answer.get("location") if isinstance(answer, Mapping) else None
+    if not isinstance(location, str) or not location:
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(resource, Mapping) and resource.get("id"):
+            return f"{resource.get('resourceType')}/{resource['id']}"
+        return None
+    path = httpx.URL(location).path if "://" in location else location
+    base_path = base.path.rstrip("/")
+    if base_path and path.startswith(base_path + "/"):
+        path = path[len(base_path) + 1:]
+    parts = path.strip("/").split("/")
+    return "/".join(parts[-4:-2]) if len(parts) >= 4 and parts[-2] == "_history" \
+        else "/".join(parts[-2:])
+
+
+def _unique(resources: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Drop repeats (an _include'd Medication comes back on every page that cites it)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[Mapping[str, Any]] = []
+    for resource in resources:
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            key = (str(resource.get("resourceType")), rid)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(resource)
+    return out
+
+
+def _transport_words(exc: Exception, url: httpx.URL) -> str:
+    try:  # the failed request may be the auth flow's (token endpoint), not ours
+        failed = exc.request.url if isinstance(exc, httpx.RequestError) else url
+    except RuntimeError:
+        failed = url
+    where = f"{failed.host}:{failed.port}" if failed.port else str(failed.host)
+    if failed.host != url.host:
+        where += " (the authorization server)"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"timed out connecting to {where}"
+    if isinstance(exc, httpx.ReadTimeout):
+        return f"{where} did not answer in time (read timeout)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out talking to {where} ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to {where} ({exc or 'connection failed'})"
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"connection to {where} failed ({detail})"
