@@ -56,7 +56,8 @@ def generated_records(count: int, seed: int = 7, visits: tuple[int, int] = (20, 
         pid = f"bench-{n}"
         res: list[dict[str, Any]] = [{"resourceType": "Patient", "id": pid,
                                       "gender": rng.choice(["male", "female"]),
-                                      "birthDate": f"{rng.randint(1940, 2000)}-0{rng.randint(1, 9)}-15"}]
+                                      "birthDate":
+                                          f"{rng.randint(1940, 2000)}-0{rng.randint(1, 9)}-15"}]
         start = date(2011, 1, 1)
         for visit in range(rng.randint(*visits)):
             day = (start + timedelta(days=visit * rng.randint(15, 30))).isoformat()
