@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
@@ -99,9 +100,10 @@ def _with_source(config: Config, work: Callable[[Source], Awaitable[T]]) -> T:
     return asyncio.run(scoped())
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     # INFO lines carry counts only; identifiers appear at DEBUG (--verbose) and never names.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for noisy in ("httpx", "httpcore"):
@@ -134,15 +136,21 @@ def run(
     write_back: Annotated[bool, typer.Option(
         "--write-back", help="Write the proposals to the FHIR server (default: dry run).")
     ] = False,
+    write_sheets: Annotated[bool | None, typer.Option(
+        "--write-sheets/--no-write-sheets",
+        help="With --write-back: also store each visit's planning sheet on the server as a "
+             "DocumentReference (default: output.write_sheets).")] = None,
     rules_dir: RulesOpt = None,
     timezone: Annotated[str | None, typer.Option(help="Clinic time zone (IANA).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No summary, no progress; only warnings and errors.")] = False,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
-                                 "planning__days": days}
+                                 "planning__days": days,
+                                 "output__write_sheets": write_sheets}
     if source_dir is not None:
         overrides.update(source__kind="bundles", source__path=source_dir)
     if fhir_url is not None:
@@ -161,16 +169,24 @@ def run(
         service_types=tuple(service_type or config.planning.service_types))
     # The bundle source's write-back is the transaction file itself; it is always written.
     local = config.source.kind == "bundles"
+    store_sheets = config.output.write_sheets and not local
+    if store_sheets and not write_back:
+        typer.secho("previsit: --write-sheets (output.write_sheets) stores sheets only "
+                    "with --write-back; this is a dry run", err=True)
+    from previsit.sheets import render_visit_sheet
+
     options = RunOptions(window=window, settings=_settings(config),
                          identifier_system=config.output.identifier_system,
                          write_back=write_back or local,
-                         concurrency=config.source.concurrency)
+                         concurrency=config.source.concurrency,
+                         render_sheet=render_visit_sheet if store_sheets else None)
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
     sheet_paths = _write_sheets(result.day, out_dir, config)
     if not quiet:
-        _print_summary(result, config, paths, sheet_paths, write_back, local)
+        _print_summary(result, config, paths, sheet_paths, write_back, local,
+                       store_sheets and write_back)
     raise typer.Exit(result.exit_code)
 
 
@@ -222,7 +238,8 @@ def _write_sheets(day: DayPlan, out_dir: Path, config: Config) -> list[Path]:
 
 
 def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
-                   sheet_paths: list[Path], write_back: bool, local: bool) -> None:
+                   sheet_paths: list[Path], write_back: bool, local: bool,
+                   stored_sheets: bool) -> None:
     report = result.report
     visits = report["visits"]
     echo = typer.echo
@@ -241,13 +258,21 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
     if local:
         action = f"{p['proposed']} draft orders in transaction bundles"
     elif write_back:
-        action = (f"{p['created']} draft orders created on the server, "
-                  f"{p['already_present']} already there")
+        action = (f"{p['created']} draft orders created on the server" if p["created"]
+                  else "nothing new created on the server")
+        if p["already_present"]:
+            action += (f", {p['already_present']} already there (written by a run at the "
+                       "same time)")
     else:
-        action = f"{p['proposed']} draft orders would be written (dry run; use --write-back)"
+        action = (f"{p['dry-run']} draft orders would be written (dry run, nothing was "
+                  "written; use --write-back)")
     echo(f"  proposals: {action}; not proposed: {p['already-open']} already ordered, "
          f"{p['already-written']} already proposed, {p['declined']} declined, "
          f"{p['done']} done, {p['earlier-visit']} for an earlier visit that day")
+    if stored_sheets:
+        stored = report["sheets_stored"]
+        echo(f"  sheets stored on the server: {stored['created']} new, {stored['updated']} "
+             "replaced")
     for failure in report["failures"]:
         echo(f"  FAILED appointment {failure['appointment']}: {failure['reason']}")
     if report["source_problems"]:
@@ -328,6 +353,63 @@ def rules_validate(
     ruleset = _ruleset(config, folder)
     typer.echo(f"ok: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets in "
                f"{folder or config.rules.folder or 'the shipped library'}")
+
+
+@config_app.command("check")
+def config_check(
+    config_path: ConfigOpt = None,
+    fhir_url: Annotated[str | None, typer.Option(
+        "--fhir-url", help="FHIR R4 base URL (overrides the configuration).")] = None,
+    probe: Annotated[bool, typer.Option(
+        help="Also try one authenticated search with the configured credentials.")] = True,
+) -> None:
+    """Connect, read the server's CapabilityStatement and say what will and won't work.
+
+    Exit code 0: a run can work (warnings may limit it); 4: it cannot (unreachable, refused
+    credentials, no appointment search, ...).
+    """
+    from previsit.auth import auth_from_config
+    from previsit.capability import check_server
+    from previsit.sources.http import build_client
+
+    overrides: dict[str, Any] = {}
+    if fhir_url is not None:
+        overrides.update(source__kind="fhir", source__base_url=fhir_url)
+    config = _config(config_path, **overrides)
+    ruleset = _ruleset(config)
+    typer.echo(f"[ok] configuration: time zone {config.source.timezone}, "
+               f"{len(ruleset.active)} of {len(ruleset.rules)} rules on, output to "
+               f"{config.output.folder}")
+    if config.source.timezone == "UTC":
+        typer.echo("[warn] time zone: UTC — 'tomorrow' and the day's window are UTC days; "
+                   "set source.timezone to the clinic's (e.g. America/Chicago)")
+    if config.source.kind != "fhir":
+        typer.echo(f"[info] source: bundle folder {config.source.path} (no server to check; "
+                   "set source.kind = \"fhir\" and source.base_url)")
+        raise typer.Exit(0)
+    base_url = config.source.base_url
+    if not base_url:
+        raise fail("source.kind is fhir but source.base_url is not set "
+                   "(or set PREVISIT_SOURCE_BASE_URL)")
+    try:
+        flow = auth_from_config(config.auth, base_url, os.environ)
+    except SourceError as exc:
+        raise fail(f"auth: {exc}") from None
+
+    async def check() -> list[Any]:
+        async with build_client(config.source, flow) as client:
+            return await check_server(client, base_url, probe=probe)
+
+    lines = asyncio.run(check())
+    for line in lines:
+        typer.echo(str(line))
+    failed = [line for line in lines if line.level == "fail"]
+    if failed:
+        typer.echo(f"{len(failed)} problem(s) above stop a run or the write-back", err=True)
+    unusable = any(line.level == "fail" and line.topic in ("server", "credentials",
+                                                           "appointments", "FHIR version")
+                   for line in lines)
+    raise typer.Exit(EXIT_NOTHING if unusable else 0)
 
 
 @app.command()

@@ -37,6 +37,7 @@ class ResourceSupport:
     search_params: frozenset[str] | None  # None: the statement does not list any
     conditional_create: bool
     search_include: frozenset[str]
+    conditional_update: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def parse_capabilities(statement: Mapping[str, Any]) -> ServerCapabilities:
             search_params=frozenset(p for p in params if isinstance(p, str)) or None,
             conditional_create=entry.get("conditionalCreate") is True,
             search_include=frozenset(i for i in entry.get("searchInclude") or ()
-                                     if isinstance(i, str)))
+                                     if isinstance(i, str)),
+            conditional_update=entry.get("conditionalUpdate") is True)
     software = statement.get("software")
     return ServerCapabilities(
         fhir_version=statement.get("fhirVersion") if isinstance(statement.get("fhirVersion"),
@@ -191,14 +193,17 @@ def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[Ch
         else:
             add("fail", "write-back", f"conditional create on {rtype} is not listed: a "
                 "re-run could write duplicate proposals, so do not use --write-back here")
-    if not caps.can(SHEET_TYPE, "create"):
-        add("warn", "sheets", "DocumentReference create is not listed: --write-sheets will "
+    # Sheets are stored with a conditional update (PUT DocumentReference?identifier=...), so a
+    # re-run replaces the visit's sheet instead of adding a second one.
+    if not caps.can(SHEET_TYPE, "update"):
+        add("warn", "sheets", "DocumentReference update is not listed: --write-sheets will "
             "not work")
-    elif not caps.resources[SHEET_TYPE].conditional_create:
-        add("warn", "sheets", "conditional create on DocumentReference is not listed: "
-            "--write-sheets could store a sheet twice")
+    elif not caps.resources[SHEET_TYPE].conditional_update:
+        add("warn", "sheets", "conditional update on DocumentReference is not listed: "
+            "--write-sheets could store a visit's sheet twice; do not use it here")
     else:
-        add("ok", "sheets", "sheets can be stored as DocumentReferences, idempotently")
+        add("ok", "sheets", "sheets can be stored as DocumentReferences (conditional update: "
+            "one per visit, replaced on a re-run)")
 
     # Authorization.
     if smart is None:

@@ -128,7 +128,10 @@ class ProposalSummary:
     rule_ids: tuple[str, ...]
     occurrence: date | None
     role: Role
-    outcome: str  # proposed, already-open (someone's open order), already-written (ours)
+    # proposed (written, or in the transaction file), dry-run (would be written),
+    # already-open (someone's open order), already-written (ours), declined (ours, revoked),
+    # done (ours, completed), earlier-visit (proposed for the patient's earlier visit that day)
+    outcome: str
     existing: str | None = None  # the existing resource that suppressed it
 
 

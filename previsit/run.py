@@ -41,6 +41,9 @@ class RunOptions:
     as_of: date | None = None  # the authoredOn of proposals; default: the window start
     write_back: bool = False  # send transactions to the source (a server)
     concurrency: int = 8
+    # Also store each planned visit's sheet as a DocumentReference (with write_back only).
+    # The callable renders a plan's sheet as HTML (previsit.sheets.render_visit_sheet).
+    render_sheet: Callable[[VisitPlan], str] | None = None
 
 
 @dataclass
@@ -116,8 +119,13 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
             plans.append(replace(plan, failed=f"proposals could not be built: {exc}"))
             continue
         proposed_for.setdefault(visit.patient_id, []).extend(
-            (p.resource_type, p.code) for p in proposals.summaries if p.outcome == "proposed")
-        plan = replace(plan, proposals=proposals.summaries)
+            (p.resource_type, p.code) for p in proposals.summaries
+            if p.outcome in ("proposed", "already-written", "declined", "done"))
+        summaries = proposals.summaries
+        if not options.write_back:  # a dry run: say so on the sheet and in plan.json
+            summaries = tuple(replace(p, outcome="dry-run") if p.outcome == "proposed" else p
+                              for p in summaries)
+        plan = replace(plan, proposals=summaries)
         if proposals.bundle is not None:
             bundles[visit.appointment_id] = proposals.bundle
             if options.write_back:
@@ -129,6 +137,9 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                 else:
                     writes["created"] += len(result.created)
                     writes["existing"] += len(result.existing)
+        if options.write_back and options.render_sheet is not None and not plan.failed:
+            plan = await _store_sheet(source, plan, options.render_sheet, options, as_of,
+                                      writes)
         plans.append(plan)
         if on_progress:
             on_progress("visits", index, len(visits))
@@ -143,6 +154,23 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
         "total_seconds": round(finished - started, 3)})
     log.info("planned %d of %d appointments", report["visits"]["planned"], len(visits))
     return RunResult(day=day, bundles=bundles, report=report)
+
+
+async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitPlan], str],
+                       options: RunOptions, as_of: date, writes: Counter[str]) -> VisitPlan:
+    """Store the visit's sheet as a DocumentReference (conditional update: one per visit,
+    replaced on a re-run). A failure fails the visit: the team asked for the sheet in the EHR."""
+    from previsit.documents import sheet_transaction
+
+    bundle = sheet_transaction(plan, render(plan), identifier_system=options.identifier_system,
+                               as_of=as_of)
+    try:
+        result = await source.write_transaction(bundle, key=f"sheet-{plan.visit.appointment_id}")
+    except (SourceError, PatientReadError) as exc:
+        return replace(plan, failed=f"the planning sheet could not be stored: {exc}")
+    writes["sheets_created"] += len(result.created)
+    writes["sheets_updated"] += len(result.existing)
+    return plan
 
 
 def exit_code_for(planned: int, failed: int) -> int:
@@ -179,9 +207,11 @@ def build_report(day: DayPlan, source: Source, writes: Counter[str], options: Ru
         "findings": dict(sorted(statuses.items())),
         "actionable_by_kind": dict(sorted(actionable.items())),
         "proposals": {**{k: proposals.get(k, 0) for k in (
-            "proposed", "already-written", "already-open", "declined", "done",
+            "proposed", "dry-run", "already-written", "already-open", "declined", "done",
             "earlier-visit")},
             "created": writes.get("created", 0), "already_present": writes.get("existing", 0)},
+        "sheets_stored": {"created": writes.get("sheets_created", 0),
+                          "updated": writes.get("sheets_updated", 0)},
         "failures": failures,
         "source_problems": [{"where": p.where, "message": p.message}
                             for p in source.problems()],

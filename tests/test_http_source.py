@@ -86,8 +86,8 @@ def capability_statement(*, batch: bool = True, search_params: tuple[str, ...] =
         "mode": "server",
         "interaction": [{"code": "transaction"}] + ([{"code": "batch"}] if batch else []),
         "resource": [{"type": t, "interaction": [{"code": c} for c in
-                                                 ("read", "search-type", "create")],
-                      "conditionalCreate": conditional,
+                                                 ("read", "search-type", "create", "update")],
+                      "conditionalCreate": conditional, "conditionalUpdate": conditional,
                       "searchParam": [{"name": p, "type": "token"} for p in search_params]}
                      for t in types]}]}
 
@@ -229,16 +229,29 @@ def test_timeouts_are_retried(error: type[Exception]) -> None:
     assert route.call_count == 2 and len(h.sleeps) == 1
 
 
-def test_unreachable_server_is_a_one_line_source_error_after_bounded_attempts() -> None:
+def test_a_server_that_never_answered_is_a_one_line_source_error_at_once() -> None:
+    # A wrong URL or a server that is down: backing off would only delay the message.
     h = Harness(retry={"max_attempts": 3})
     route = h.router.get("/Appointment").mock(side_effect=httpx.ConnectError(
         "[Errno 111] Connection refused"))
     with pytest.raises(SourceError) as caught:
         run(h.source.appointments(WINDOW))
     message = str(caught.value)
-    assert route.call_count == 3
+    assert route.call_count == 1 and h.sleeps == []
     assert "\n" not in message
-    assert "cannot connect to ehr.example" in message and "gave up after 3 attempts" in message
+    assert "cannot connect to ehr.example" in message and "is the server up" in message
+
+
+def test_a_refused_connection_after_the_server_answered_is_retried_boundedly() -> None:
+    h = Harness(retry={"max_attempts": 3})
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    route = h.router.get("/Appointment").mock(
+        side_effect=[json_response(searchset()), refused, refused, refused])
+    run(h.source.appointments(WINDOW))  # the server answered once
+    with pytest.raises(SourceError) as caught:
+        run(h.source.appointments(WINDOW))
+    assert route.call_count == 4 and len(h.sleeps) == 2
+    assert "gave up after 3 attempts" in str(caught.value)
 
 
 def test_retry_after_beyond_the_budget_gives_up_without_waiting() -> None:
@@ -646,6 +659,7 @@ def test_capability_assessment_of_a_capable_server() -> None:
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384"]})
     assert {line.level for line in lines} <= {"ok", "info"}, [str(x) for x in lines]
+    assert "[ok] sheets: sheets can be stored as DocumentReferences" in "\n".join(map(str, lines))
     assert any("token endpoint https://ehr.example/token" in line.message for line in lines)
 
 
@@ -660,6 +674,7 @@ def test_capability_assessment_says_what_will_not_work() -> None:
     assert "[fail] write-back: transaction is not listed" in text
     assert "[fail] write-back: conditional create on ServiceRequest is not listed" in text
     assert "[warn] appointments: filtering by practitioner will not work" in text
+    assert "[warn] sheets: conditional update on DocumentReference is not listed" in text
     assert levels(lines, "SMART") == ["info"]
 
 
