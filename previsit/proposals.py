@@ -261,16 +261,20 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
                    ) -> VisitProposals:
     """Merge, de-duplicate against the chart, build and validate the visit's transaction.
 
-    `already_this_run` holds (resource type, code) proposed for an earlier visit of the same
-    patient in this run (two appointments the same day: one draw, not two).
+    `already_this_run` holds (resource type, code) handled at an earlier visit of the same
+    patient in this run — proposed, already written, declined or done there (two
+    appointments the same day: one draw, not two; a revoked proposal is not re-proposed for
+    the second visit).
     """
     summaries: list[ProposalSummary] = []
     entries: list[dict[str, Any]] = []
     for proposal in merge_orders(plan, record):
         outcome, existing = existing_outcome(proposal, record.requests, identifier_system)
-        if outcome == "proposed" and (proposal.resource_type, proposal.order.code) in \
-                already_this_run:
-            outcome = "earlier-visit"
+        # The earlier visit's order (ours, written by this or an earlier run) is not
+        # "someone's open order": say earlier-visit, so that a re-run reads like the first run.
+        if outcome in ("proposed", "already-open") and \
+                (proposal.resource_type, proposal.order.code) in already_this_run:
+            outcome, existing = "earlier-visit", None
         resource = None
         if outcome == "proposed":
             if proposal.resource_type == "ServiceRequest":

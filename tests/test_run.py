@@ -112,7 +112,30 @@ def test_dry_run_writes_nothing(day: Path, tmp_path: Path) -> None:
     result = run(Breaking(day, unwritable=["a1", "a2", "a3"]), tmp_path, write_back=False)
     assert result.exit_code == EXIT_OK
     assert result.report["proposals"]["created"] == 0
-    assert result.report["proposals"]["proposed"] == 3
+    assert result.report["proposals"]["dry-run"] == 3
+    assert result.report["proposals"]["proposed"] == 0
+    # the sheets and plan.json say it was not written
+    assert {s.outcome for p in result.day.plans for s in p.proposals} == {"dry-run",
+                                                                           "earlier-visit"}
+    assert sorted(result.bundles) == ["a1", "a2", "a3"]  # what would be written
+
+
+@pytest.mark.parametrize(("status", "first"), [("draft", "already-written"),
+                                               ("revoked", "declined"),
+                                               ("completed", "done")])
+def test_a_rerun_reads_like_the_first_run_for_a_second_visit(day: Path, tmp_path: Path,
+                                                              status: str, first: str) -> None:
+    # Run 1 proposed the FIT for a2; on the chart now, as written (or revoked / completed by
+    # a clinician). Run 2: a2 finds its own proposal, and a2b still says earlier-visit —
+    # not "someone's open order", and a revoked one is not re-proposed for the later visit.
+    written = run(BundleSource(day), tmp_path).bundles["a2"]["entry"][0]["resource"]
+    write(day, "written.json", bundle({**written, "id": "sr-written", "status": status}))
+    result = run(BundleSource(day), tmp_path)
+    outcomes = {p.visit.appointment_id: [s.outcome for s in p.proposals]
+                for p in result.day.plans}
+    assert outcomes["a2"] == [first]
+    assert outcomes["a2b"] == ["earlier-visit"]
+    assert "a2" not in result.bundles and "a2b" not in result.bundles
 
 
 def test_outputs_are_byte_identical_on_a_rerun(day: Path, tmp_path: Path) -> None:
