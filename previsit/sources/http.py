@@ -190,6 +190,10 @@ class HttpSource:
         self._problems: list[SourceProblem] = []
         self.capabilities: ServerCapabilities | None = None
         self.request_count = 0  # HTTP requests sent to the FHIR server, retries included
+        # Until something answers, a refused connection means a wrong URL or a server that is
+        # down: say so at once (one line) instead of backing off. Once the server has
+        # answered, a refused connection is a restart or a blip, and is retried.
+        self._answered = False
         self.retry_count = 0
 
     @classmethod
@@ -547,6 +551,8 @@ class HttpSource:
                                     f"({tries}{wait})",
                                     status=exc.response.status_code) from None
             raise RequestFailed(f"{step}: {exc} ({tries})") from None
+        except RequestFailed as exc:  # not retried: say which step it was
+            raise RequestFailed(f"{step}: {exc}", status=exc.status) from None
         if response.is_success:
             return response
         message = f"{step}: {describe_failure(response, self._base)}"
@@ -567,11 +573,18 @@ class HttpSource:
                 response = await self._client.request(
                     method, url, params=tuple(params) if params else None, headers=headers,
                     content=content)
+        except httpx.ConnectError as exc:
+            words = f"{method} {target}: {_transport_words(exc, url)}"
+            if not self._answered:
+                raise RequestFailed(f"{words}; nothing has answered at this address in this "
+                                    "run: is the server up and the base URL right?") from None
+            raise _Retry(words, error=exc) from None
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise _Retry(f"{method} {target}: {_transport_words(exc, url)}", error=exc) \
                 from None
         except httpx.HTTPError as exc:  # not transient: a bad URL, a protocol violation
             raise RequestFailed(f"{method} {target}: {type(exc).__name__}: {exc}") from None
+        self._answered = True
         log.debug("%s %s -> %d (%.0f ms)", method, target, response.status_code,
                   (time.monotonic() - started) * 1000)
         if response.status_code in RETRY_STATUSES:
