@@ -294,6 +294,21 @@ def _needs_review(finding: Finding) -> bool:
     return finding.needs_physician and (finding.status.actionable or "abnormal" in finding.flags)
 
 
+def handled_earlier(plan: VisitPlan, finding: Finding) -> bool:
+    """An actionable finding whose every order went to the patient's earlier visit the same
+    day (two appointments, one draw): that visit's row and role lists carry the work, so it
+    is not counted again here."""
+    if not finding.status.actionable or not finding.orders:
+        return False
+    proposals = [proposal_for(plan, finding, o) for o in finding.orders]
+    return all(p is not None and p.outcome == "earlier-visit" for p in proposals)
+
+
+def _prepared_here(plan: VisitPlan) -> list[Finding]:
+    """The actionable findings this visit prepares (not those handled at an earlier one)."""
+    return [f for f in plan.actionable if not handled_earlier(plan, f)]
+
+
 def _before_orders(finding: Finding) -> list[Order]:
     return [o for o in finding.orders if o.before_visit]
 
@@ -335,7 +350,7 @@ def tasks(plan: VisitPlan) -> list[Task]:
     out: list[Task] = []
     for finding in plan.findings:
         roles_done: set[Role] = set()
-        if finding.status.actionable:
+        if finding.status.actionable and not handled_earlier(plan, finding):
             by_role: dict[Role, list[Order]] = {}
             for order in finding.orders:
                 by_role.setdefault(order.role, []).append(order)
@@ -637,15 +652,16 @@ def _flags(plan: VisitPlan) -> tuple[Flag, ...]:
     if plan.failed:
         return ()
     out: list[Flag] = []
-    labs = [f for f in plan.actionable if _before_orders(f)]
+    here = _prepared_here(plan)
+    labs = [f for f in here if _before_orders(f)]
     if labs:
         days = sorted({d for f in labs for o in _before_orders(f) if (d := draw_by(plan, f, o))})
         by = f" by {format_short_day(days[0])}" if days else ""
         out.append(Flag("Labs to draw", f"{', '.join(f.title for f in labs)}{by}", "labs"))
-    overdue = [f for f in plan.by_status(Status.OVERDUE) if f.kind == Kind.SCREENING]
+    overdue = [f for f in here if f.status == Status.OVERDUE and f.kind == Kind.SCREENING]
     if overdue:
         out.append(Flag("Overdue screening", ", ".join(f.title for f in overdue), "overdue"))
-    renewals = [f for f in plan.actionable if f.kind == Kind.RENEWAL]
+    renewals = [f for f in here if f.kind == Kind.RENEWAL]
     if renewals:
         names = ", ".join(_short_title(f) for f in renewals)
         out.append(Flag(f"Renewal{'s' if len(renewals) > 1 else ''}", names, "renewal"))
@@ -653,6 +669,10 @@ def _flags(plan: VisitPlan) -> tuple[Flag, ...]:
     if review:
         out.append(Flag("Physician review", ", ".join(
             _with_reason(_short_title(f), f) for f in review), "review"))
+    earlier = [f for f in plan.actionable if handled_earlier(plan, f)]
+    if earlier:
+        out.append(Flag("Prepared for earlier visit",
+                        ", ".join(_short_title(f) for f in earlier), "earlier"))
     unknown = plan.by_status(Status.UNKNOWN)
     if unknown:
         out.append(Flag("Could not decide", ", ".join(f.title for f in unknown), "unknown"))
@@ -670,7 +690,7 @@ def time_saved(plans: Iterable[VisitPlan], minutes_saved: Mapping[str, float],
     for plan in plans:
         if plan.failed:
             continue
-        for finding in plan.actionable:
+        for finding in _prepared_here(plan):  # a patient's two visits count once
             counts[finding.kind] += 1
     lines = []
     for kind in sorted(Kind, key=lambda k: _KIND_ORDER[k]):

@@ -777,3 +777,32 @@ def test_a_physician_rule_without_a_special_reason_is_still_the_physicians() -> 
 
 def test_recorded_unknown_sex_says_what_is_unknown() -> None:
     assert "67 y · sex unknown" in visible(sheets.render_visit_sheet(vplan(sex="unknown")))
+
+
+def test_a_patients_second_visit_does_not_count_the_work_prepared_for_the_first() -> None:
+    # 8:00 lab draw and 9:20 visit, same patient: the HbA1c and the flu vaccine were
+    # proposed for 8:00; at 9:20 they are "earlier-visit". The day counts them once.
+    hba1c = order("4548-4", "HbA1c")
+    draw = finding("hba1c", Status.OVERDUE, orders=(hba1c,))
+    flu = finding("flu", Status.DUE, Kind.IMMUNIZATION, role=Role.NURSE, orders=(FLU,))
+    lab_visit = vplan(draw, flu, v=visit("a-lab", hour=8, minute=0), proposals=(
+        proposal("4548-4", "HbA1c", "hba1c"),
+        proposal("88", "Influenza vaccine", "flu", role=Role.NURSE)))
+    later = vplan(draw, flu, v=visit("a-doc", hour=9, minute=20), proposals=(
+        proposal("4548-4", "HbA1c", "hba1c", outcome="earlier-visit"),
+        proposal("88", "Influenza vaccine", "flu", outcome="earlier-visit", role=Role.NURSE)))
+    assert sheets.handled_earlier(later, draw) and sheets.handled_earlier(later, flu)
+    assert not sheets.handled_earlier(lab_visit, draw)
+    assert sheets.tasks(later) == []
+    assert sheets.role_counts([lab_visit, later]) == {Role.MA: 1, Role.NURSE: 1,
+                                                      Role.PHARMACIST: 0, Role.PHYSICIAN: 0}
+    saved = {line.kind: line.tasks for line in sheets.time_saved([lab_visit, later], MINUTES).lines}
+    assert saved["Labs"] == 1 and saved["Immunizations"] == 1
+    html = sheets.render_huddle(day_of(lab_visit, later), minutes_saved=MINUTES)
+    rows = [r for r in read(html).rows if len(r) == 8 and r[0] != "Time"]
+    assert [r[0] for r in rows] == ["8:00 AM", "9:20 AM"]
+    assert "Labs to draw" in rows[0][7] and "Labs to draw" not in rows[1][7]
+    assert "Prepared for earlier visit" in rows[1][7]
+    # the 9:20 visit's own sheet still lists both, saying where the orders went
+    sheet = visible(sheets.render_visit_sheet(later))
+    assert "HbA1c" in sheet and sheet.count("Written for earlier visit") == 2

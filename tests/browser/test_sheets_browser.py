@@ -130,10 +130,13 @@ def test_huddle_as_a_person_sees_it(page: Any, sample_day: DayPlan, tmp_path: Pa
         assert [int(c) if c.strip().isdigit() else 0 for c in cells] == \
             [expected[r] for r in sheets.ROLES], plan.visit.appointment_id
         flags = rows.nth(i).locator("td.flags").inner_text()
-        if any(o.before_visit for f in plan.actionable for o in f.orders):
+        here = [f for f in plan.actionable if not sheets.handled_earlier(plan, f)]
+        if any(o.before_visit for f in here for o in f.orders):
             assert "LABS TO DRAW" in flags  # uppercase through CSS, as printed
-        if any(f.kind == Kind.RENEWAL for f in plan.actionable):
+        if any(f.kind == Kind.RENEWAL for f in here):
             assert "RENEWAL" in flags
+        if len(here) < len(plan.actionable):  # María López's 9:20 after her 8:00 draw
+            assert "PREPARED FOR EARLIER VISIT" in flags
     roles = page.locator("section.role h3").all_inner_texts()
     for role, title in zip(sheets.ROLES, ("Medical assistant", "Nurse", "Pharmacist",
                                           "Physician"), strict=True):
