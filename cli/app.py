@@ -294,10 +294,13 @@ def explain(
         file_okay=False)] = None,
     fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
     rules_dir: RulesOpt = None,
+    timezone: Annotated[str | None, typer.Option(
+        help="Clinic time zone (IANA); accepted for symmetry with `run` (the visit date "
+             "given is already the clinic's local day).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Every rule's outcome for one patient on a date, with the reason."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"source__timezone": timezone}
     if source_dir is not None:
         overrides.update(source__kind="bundles", source__path=source_dir)
     if fhir_url is not None:
