@@ -35,11 +35,17 @@ from previsit.ruleset import (
     Requirement,
     Rule,
     RuleSet,
+    ServiceRequestCriterion,
     SexCriterion,
 )
 
 FOREVER = date.max
 _DONE_OBSERVATION = frozenset({"final", "amended", "corrected"})
+# An order that stands or was carried out (QI-Core "isInterventionOrder": status active or
+# completed, intent order); drafts, proposals (ours included) and revoked orders do not.
+_ORDER_STATUSES = frozenset({"active", "completed"})
+_ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order",
+                            "instance-order"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,12 @@ class _Truth:
     value: bool | None
     reason: str = ""
     evidence: list[EvidenceRef] = field(default_factory=list)
+
+
+def _join(separator: str, parts: Iterable[_Truth]) -> str:
+    """The parts' reasons as one clause, each said once: two alternatives with the same
+    label (warfarin by clinical-drug set or by ingredient) both read "not on warfarin"."""
+    return separator.join(dict.fromkeys(p.reason for p in parts if p.reason))
 
 
 def fmt(day: date | None) -> str:
@@ -106,6 +118,9 @@ class _Context:
         self.procedures = _CodeIndex(record.procedures, lambda p: p.code)
         self.conditions = _CodeIndex(record.conditions, lambda c: c.code)
         self.immunizations = _CodeIndex(record.immunizations, lambda i: i.vaccine)
+        self.service_requests = _CodeIndex(
+            [r for r in record.requests if r.resource_type == "ServiceRequest"],
+            lambda r: r.code)
 
     def vs(self, url: str) -> ValueSet:
         return self.ruleset.valueset(url)
@@ -139,6 +154,8 @@ class _Context:
             last = max(hits, key=lambda p: p.day)
             return _Truth(True, f"{last.code.label()} on {fmt(last.day)}",
                           [EvidenceRef(last.ref, last.day, f"{last.code.label()}", "reason")])
+        if isinstance(c, ServiceRequestCriterion):
+            return self._service_request(c)
         if isinstance(c, MedicationCriterion):
             return self._medication(c)
         if isinstance(c, ObservationCriterion):
@@ -159,9 +176,8 @@ class _Context:
             return _Truth(False, false[0].reason)
         unknown = [p for p in parts if p.value is None]
         if unknown:
-            return _Truth(None, "; ".join(p.reason for p in unknown))
-        return _Truth(True, "; ".join(p.reason for p in parts if p.reason),
-                      [e for p in parts for e in p.evidence])
+            return _Truth(None, _join("; ", unknown))
+        return _Truth(True, _join("; ", parts), [e for p in parts for e in p.evidence])
 
     @staticmethod
     def _any(parts: Sequence[_Truth]) -> _Truth:
@@ -170,8 +186,8 @@ class _Context:
             return _Truth(True, true[0].reason, true[0].evidence)
         unknown = [p for p in parts if p.value is None]
         if unknown:
-            return _Truth(None, "; ".join(p.reason for p in unknown))
-        return _Truth(False, " and ".join(p.reason for p in parts if p.reason))
+            return _Truth(None, _join("; ", unknown))
+        return _Truth(False, _join(" and ", parts))
 
     def _condition(self, c: ConditionCriterion) -> _Truth:
         vs = self.vs(c.condition)
@@ -202,6 +218,19 @@ class _Context:
         cond = hits[0]
         return _Truth(True, cond.code.label(),
                       [EvidenceRef(cond.ref, cond.first_known, cond.code.label(), "reason")])
+
+    def _service_request(self, c: ServiceRequestCriterion) -> _Truth:
+        vs = self.vs(c.service_request)
+        since = c.lookback.before(self.day) if c.lookback else date.min
+        hits = [r for r in self.service_requests.matching(vs)
+                if r.status in _ORDER_STATUSES and r.intent in _ORDER_INTENTS
+                and r.authored_on is not None and since < r.authored_on <= self.day]
+        label = c.label or vs.title
+        if not hits:
+            return _Truth(False, f"no {label} on record")
+        last = max(hits, key=lambda r: r.authored_on or date.min)
+        text = f"{last.code.label()} ordered {fmt(last.authored_on)}"
+        return _Truth(True, text, [EvidenceRef(last.ref, last.authored_on, text, "reason")])
 
     def medication_matches(self, c: MedicationCriterion, concept: Concept) -> bool:
         if self.vs(c.medication).matches(concept):
@@ -249,7 +278,8 @@ class _Context:
         obs = self.latest_observation(c.observation, c.lookback)
         missing_value: bool | None = None if c.missing == "unknown" else False
         if obs is None:
-            return _Truth(missing_value, f"no {label} on record" +
+            within = f" in the last {c.lookback.words()}" if c.lookback else " on record"
+            return _Truth(missing_value, f"no {label}{within}" +
                           (", so cannot decide" if missing_value is None else ""))
         ev = [EvidenceRef(obs.ref, obs.day, f"{label} {describe_value(obs)}", "reason")]
         if c.value is not None:
@@ -437,14 +467,16 @@ def evaluate_rule(ctx: _Context, rule: Rule) -> Finding:
         return Finding(status=Status.NOT_APPLICABLE,
                        explanation=f"not applicable: {applies.reason}",
                        **base)
-    if applies.value is None:
-        return Finding(status=Status.UNKNOWN, explanation=applies.reason, **base)
+    # An exclusion on record decides even when applicability cannot be (a known diabetic
+    # with no BMI on record is excluded from diabetes screening, not "unknown").
     for exclusion in rule.excluded_when:
         result = ctx.criterion(exclusion.when)
         if result.value:
             what = f" ({result.reason})" if result.reason else ""
             return Finding(status=Status.EXCLUDED, explanation=f"excluded: {exclusion.reason}"
                            f"{what}", evidence=tuple(result.evidence), **base)
+    if applies.value is None:
+        return Finding(status=Status.UNKNOWN, explanation=applies.reason, **base)
     reasons = list(applies.evidence)
     statuses: list[Status] = []
     texts: list[str] = []
@@ -466,7 +498,10 @@ def evaluate_rule(ctx: _Context, rule: Rule) -> Finding:
             results.append(EvidenceRef(item.ref, item.day, summary, "result"))
         if status.actionable:
             order = _order(rule, req)
-            if order:
+            # Two requirements may propose the same thing (Td/Tdap booster and the
+            # once-in-a-lifetime Tdap): one order, the first requirement's.
+            if order and all((o.system, o.code) != (order.system, order.code)
+                             for o in orders):
                 orders.append(order)
         if through and through != FOREVER:
             due_dates.append(through)
@@ -475,6 +510,10 @@ def evaluate_rule(ctx: _Context, rule: Rule) -> Finding:
         flags.append("physician-review")
     if "abnormal" in flags:
         flags.append("physician-review")
+    if status.actionable and rule.flags:
+        # What the rule declares (shared decision-making for lung screening) matters when
+        # the test is proposed; a clinician leads that conversation.
+        flags += ["physician-review", *rule.flags]
     return Finding(status=status, explanation="; ".join(texts),
                    evidence=tuple(reasons + results), orders=tuple(orders),
                    due_date=min(due_dates) if due_dates else None,
@@ -536,10 +575,9 @@ def evaluate_renewals(ctx: _Context, rule: Rule, findings: Iterable[Finding]) ->
         reason = (EvidenceRef(med.ref, med.authored_on, name, "reason"),)
         is_controlled = ctx.medication_matches(controlled, med.medication)
         role = spec.controlled_role if is_controlled else rule.role
-        flags = ("controlled-substance", "physician-review") if is_controlled else ()
         runs_out = run_out_date(med)
         common: dict[str, Any] = {**base, "title": f"Renew {name}", "role": role,
-                                  "evidence": reason, "medication_ref": med.ref, "flags": flags}
+                                  "evidence": reason, "medication_ref": med.ref}
         if runs_out is None:
             out.append(Finding(status=Status.UNKNOWN, explanation=(
                 f"{name}: cannot tell when it runs out (no validity period, or no "
@@ -566,8 +604,12 @@ def evaluate_renewals(ctx: _Context, rule: Rule, findings: Iterable[Finding]) ->
             order_list = (Order(system=code.system if code else "", code=code.code if code else "",
                                 display=name, category="medication", role=role,
                                 before_visit=False),)
+        # Only a renewal that is due asks the physician for anything: a controlled
+        # prescription that runs beyond the horizon (or whose run-out is unknown) is not
+        # flagged.
+        flags = ("controlled-substance", "physician-review") if is_controlled else ()
         out.append(Finding(status=status, due_date=runs_out, explanation=text,
-                           orders=order_list, **common))
+                           orders=order_list, flags=flags, **common))
     return out
 
 

@@ -107,6 +107,18 @@ class ProcedureCriterion(_Strict):
         lambda v: None if v is None else _duration(v))
 
 
+class ServiceRequestCriterion(_Strict):
+    """An order on the chart (ServiceRequest, active or completed, intent order) in the set,
+    authored within the look-back: the CMS Hospice library counts a hospice care order."""
+
+    service_request: str
+    lookback: Duration | None = None
+    label: str | None = None
+
+    _v = field_validator("lookback", mode="before")(
+        lambda v: None if v is None else _duration(v))
+
+
 class MedicationCriterion(_Strict):
     medication: str  # value-set URL (ingredients and clinical drugs)
     names: tuple[str, ...] = ()  # ingredient names for the text fallback, lower case
@@ -155,14 +167,14 @@ class NotCriterion(_Strict):
 
 
 Criterion = (AgeCriterion | SexCriterion | ConditionCriterion | ProcedureCriterion
-             | MedicationCriterion | ObservationCriterion | AllCriterion | AnyCriterion
-             | NotCriterion)
+             | ServiceRequestCriterion | MedicationCriterion | ObservationCriterion
+             | AllCriterion | AnyCriterion | NotCriterion)
 
 _CRITERION_KEYS: dict[str, type[BaseModel]] = {
     "age": AgeCriterion, "sex": SexCriterion, "condition": ConditionCriterion,
-    "procedure": ProcedureCriterion, "medication": MedicationCriterion,
-    "observation": ObservationCriterion, "all": AllCriterion, "any": AnyCriterion,
-    "not": NotCriterion,
+    "procedure": ProcedureCriterion, "service_request": ServiceRequestCriterion,
+    "medication": MedicationCriterion, "observation": ObservationCriterion,
+    "all": AllCriterion, "any": AnyCriterion, "not": NotCriterion,
 }
 
 
@@ -171,7 +183,7 @@ def _parse_criteria(values: Any) -> Any:
 
 
 def _parse_criterion(value: Any) -> Any:
-    """Pick the criterion type by its key, so errors speak of one type, not all nine."""
+    """Pick the criterion type by its key, so errors speak of one type, not all of them."""
     if isinstance(value, BaseModel):
         return value
     if not isinstance(value, dict):
@@ -279,6 +291,11 @@ class Citation(_Strict):
     url: str | None = None
 
 
+# Flags a rule may declare for its findings (the engine adds the others itself:
+# physician-review, abnormal, controlled-substance). The sheets know each by name.
+RuleFlag = Literal["shared-decision"]
+
+
 class Rule(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
@@ -291,6 +308,8 @@ class Rule(_Strict):
     excluded_when: tuple[Exclusion, ...] = ()
     requirements: tuple[Requirement, ...] = ()
     renewal: RenewalSpec | None = None
+    # Attached (with physician-review) to the finding when it is due, overdue or due-soon.
+    flags: tuple[RuleFlag, ...] = ()
     enabled: bool = True
 
     _c = field_validator("applies_when", mode="before")(lambda v: _parse_criteria(v))
@@ -300,6 +319,9 @@ class Rule(_Strict):
         if self.kind == Kind.RENEWAL:
             if self.renewal is None:
                 raise ValueError("a renewal rule needs a renewal block")
+            if self.flags:
+                raise ValueError("a renewal rule cannot declare flags (controlled substances "
+                                 "are flagged by the renewal block)")
         elif not self.requirements:
             raise ValueError(f"a {self.kind.value} rule needs at least one requirement")
         return self
@@ -310,7 +332,8 @@ class Rule(_Strict):
 
     def valueset_urls(self) -> Iterator[str]:
         def walk(c: Any) -> Iterator[str]:
-            for name in ("condition", "procedure", "medication", "observation", "value_in"):
+            for name in ("condition", "procedure", "service_request", "medication",
+                         "observation", "value_in"):
                 if isinstance(getattr(c, name, None), str):
                     yield getattr(c, name)
             for child in getattr(c, "all", ()) or getattr(c, "any", ()):

@@ -7,7 +7,7 @@ engine does independently of the shipped clinical library. The visit is builders
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,58 @@ def test_review_if_looks_at_the_latest_value_only() -> None:
     assert f.flags == ()
 
 
+# --- orders and rule flags ---------------------------------------------------------------------
+
+
+def test_two_requirements_with_the_same_order_code_propose_it_once() -> None:
+    f = result("same-order", patient())
+    assert f.status == Status.DUE
+    assert [(o.system, o.code, o.display) for o in f.orders] == [
+        (LOINC, "24323-8", "Comprehensive metabolic panel (for potassium)")]
+
+
+@pytest.mark.parametrize(("on", "orders"), [
+    (date(2025, 12, 1), 1),  # expired on the visit date: both due, one order
+    (date(2026, 1, 31), 1),  # potassium satisfied, HbA1c due: the one order it needs
+])
+def test_one_order_whichever_requirement_is_due(on: date, orders: int) -> None:
+    f = result("same-order", patient(), potassium(on))
+    assert len(f.orders) == orders
+    assert f.orders[0].code == "24323-8"
+
+
+def test_requirements_all_satisfied_propose_nothing() -> None:
+    f = result("same-order", patient(), potassium(date(2026, 1, 31)),
+               observation("4548-4", ago(date(2026, 1, 31)), 5.4, "%"))
+    assert (f.status, f.orders) == (Status.SATISFIED, ())
+
+
+@pytest.mark.parametrize(("done", "status", "flags"), [
+    (None, Status.DUE, ("physician-review", "shared-decision")),
+    (date(2025, 12, 1), Status.OVERDUE, ("physician-review", "shared-decision")),
+    (date(2025, 12, 2), Status.DUE_SOON, ("physician-review", "shared-decision")),
+    (date(2026, 1, 31), Status.SATISFIED, ()),  # one day beyond the due-soon window
+])
+def test_a_rule_flag_is_attached_only_when_actionable(done: date | None, status: Status,
+                                                      flags: tuple[str, ...]) -> None:
+    ldct = [procedure("16334891000119106", ago(done))] if done else []
+    f = result("shared-decision", patient(age=60), *ldct)
+    assert (f.status, f.flags) == (status, flags)
+    assert f.role == Role.MA  # the flag asks for a physician; the rule's role is unchanged
+
+
+def test_a_rule_flag_is_not_attached_when_not_applicable() -> None:
+    f = result("shared-decision", patient(age=50, days=1))
+    assert (f.status, f.flags) == (Status.NOT_APPLICABLE, ())
+
+
+def test_repeated_clauses_are_said_once() -> None:
+    f = result("repeated-clause", patient(age=60))
+    assert f.status == Status.NOT_APPLICABLE
+    assert f.explanation == ("not applicable: not on an ACE inhibitor and ages ≥ 90; "
+                             "patient is 60")
+
+
 # --- three-valued logic --------------------------------------------------------------------
 
 
@@ -304,6 +356,38 @@ def test_exclusion_wins_over_due() -> None:
 def test_an_exclusion_that_does_not_hold_does_not_exclude(kw: dict[str, Any]) -> None:
     f = result("crc-screening", patient(age=60), condition("385763009", **kw))
     assert f.status == Status.DUE
+
+
+def _order(days_ago: int | None, status: str = "active", intent: str = "order",
+           code: str = "385763009") -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "ServiceRequest", "id": f"sr-{status}-{intent}",
+                                "status": status, "intent": intent,
+                                "code": coding(SNOMED, code),
+                                "subject": {"reference": "Patient/p1"}}
+    if days_ago is not None:
+        resource["authoredOn"] = (VISIT - timedelta(days=days_ago)).isoformat()
+    return resource
+
+
+@pytest.mark.parametrize(("order", "status"), [
+    (_order(ago(date(2025, 12, 2))), Status.EXCLUDED),  # a day inside the 1-year look-back
+    (_order(ago(date(2025, 12, 1))), Status.DUE),  # exactly a year before the visit
+    (_order(0), Status.EXCLUDED),
+    (_order(-1), Status.DUE),  # authored after the visit
+    (_order(None), Status.DUE),  # no authored date
+    (_order(30, status="completed"), Status.EXCLUDED),
+    (_order(30, intent="filler-order"), Status.EXCLUDED),
+    (_order(30, status="revoked"), Status.DUE),
+    (_order(30, status="draft", intent="proposal"), Status.DUE),
+    (_order(30, code="73761001"), Status.DUE),  # not in the value set
+], ids=["inside", "a-year-ago", "visit-day", "after-visit", "undated", "completed",
+        "filler-order", "revoked", "proposal", "other-code"])
+def test_service_request_criterion(order: dict[str, Any], status: Status) -> None:
+    f = result("crc-screening", patient(age=60), order)
+    assert f.status == status
+    if status == Status.EXCLUDED:
+        assert f.explanation.startswith("excluded: hospice care ordered (385763009 ordered ")
+        assert [e.reference for e in f.evidence] == [f"ServiceRequest/{order['id']}"]
 
 
 # --- count ------------------------------------------------------------------------------------
@@ -496,13 +580,13 @@ def test_min_duration_without_a_start_date_is_unknown() -> None:
 def test_missing_result_is_false_by_default() -> None:
     f = result("bmi-missing-false", patient())
     assert f.status == Status.NOT_APPLICABLE
-    assert "no BMI on record" in f.explanation
+    assert "no BMI in the last 2 years" in f.explanation
 
 
 def test_missing_result_can_be_unknown() -> None:
     f = result("bmi-missing-unknown", patient())
     assert f.status == Status.UNKNOWN
-    assert f.explanation == "no BMI on record, so cannot decide"
+    assert f.explanation == "no BMI in the last 2 years, so cannot decide"
 
 
 @pytest.mark.parametrize("rule_id", ["bmi-missing-false", "bmi-missing-unknown"])
@@ -667,6 +751,30 @@ def test_a_controlled_substance_goes_to_the_physician_without_an_order(
     assert set(f.flags) == {"controlled-substance", "physician-review"}
     assert "controlled substance: physician review" in f.explanation
     assert "renew for 12 months" not in f.explanation
+
+
+@pytest.mark.parametrize(("validity_end", "status"), [
+    ("2027-02-28", Status.DUE),  # runs out the day before visit + 90 days
+    ("2027-03-01", Status.SATISFIED),  # runs out on visit + 90 days: beyond the horizon
+])
+def test_a_controlled_substance_is_flagged_only_when_its_renewal_is_due(
+        validity_end: str, status: Status) -> None:
+    (f,) = renewals(rx("1049621", "oxycodone hydrochloride 5 MG Oral Tablet",
+                       validity_end=validity_end))
+    assert f.status == status
+    if status == Status.DUE:
+        assert f.flags == ("controlled-substance", "physician-review")
+        assert "controlled substance" in f.explanation
+    else:
+        assert f.flags == ()
+        assert not f.needs_physician
+        assert "controlled" not in f.explanation
+    assert f.orders == ()
+
+
+def test_a_controlled_substance_with_an_unknown_run_out_is_not_flagged() -> None:
+    (f,) = renewals(rx("1049621", "oxycodone hydrochloride 5 MG Oral Tablet"))
+    assert (f.status, f.flags, f.role) == (Status.UNKNOWN, (), Role.PHYSICIAN)
 
 
 @pytest.mark.parametrize("newest_first", [True, False])

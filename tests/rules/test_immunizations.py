@@ -123,18 +123,11 @@ class TestInfluenza:
     def test_unknown_without_birth_date(self) -> None:
         assert finding(FLU, patient(age=None)).status == Status.UNKNOWN
 
-    def test_hospice_assessment_answered_yes_excludes(self) -> None:
+    def test_hospice_does_not_withhold_the_vaccine(self) -> None:
+        # CMS147 has no denominator exclusion; ACIP: every adult, every season
         f = finding(FLU, patient(age=80), hospice_yes())
-        assert f.status == Status.EXCLUDED
-        assert f.orders == ()
-
-    @pytest.mark.parametrize(("days_ago", "status"), [(364, Status.EXCLUDED), (365, Status.DUE)])
-    def test_hospice_assessment_counts_for_a_year(self, days_ago: int, status: Status) -> None:
-        assert finding(FLU, patient(age=80), hospice_yes(days_ago)).status == status
-
-    def test_hospice_assessment_answered_no_does_not_exclude(self) -> None:
-        no = observation("45755-6", 100, value_code=(SNOMED, "373067005"))
-        assert finding(FLU, patient(age=80), no).status == Status.DUE
+        assert f.status == Status.DUE
+        assert_order(f, "88")
 
     def test_palliative_care_alone_does_not_withhold_the_vaccine(self) -> None:
         palliative = condition("Z51.5", system=ICD10CM)
@@ -185,6 +178,22 @@ class TestTdTdap:
         f = finding(TD, patient(age=20), immunization("113", 1000),
                     dose_at_age("115", 11, days=days, born=born))
         assert f.status == status
+
+    def test_both_requirements_due_propose_one_tdap(self) -> None:
+        f = finding(TD, patient(age=50))
+        assert f.status == Status.DUE
+        assert [(o.system, o.code) for o in f.orders] == [(CVX, "115")]
+
+    @pytest.mark.parametrize(("extra_days", "status", "codes"), [
+        (0, Status.OVERDUE, ["115"]),  # Td expired on the visit date: booster and Tdap, one order
+        (1, Status.DUE, ["115"]),  # Td still good (due-soon); the missing Tdap alone is due
+    ])
+    def test_expired_td_and_missing_tdap_propose_one_tdap(self, extra_days: int, status: Status,
+                                                         codes: list[str]) -> None:
+        td = immunization("09", days_before(self.TEN_YEARS + timedelta(days=extra_days)))
+        f = finding(TD, patient(age=50), td)
+        assert f.status == status
+        assert [o.code for o in f.orders] == codes
 
     @pytest.mark.parametrize("cvx", ["35", "112", "20"])
     def test_tetanus_only_and_pediatric_vaccines_are_not_the_adult_booster(self, cvx: str) -> None:

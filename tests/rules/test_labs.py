@@ -218,6 +218,20 @@ def test_kidney_exclusions(excluding: dict[str, Any]) -> None:
                    excluding).status is Status.EXCLUDED
 
 
+@pytest.mark.parametrize(("ckd5", "status"), [
+    (condition("433146000", days_ago=500), Status.EXCLUDED),
+    (condition("433146000", days_ago=500, status="resolved"), Status.DUE),
+    (condition("433146000", days_ago=500, abated_days_ago=1), Status.DUE),  # ended yesterday
+    (condition("433146000", days_ago=500, abated_days_ago=-1), Status.EXCLUDED),  # ends tomorrow
+    (condition("N18.6", system=ICD10CM, days_ago=500, abated_days_ago=300), Status.EXCLUDED),
+], ids=["ckd5-active", "ckd5-resolved", "ckd5-abated-yesterday", "ckd5-abates-tomorrow",
+        "esrd-resolved"])
+def test_kidney_ckd5_excludes_while_active_esrd_for_ever(ckd5: dict[str, Any],
+                                                         status: Status) -> None:
+    # CMS951: CKD stage 5 that is active; KED: ESRD at any time
+    assert finding("kidney-health-evaluation", *diabetic(), ckd5).status is status
+
+
 def test_kidney_hospice_assessment_answered_yes_excludes_but_no_does_not() -> None:
     yes = observation("45755-6", 30, value_code=(SNOMED, "373066001"))
     no = observation("45755-6", 30, value_code=(SNOMED, "373067005"))
@@ -489,6 +503,7 @@ def test_warfarin_stopped_does_not_count() -> None:
     f = finding("warfarin-inr-monitoring", patient(70),
                 medication("855332", "warfarin sodium 5 MG Oral Tablet", status="stopped"))
     assert f.status is Status.NOT_APPLICABLE
+    assert f.explanation == "not applicable: not on warfarin"
 
 
 @pytest.mark.parametrize(("days", "status"), [

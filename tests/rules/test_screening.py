@@ -575,6 +575,20 @@ def test_diagnosed_diabetes_excludes(evidence: dict[str, Any]) -> None:
                   evidence) == Status.EXCLUDED
 
 
+def test_a_recorded_exclusion_wins_over_what_cannot_be_decided() -> None:
+    # No BMI in 2 years (or no birth date) leaves applicability unknown, but a diabetes
+    # diagnosis on record decides: excluded, not "unknown" (staff would chase a BMI for
+    # a known diabetic). Without the diagnosis it stays unknown.
+    diabetic = condition("44054006", days_ago=2000)
+    no_bmi = finding("diabetes-screening", patient(50, "female"))
+    assert no_bmi.status == Status.UNKNOWN
+    assert no_bmi.explanation == "no BMI in the last 2 years, so cannot decide"
+    assert status("diabetes-screening", patient(50, "female"), diabetic) == Status.EXCLUDED
+    assert status("diabetes-screening", patient(None, "female"), bmi(30)) == Status.UNKNOWN
+    assert status("diabetes-screening", patient(None, "female"), bmi(30), diabetic) == \
+        Status.EXCLUDED
+
+
 def test_prediabetes_does_not_exclude() -> None:
     assert status("diabetes-screening", patient(50, "female"), bmi(30),
                   condition("15777000", days_ago=500)) == Status.DUE
