@@ -1916,13 +1916,16 @@ def nadia_haddad() -> Chart:
 @persona
 def andre_williams() -> Chart:
     """39 M, HIV infection well controlled on Biktarvy (HIV screening excluded: already
-    diagnosed); hepatitis B immune by vaccination."""
+    diagnosed); hepatitis B immune by vaccination. Seen by video since the pandemic: his
+    last weight and height are 2.5 years old, so diabetes screening (35-70 with a BMI of
+    25 or more in the last 2 years) cannot be decided."""
     c = Chart("pat-andre-williams", given=["Andre", "Lamont"], family="Williams", sex="male",
               born=date(1987, 3, 3), mrn="RFM-101611", pcp="prac-okafor",
               phone="(773) 555-0164", address="4700 N Kenmore Ave")
     c.condition(("86406008", "Human immunodeficiency virus infection"),
                 ("B20", "Human immunodeficiency virus [HIV] disease"), date(2014, 9, 2))
-    history(c, dates("6y", "6mo", 90), weight=79, height=183, bp=(120, 76), smoking=NEVER)
+    history(c, dates("6y", "6mo", "30mo"), weight=79, height=183, bp=(120, 76),
+            smoking=NEVER)
     for day in dates("2y", "6mo", 90):
         bmp(c, day, k=4.1, cr=1.08, egfr=88)
     hcv(c, date(2014, 9, 2))

@@ -277,7 +277,7 @@ EXPECTED: list[tuple[str, str, str | None, str, tuple[str, ...]]] = [
     # Eleanor Whitaker: home hospice since September
     ("appt-1201-1420-whitaker", "colorectal-cancer-screening", None, "excluded",
      ("hospice",)),
-    ("appt-1201-1420-whitaker", "influenza-immunization", None, "excluded", ("hospice",)),
+    ("appt-1201-1420-whitaker", "influenza-immunization", None, "due", ("no influenza vaccine",)),
     ("appt-1201-1450-olson", "osteoporosis-screening", None, "satisfied",
      ("next due 2027-12-01",)),
     # Jordan Reyes: gender `unknown`; a smoker with no pack-years
@@ -372,9 +372,15 @@ def test_one_transaction_per_visit_with_proposals(day: Run) -> None:
                       if any(p["outcome"] == "proposed" for p in v["proposals"])}
     transactions = day.transactions()
     assert set(transactions) == with_proposals
-    # visits with nothing to write: María's second visit, the two hospice patients
-    assert {"appt-1201-0920-lopez", "appt-1201-1420-whitaker",
-            "appt-1201-1630-novak"}.isdisjoint(transactions)
+    # visits with nothing to write: María's second visit
+    assert "appt-1201-0920-lopez" not in transactions
+    # the two hospice patients: only this season's flu vaccine (CMS147 and ACIP have no
+    # hospice exclusion) and what is not about screening or monitoring
+    for hospice in ("appt-1201-1420-whitaker", "appt-1201-1630-novak"):
+        codes = {e["resource"]["code"]["coding"][0]["code"]
+                 for e in transactions[hospice]["entry"]
+                 if e["resource"]["resourceType"] == "ServiceRequest"}
+        assert codes == {"88"}, (hospice, codes)
     for appointment_id, bundle in transactions.items():
         wanted = sorted(p["identifier"] for p in day.visit(appointment_id)["proposals"]
                         if p["outcome"] == "proposed")

@@ -97,6 +97,7 @@ IMPOSSIBLE: dict[tuple[str, Status], str] = {
     ("amiodarone-monitoring", Status.UNKNOWN): DECIDABLE,
     # immunizations
     ("influenza-immunization", Status.DUE_SOON): NO_DUE_SOON_WINDOW,
+    ("influenza-immunization", Status.EXCLUDED): NO_EXCLUSION,
     ("zoster-immunization", Status.OVERDUE): ONCE,
     ("zoster-immunization", Status.DUE_SOON): ONCE,
     ("pneumococcal-immunization", Status.OVERDUE): ONCE,
