@@ -254,6 +254,25 @@ def test_a_refused_connection_after_the_server_answered_is_retried_boundedly() -
     assert "gave up after 3 attempts" in str(caught.value)
 
 
+def test_once_the_server_stopped_answering_later_requests_try_once_until_it_answers() -> None:
+    # A server that dies mid-run: the first request spends the retry budget, the next ones
+    # fail at once (each visit would otherwise wait the whole budget); an answer resets it.
+    h = Harness(retry={"max_attempts": 3})
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    route = h.router.get("/Appointment").mock(side_effect=[
+        json_response(searchset()), refused, refused, refused, refused, refused,
+        json_response(searchset()), refused, refused, refused])
+    run(h.source.appointments(WINDOW))  # the server answers
+    for _ in range(3):  # dies: 3 attempts, then 1, then 1
+        with pytest.raises(SourceError):
+            run(h.source.appointments(WINDOW))
+    assert route.call_count == 6 and len(h.sleeps) == 2
+    run(h.source.appointments(WINDOW))  # back: it answers
+    with pytest.raises(SourceError):  # and the full budget applies again
+        run(h.source.appointments(WINDOW))
+    assert route.call_count == 10 and len(h.sleeps) == 4
+
+
 def test_retry_after_beyond_the_budget_gives_up_without_waiting() -> None:
     h = Harness(retry={"max_retry_seconds": 60})
     route = h.router.get("/Appointment").mock(return_value=json_response(

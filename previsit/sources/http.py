@@ -194,6 +194,11 @@ class HttpSource:
         # down: say so at once (one line) instead of backing off. Once the server has
         # answered, a refused connection is a restart or a blip, and is retried.
         self._answered = False
+        # Set when a request gave up because the server stopped answering (transport errors
+        # to the end of the retry budget); later requests then try once instead of spending
+        # the whole budget each, so a dead server fails the rest of the run in seconds, not
+        # minutes. Cleared by the next answer.
+        self._unreachable = False
         self.retry_count = 0
 
     @classmethod
@@ -520,8 +525,9 @@ class HttpSource:
                        step: str) -> httpx.Response:
         """A 2xx response with its body read, or RequestFailed saying what went wrong."""
         policy = self._retry
+        attempts = policy.max_attempts if idempotent and not self._unreachable else 1
         retrying = AsyncRetrying(
-            stop=_Stop(policy.max_attempts if idempotent else 1, policy.max_retry_seconds),
+            stop=_Stop(attempts, policy.max_retry_seconds),
             wait=self._wait,
             retry=retry_if_exception_type(_Retry),
             sleep=policy.sleep,
@@ -550,6 +556,10 @@ class HttpSource:
                 raise RequestFailed(f"{step}: {describe_failure(exc.response, self._base)} "
                                     f"({tries}{wait})",
                                     status=exc.response.status_code) from None
+            if not self._unreachable:
+                log.warning("the server stopped answering; the rest of the run tries each "
+                            "request once")
+            self._unreachable = True
             raise RequestFailed(f"{step}: {exc} ({tries})") from None
         except RequestFailed as exc:  # not retried: say which step it was
             raise RequestFailed(f"{step}: {exc}", status=exc.status) from None
@@ -585,6 +595,7 @@ class HttpSource:
         except httpx.HTTPError as exc:  # not transient: a bad URL, a protocol violation
             raise RequestFailed(f"{method} {target}: {type(exc).__name__}: {exc}") from None
         self._answered = True
+        self._unreachable = False
         log.debug("%s %s -> %d (%.0f ms)", method, target, response.status_code,
                   (time.monotonic() - started) * 1000)
         if response.status_code in RETRY_STATUSES:
