@@ -268,7 +268,8 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
                   "written; use --write-back)")
     echo(f"  proposals: {action}; not proposed: {p['already-open']} already ordered, "
          f"{p['already-written']} already proposed, {p['declined']} declined, "
-         f"{p['done']} done, {p['earlier-visit']} for an earlier visit that day")
+         f"{p['done']} done, {p['earlier-visit'] + p['later-visit']} for the patient's "
+         "other visit that day")
     if stored_sheets:
         stored = report["sheets_stored"]
         echo(f"  sheets stored on the server: {stored['created']} new, {stored['updated']} "

@@ -130,7 +130,8 @@ class ProposalSummary:
     role: Role
     # proposed (written, or in the transaction file), dry-run (would be written),
     # already-open (someone's open order), already-written (ours), declined (ours, revoked),
-    # done (ours, completed), earlier-visit (proposed for the patient's earlier visit that day)
+    # done (ours, completed), earlier-visit (a lab drawn at the patient's earlier visit that
+    # day), later-visit (left to the patient's later visit that day)
     outcome: str
     existing: str | None = None  # the existing resource that suppressed it
 

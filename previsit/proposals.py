@@ -11,7 +11,9 @@ What is NOT proposed:
   whoever wrote it: outcome `already-open`;
 - our own proposal for this appointment, whatever its status now: outcome
   `already-written` while open, `declined` when a clinician revoked it, `done` when
-  completed — a clinician's decision is never overridden by re-proposing.
+  completed — a clinician's decision is never overridden by re-proposing;
+- for a patient with two appointments the same day: the labs at the first (`earlier-visit`
+  at the second), everything done at a visit at the last (`later-visit` at the first).
 """
 
 from __future__ import annotations
@@ -81,8 +83,14 @@ class Proposal:
         return "MedicationRequest" if self.order.category == "medication" else "ServiceRequest"
 
 
-def merge_orders(plan: VisitPlan, record: PatientRecord) -> list[Proposal]:
-    """One proposal per code for the visit (potassium due under two rules: one order)."""
+def merge_orders(plan: VisitPlan, record: PatientRecord, *,
+                 draw_here: bool = False) -> list[Proposal]:
+    """One proposal per code for the visit (potassium due under two rules: one order).
+
+    A pre-visit lab is dated its lead time before the visit; with `draw_here` (the patient
+    has a later appointment the same day, which this one prepares: a lab draw before the
+    physician visit) it is dated this visit's day, since it is drawn here.
+    """
     visit_day = plan.visit.day
     assert visit_day is not None
     meds = {m.ref: m for m in record.medications}
@@ -95,14 +103,15 @@ def merge_orders(plan: VisitPlan, record: PatientRecord) -> list[Proposal]:
             proposal = merged.get(key)
             if proposal is None:
                 occurrence = (visit_day - timedelta(days=order.lead_days)
-                              if order.before_visit else visit_day)
+                              if order.before_visit and not draw_here else visit_day)
                 proposal = Proposal(order=order, occurrence=occurrence,
                                     identifier=proposal_identifier(
                                         plan.visit.appointment_id, order.system,
                                         order.code or finding.medication_ref or ""),
                                     medication=meds.get(finding.medication_ref or ""))
                 merged[key] = proposal
-            elif order.before_visit and proposal.occurrence and order.lead_days and \
+            elif order.before_visit and not draw_here and proposal.occurrence and \
+                    order.lead_days and \
                     visit_day - timedelta(days=order.lead_days) < proposal.occurrence:
                 # the longest lead time wins, so every rule's result is in on time
                 proposal.occurrence = visit_day - timedelta(days=order.lead_days)
@@ -257,19 +266,26 @@ class VisitProposals:
 
 
 def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system: str,
-                   authored: date, already_this_run: Sequence[tuple[str, str]] = ()
-                   ) -> VisitProposals:
+                   authored: date, already_this_run: Sequence[tuple[str, str]] = (),
+                   later_visit: bool = False) -> VisitProposals:
     """Merge, de-duplicate against the chart, build and validate the visit's transaction.
 
     `already_this_run` holds (resource type, code) handled at an earlier visit of the same
     patient in this run — proposed, already written, declined or done there (two
     appointments the same day: one draw, not two; a revoked proposal is not re-proposed for
     the second visit).
+
+    `later_visit`: the patient has a later appointment the same day. This one then draws the
+    pre-visit labs (dated today), and what is done at a visit — screenings, vaccines,
+    renewals — is left to the later one (outcome `later-visit`): an 8:00 lab draw before a
+    9:20 physician visit gets the labs, the physician visit the rest.
     """
     summaries: list[ProposalSummary] = []
     entries: list[dict[str, Any]] = []
-    for proposal in merge_orders(plan, record):
+    for proposal in merge_orders(plan, record, draw_here=later_visit):
         outcome, existing = existing_outcome(proposal, record.requests, identifier_system)
+        if outcome == "proposed" and later_visit and not proposal.order.before_visit:
+            outcome = "later-visit"
         # The earlier visit's order (ours, written by this or an earlier run) is not
         # "someone's open order": say earlier-visit, so that a re-run reads like the first run.
         if outcome in ("proposed", "already-open") and \

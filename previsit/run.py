@@ -111,10 +111,13 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
             plans.append(_failed_plan(visit, record or "record was not read"))
             continue
         plan = evaluate(record, ruleset, visit, options.settings)
+        later_visit = visit.day is not None and any(  # visits are in start order
+            v.patient_id == visit.patient_id and v.day == visit.day for v in visits[index:])
         try:
             proposals = plan_proposals(plan, record, identifier_system=options.identifier_system,
                                        authored=as_of,
-                                       already_this_run=proposed_for.get(visit.patient_id, ()))
+                                       already_this_run=proposed_for.get(visit.patient_id, ()),
+                                       later_visit=later_visit)
         except ProposalError as exc:
             plans.append(replace(plan, failed=f"proposals could not be built: {exc}"))
             continue
@@ -208,7 +211,7 @@ def build_report(day: DayPlan, source: Source, writes: Counter[str], options: Ru
         "actionable_by_kind": dict(sorted(actionable.items())),
         "proposals": {**{k: proposals.get(k, 0) for k in (
             "proposed", "dry-run", "already-written", "already-open", "declined", "done",
-            "earlier-visit")},
+            "earlier-visit", "later-visit")},
             "created": writes.get("created", 0), "already_present": writes.get("existing", 0)},
         "sheets_stored": {"created": writes.get("sheets_created", 0),
                           "updated": writes.get("sheets_updated", 0)},

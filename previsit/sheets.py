@@ -78,6 +78,7 @@ _OUTCOMES: dict[str, tuple[str, str]] = {
     "already-open": ("Already ordered", "open"),
     "already-written": ("Written earlier", "earlier"),
     "earlier-visit": ("Written for earlier visit", "earlier"),
+    "later-visit": ("At the later visit today", "later"),
     "declined": ("Declined earlier", "declined"),
     "done": ("Already done", "done"),
     "dry-run": ("Not written (dry run)", "dry-run"),
@@ -294,19 +295,31 @@ def _needs_review(finding: Finding) -> bool:
     return finding.needs_physician and (finding.status.actionable or "abnormal" in finding.flags)
 
 
-def handled_earlier(plan: VisitPlan, finding: Finding) -> bool:
-    """An actionable finding whose every order went to the patient's earlier visit the same
-    day (two appointments, one draw): that visit's row and role lists carry the work, so it
-    is not counted again here."""
+_ELSEWHERE = {"earlier-visit": "Prepared for earlier visit", "later-visit": "At later visit"}
+
+
+def handled_elsewhere(plan: VisitPlan, finding: Finding) -> str | None:
+    """For a patient with two appointments the same day (a lab draw, then the physician
+    visit): "earlier-visit" or "later-visit" when every order of an actionable finding went
+    to the other appointment. That visit's row and role lists carry the work, so it is not
+    counted again here. None when the work is this visit's."""
     if not finding.status.actionable or not finding.orders:
-        return False
-    proposals = [proposal_for(plan, finding, o) for o in finding.orders]
-    return all(p is not None and p.outcome == "earlier-visit" for p in proposals)
+        return None
+    outcomes = {p.outcome if p else None
+                for p in (proposal_for(plan, finding, o) for o in finding.orders)}
+    if len(outcomes) == 1:
+        outcome = outcomes.pop()
+        return outcome if outcome in _ELSEWHERE else None
+    return None
+
+
+def handled_earlier(plan: VisitPlan, finding: Finding) -> bool:
+    return handled_elsewhere(plan, finding) == "earlier-visit"
 
 
 def _prepared_here(plan: VisitPlan) -> list[Finding]:
-    """The actionable findings this visit prepares (not those handled at an earlier one)."""
-    return [f for f in plan.actionable if not handled_earlier(plan, f)]
+    """The actionable findings this visit prepares (not those of the patient's other visit)."""
+    return [f for f in plan.actionable if handled_elsewhere(plan, f) is None]
 
 
 def _before_orders(finding: Finding) -> list[Order]:
@@ -350,7 +363,7 @@ def tasks(plan: VisitPlan) -> list[Task]:
     out: list[Task] = []
     for finding in plan.findings:
         roles_done: set[Role] = set()
-        if finding.status.actionable and not handled_earlier(plan, finding):
+        if finding.status.actionable and handled_elsewhere(plan, finding) is None:
             by_role: dict[Role, list[Order]] = {}
             for order in finding.orders:
                 by_role.setdefault(order.role, []).append(order)
@@ -669,10 +682,10 @@ def _flags(plan: VisitPlan) -> tuple[Flag, ...]:
     if review:
         out.append(Flag("Physician review", ", ".join(
             _with_reason(_short_title(f), f) for f in review), "review"))
-    earlier = [f for f in plan.actionable if handled_earlier(plan, f)]
-    if earlier:
-        out.append(Flag("Prepared for earlier visit",
-                        ", ".join(_short_title(f) for f in earlier), "earlier"))
+    for outcome, label in _ELSEWHERE.items():
+        other = [f for f in plan.actionable if handled_elsewhere(plan, f) == outcome]
+        if other:
+            out.append(Flag(label, ", ".join(_short_title(f) for f in other), "elsewhere"))
     unknown = plan.by_status(Status.UNKNOWN)
     if unknown:
         out.append(Flag("Could not decide", ", ".join(f.title for f in unknown), "unknown"))

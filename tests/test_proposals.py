@@ -138,6 +138,39 @@ def test_second_visit_same_day_does_not_duplicate_the_draw() -> None:
     assert result.bundle is None
 
 
+FLU = Order("http://hl7.org/fhir/sid/cvx", "88", "Influenza vaccine", "immunization",
+            Role.NURSE, False, 0)
+
+
+def test_with_a_later_visit_the_same_day_labs_are_drawn_here_and_the_rest_waits() -> None:
+    # 8:00 lab draw before a 9:20 physician visit: the potassium is drawn at 8:00 (dated
+    # today, not a week before the draw), the flu vaccine is left to the 9:20 visit.
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    first = proposals(plan, chart(), later_visit=True)
+    outcomes = {s.code: (s.outcome, s.occurrence) for s in first.summaries}
+    assert outcomes == {"2823-3": ("proposed", date(2026, 12, 1)),
+                        "88": ("later-visit", date(2026, 12, 1))}
+    assert first.bundle is not None
+    assert [e["resource"]["code"]["coding"][0]["code"] for e in first.bundle["entry"]] == \
+        ["2823-3"]
+    assert first.bundle["entry"][0]["resource"]["occurrenceDateTime"] == "2026-12-01"
+    # the 9:20 visit: the draw was the earlier visit's, the vaccine is proposed here
+    second = proposals(plan, chart(), already_this_run=[("ServiceRequest", "2823-3")])
+    assert {s.code: s.outcome for s in second.summaries} == {"2823-3": "earlier-visit",
+                                                             "88": "proposed"}
+    # without a later visit the lab keeps its lead time
+    alone = proposals(plan, chart())
+    assert {s.code: s.occurrence for s in alone.summaries}["2823-3"] == date(2026, 11, 24)
+
+
+def test_someone_elses_open_order_still_wins_at_the_earlier_visit() -> None:
+    plan = plan_of(lab("flu", order=FLU))
+    order = service_request("88", "active")
+    order["code"]["coding"][0]["system"] = FLU.system
+    result = proposals(plan, chart(order), later_visit=True)
+    assert [s.outcome for s in result.summaries] == ["already-open"]
+
+
 def test_satisfied_findings_propose_nothing() -> None:
     result = proposals(plan_of(lab("x", status=Status.SATISFIED),
                                lab("y", status=Status.UNKNOWN)), chart())

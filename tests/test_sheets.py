@@ -779,21 +779,23 @@ def test_recorded_unknown_sex_says_what_is_unknown() -> None:
     assert "67 y · sex unknown" in visible(sheets.render_visit_sheet(vplan(sex="unknown")))
 
 
-def test_a_patients_second_visit_does_not_count_the_work_prepared_for_the_first() -> None:
-    # 8:00 lab draw and 9:20 visit, same patient: the HbA1c and the flu vaccine were
-    # proposed for 8:00; at 9:20 they are "earlier-visit". The day counts them once.
+def test_a_patients_two_visits_the_same_day_count_each_task_once() -> None:
+    # 8:00 lab draw and 9:20 visit, same patient: the HbA1c is drawn at 8:00 ("earlier-visit"
+    # at 9:20), the flu vaccine is given at 9:20 ("later-visit" at 8:00).
     hba1c = order("4548-4", "HbA1c")
     draw = finding("hba1c", Status.OVERDUE, orders=(hba1c,))
     flu = finding("flu", Status.DUE, Kind.IMMUNIZATION, role=Role.NURSE, orders=(FLU,))
     lab_visit = vplan(draw, flu, v=visit("a-lab", hour=8, minute=0), proposals=(
         proposal("4548-4", "HbA1c", "hba1c"),
-        proposal("88", "Influenza vaccine", "flu", role=Role.NURSE)))
+        proposal("88", "Influenza vaccine", "flu", outcome="later-visit", role=Role.NURSE)))
     later = vplan(draw, flu, v=visit("a-doc", hour=9, minute=20), proposals=(
         proposal("4548-4", "HbA1c", "hba1c", outcome="earlier-visit"),
-        proposal("88", "Influenza vaccine", "flu", outcome="earlier-visit", role=Role.NURSE)))
-    assert sheets.handled_earlier(later, draw) and sheets.handled_earlier(later, flu)
-    assert not sheets.handled_earlier(lab_visit, draw)
-    assert sheets.tasks(later) == []
+        proposal("88", "Influenza vaccine", "flu", role=Role.NURSE)))
+    assert sheets.handled_elsewhere(later, draw) == "earlier-visit"
+    assert sheets.handled_elsewhere(lab_visit, flu) == "later-visit"
+    assert sheets.handled_elsewhere(lab_visit, draw) is None
+    assert [(t.role, t.finding.rule_id) for t in sheets.tasks(lab_visit)] == [(Role.MA, "hba1c")]
+    assert [(t.role, t.finding.rule_id) for t in sheets.tasks(later)] == [(Role.NURSE, "flu")]
     assert sheets.role_counts([lab_visit, later]) == {Role.MA: 1, Role.NURSE: 1,
                                                       Role.PHARMACIST: 0, Role.PHYSICIAN: 0}
     saved = {line.kind: line.tasks for line in sheets.time_saved([lab_visit, later], MINUTES).lines}
@@ -801,8 +803,10 @@ def test_a_patients_second_visit_does_not_count_the_work_prepared_for_the_first(
     html = sheets.render_huddle(day_of(lab_visit, later), minutes_saved=MINUTES)
     rows = [r for r in read(html).rows if len(r) == 8 and r[0] != "Time"]
     assert [r[0] for r in rows] == ["8:00 AM", "9:20 AM"]
-    assert "Labs to draw" in rows[0][7] and "Labs to draw" not in rows[1][7]
-    assert "Prepared for earlier visit" in rows[1][7]
-    # the 9:20 visit's own sheet still lists both, saying where the orders went
+    assert "Labs to draw" in rows[0][7] and "At later visit" in rows[0][7]
+    assert "Labs to draw" not in rows[1][7] and "Prepared for earlier visit" in rows[1][7]
+    # each visit's own sheet still lists both, saying where the orders went
+    first = visible(sheets.render_visit_sheet(lab_visit))
+    assert "Influenza vaccine" in first and "At the later visit today" in first
     sheet = visible(sheets.render_visit_sheet(later))
-    assert "HbA1c" in sheet and sheet.count("Written for earlier visit") == 2
+    assert "HbA1c" in sheet and "Written for earlier visit" in sheet

@@ -130,13 +130,17 @@ def test_huddle_as_a_person_sees_it(page: Any, sample_day: DayPlan, tmp_path: Pa
         assert [int(c) if c.strip().isdigit() else 0 for c in cells] == \
             [expected[r] for r in sheets.ROLES], plan.visit.appointment_id
         flags = rows.nth(i).locator("td.flags").inner_text()
-        here = [f for f in plan.actionable if not sheets.handled_earlier(plan, f)]
+        elsewhere = {f.rule_id: sheets.handled_elsewhere(plan, f) for f in plan.actionable}
+        here = [f for f in plan.actionable if elsewhere[f.rule_id] is None]
         if any(o.before_visit for f in here for o in f.orders):
             assert "LABS TO DRAW" in flags  # uppercase through CSS, as printed
         if any(f.kind == Kind.RENEWAL for f in here):
             assert "RENEWAL" in flags
-        if len(here) < len(plan.actionable):  # María López's 9:20 after her 8:00 draw
+        # María López: labs at her 8:00 draw, the rest at her 9:20 physician visit
+        if "earlier-visit" in elsewhere.values():
             assert "PREPARED FOR EARLIER VISIT" in flags
+        if "later-visit" in elsewhere.values():
+            assert "AT LATER VISIT" in flags
     roles = page.locator("section.role h3").all_inner_texts()
     for role, title in zip(sheets.ROLES, ("Medical assistant", "Nurse", "Pharmacist",
                                           "Physician"), strict=True):
