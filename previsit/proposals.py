@@ -148,6 +148,12 @@ def existing_outcome(proposal: Proposal, requests: Iterable[OpenRequest],
     return "proposed", None
 
 
+def _ours(requests: Iterable[OpenRequest], ref: str | None, identifier_system: str) -> bool:
+    """Whether the request `ref` is a previsit proposal (for any appointment)."""
+    return any(r.ref == ref and any(system == identifier_system for system, _ in r.identifiers)
+               for r in requests)
+
+
 def _concept(system: str, code: str, display: str) -> dict[str, Any]:
     coding: dict[str, Any] = {"system": system, "code": code, "display": display}
     return {"coding": [coding], "text": display}
@@ -284,12 +290,16 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
     entries: list[dict[str, Any]] = []
     for proposal in merge_orders(plan, record, draw_here=later_visit):
         outcome, existing = existing_outcome(proposal, record.requests, identifier_system)
-        if outcome == "proposed" and later_visit and not proposal.order.before_visit:
-            outcome = "later-visit"
+        if later_visit and not proposal.order.before_visit and (
+                outcome == "proposed" or (outcome == "already-open" and _ours(
+                    record.requests, existing, identifier_system))):
+            # ours for the later visit (a re-run) is that visit's, not someone's order
+            outcome, existing = "later-visit", None
         # The earlier visit's order (ours, written by this or an earlier run) is not
         # "someone's open order": say earlier-visit, so that a re-run reads like the first run.
-        if outcome in ("proposed", "already-open") and \
-                (proposal.resource_type, proposal.order.code) in already_this_run:
+        # Someone's open lab order is drawn at the earlier visit too: not a second task here.
+        if (outcome == "proposed" or (outcome == "already-open" and proposal.order.before_visit))\
+                and (proposal.resource_type, proposal.order.code) in already_this_run:
             outcome, existing = "earlier-visit", None
         resource = None
         if outcome == "proposed":

@@ -123,7 +123,7 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
             continue
         proposed_for.setdefault(visit.patient_id, []).extend(
             (p.resource_type, p.code) for p in proposals.summaries
-            if p.outcome in ("proposed", "already-written", "declined", "done"))
+            if p.outcome in ("proposed", "already-written", "already-open", "declined", "done"))
         summaries = proposals.summaries
         if not options.write_back:  # a dry run: say so on the sheet and in plan.json
             summaries = tuple(replace(p, outcome="dry-run") if p.outcome == "proposed" else p

@@ -77,7 +77,7 @@ _OUTCOMES: dict[str, tuple[str, str]] = {
     "proposed": ("Written", "written"),
     "already-open": ("Already ordered", "open"),
     "already-written": ("Written earlier", "earlier"),
-    "earlier-visit": ("Written for earlier visit", "earlier"),
+    "earlier-visit": ("At the earlier visit today", "earlier"),
     "later-visit": ("At the later visit today", "later"),
     "declined": ("Declined earlier", "declined"),
     "done": ("Already done", "done"),

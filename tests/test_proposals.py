@@ -171,6 +171,23 @@ def test_someone_elses_open_order_still_wins_at_the_earlier_visit() -> None:
     assert [s.outcome for s in result.summaries] == ["already-open"]
 
 
+def test_a_rerun_keeps_the_later_visits_own_proposal_at_the_later_visit() -> None:
+    # Run 1 wrote the flu proposal for the 9:20 visit. Run 2, at the 8:00 visit, finds it
+    # open by code: it is ours (another appointment's), so still "later-visit", not
+    # "someone's open order"; and the 8:00 lab, ours, makes the 9:20 say earlier-visit.
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    flu_for_later = service_request("88", "draft", ours="pv-for-the-9-20-visit")
+    flu_for_later["code"]["coding"][0]["system"] = FLU.system
+    first = proposals(plan, chart(flu_for_later), later_visit=True)
+    assert {s.code: s.outcome for s in first.summaries} == {"2823-3": "proposed",
+                                                            "88": "later-visit"}
+    lab_for_earlier = service_request("2823-3", "draft", ours="pv-for-the-8-00-visit")
+    second = proposals(plan, chart(lab_for_earlier),
+                       already_this_run=[("ServiceRequest", "2823-3")])
+    assert {s.code: s.outcome for s in second.summaries} == {"2823-3": "earlier-visit",
+                                                             "88": "proposed"}
+
+
 def test_satisfied_findings_propose_nothing() -> None:
     result = proposals(plan_of(lab("x", status=Status.SATISFIED),
                                lab("y", status=Status.UNKNOWN)), chart())

@@ -407,7 +407,7 @@ def test_an_order_repeated_by_two_requirements_is_listed_once() -> None:
     ("proposed", "Written"),
     ("already-open", "Already ordered"),
     ("already-written", "Written earlier"),
-    ("earlier-visit", "Written for earlier visit"),
+    ("earlier-visit", "At the earlier visit today"),
     ("declined", "Declined earlier"),
     ("done", "Already done"),
     ("dry-run", "Not written (dry run)"),
@@ -809,4 +809,4 @@ def test_a_patients_two_visits_the_same_day_count_each_task_once() -> None:
     first = visible(sheets.render_visit_sheet(lab_visit))
     assert "Influenza vaccine" in first and "At the later visit today" in first
     sheet = visible(sheets.render_visit_sheet(later))
-    assert "HbA1c" in sheet and "Written for earlier visit" in sheet
+    assert "HbA1c" in sheet and "At the earlier visit today" in sheet

@@ -236,9 +236,11 @@ NAMED: list[tuple[str, str, str, str]] = [
     ("Ruth Folake Adeyemi", "2:00 PM", "unknown", "no birth date on record"),
     ("Ruth Folake Adeyemi", "2:00 PM", "section.issues", "result has no date"),
     ("Kevin Minh Tran", "11:10 AM", "at", "Influenza vaccine (this season)"),
-    # the same patient twice in a day: the lab visit drafts the orders, the 9:20 visit
-    # says so instead of drafting them again
+    # the same patient twice in a day: the 8:00 lab visit draws the labs (the HbA1c on
+    # someone's open order), the 9:20 visit says so; the vaccines wait for 9:20
     ("María Elena López", "8:00 AM", "before", "Kidney health evaluation (diabetes)"),
-    ("María Elena López", "9:20 AM", "before", "Written for earlier visit"),
-    ("María Elena López", "9:20 AM", "before", "Already ordered"),
+    ("María Elena López", "8:00 AM", "before", "Already ordered"),
+    ("María Elena López", "8:00 AM", "at", "At the later visit today"),
+    ("María Elena López", "9:20 AM", "before", "At the earlier visit today"),
+    ("María Elena López", "9:20 AM", "at", "Influenza vaccine (this season)"),
 ]

@@ -467,8 +467,10 @@ def test_someone_elses_open_order_suppresses_ours(scenario: Scenario) -> None:
     run, ours, _ = scenario.first
     hba1c = [p for p in run.proposals() if p["patient"] == MARIA and p["code"] == HBA1C]
     assert hba1c, "María López's HbA1c (overdue) was not considered at all"
+    # at her 8:00 lab visit someone's open order suppresses ours; at 9:20 it is that
+    # earlier visit's draw
     assert {(p["outcome"], p.get("existing")) for p in hba1c} == \
-        {("already-open", MARIA_OPEN_HBA1C)}
+        {("already-open", MARIA_OPEN_HBA1C), ("earlier-visit", None)}
     assert not [s for s in ours if s.patient == MARIA and HBA1C in s.codes]
 
 
