@@ -57,6 +57,16 @@ def _config(path: Path | None, **overrides: Any) -> Config:
         raise fail(f"configuration: {exc}") from None
 
 
+def _source_overrides(source_dir: Path | None, fhir_url: str | None) -> dict[str, Any]:
+    """--source / --fhir-url as configuration overrides (--fhir-url wins if both are given)."""
+    overrides: dict[str, Any] = {}
+    if source_dir is not None:
+        overrides.update(source__kind="bundles", source__path=source_dir)
+    if fhir_url is not None:
+        overrides.update(source__kind="fhir", source__base_url=fhir_url)
+    return overrides
+
+
 def _ruleset(config: Config, rules_dir: Path | None = None) -> RuleSet:
     try:
         return load_ruleset(rules_dir or config.rules.folder,
@@ -151,11 +161,7 @@ def run(
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
                                  "planning__days": days,
                                  "output__write_sheets": write_sheets}
-    if source_dir is not None:
-        overrides.update(source__kind="bundles", source__path=source_dir)
-    if fhir_url is not None:
-        overrides.update(source__kind="fhir", source__base_url=fhir_url)
-    config = _config(config_path, **overrides)
+    config = _config(config_path, **overrides, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
     try:
         start = date.fromisoformat(day) if day else _default_date(config)
@@ -302,11 +308,7 @@ def explain(
 ) -> None:
     """Every rule's outcome for one patient on a date, with the reason."""
     overrides: dict[str, Any] = {"source__timezone": timezone}
-    if source_dir is not None:
-        overrides.update(source__kind="bundles", source__path=source_dir)
-    if fhir_url is not None:
-        overrides.update(source__kind="fhir", source__base_url=fhir_url)
-    config = _config(config_path, **overrides)
+    config = _config(config_path, **overrides, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
     try:
         visit_day = date.fromisoformat(day)
