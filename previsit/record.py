@@ -195,11 +195,15 @@ def _quantity(value: Any) -> Quantity | None:
     return None
 
 
-def _effective(resource: JSON, *names: str) -> date | None:
+def _effective(resource: JSON, *names: str, period_end: bool = False) -> date | None:
+    """The day of a dateTime, or of a Period: its start (an onset) or, with `period_end`,
+    its end (when a test or procedure was done, as the CMS measures read it: Latest()),
+    each falling back to the other bound."""
     for name in names:
         value = resource.get(name)
-        if isinstance(value, dict):  # a Period: the start is when it happened
-            day = parse_fhir_date(value.get("start")) or parse_fhir_date(value.get("end"))
+        if isinstance(value, dict):
+            first, second = ("end", "start") if period_end else ("start", "end")
+            day = parse_fhir_date(value.get(first)) or parse_fhir_date(value.get(second))
         else:
             day = parse_fhir_date(value)
         if day:
@@ -332,7 +336,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                 if resource.get("status") in _UNUSABLE:
                     continue
                 day = _effective(resource, "effectiveDateTime", "effectivePeriod",
-                                 "effectiveInstant", "issued")
+                                 "effectiveInstant", "issued", period_end=True)
                 if day is None:
                     issues.append(DataIssue(ref, "result has no date; not used"))
                     continue
@@ -359,7 +363,8 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
             elif rtype == "Procedure":
                 if resource.get("status") in ("entered-in-error", "not-done"):
                     continue
-                day = _effective(resource, "performedDateTime", "performedPeriod")
+                day = _effective(resource, "performedDateTime", "performedPeriod",
+                                 period_end=True)
                 if day is None:
                     issues.append(DataIssue(ref, "procedure has no performed date; not used"))
                     continue

@@ -111,7 +111,7 @@ def test_cancelled_and_entered_in_error_observations_are_dropped(status: str) ->
     assert rec.issues == ()
 
 
-def test_effective_period_start_is_the_day_it_happened() -> None:
+def test_a_result_over_a_period_is_dated_by_its_end_as_cms_measures_read_it() -> None:
     obs = observation("4548-4", 0, 6.5, "%")
     del obs["effectiveDateTime"]
     obs["effectivePeriod"] = {"start": "2026-03-01T08:00:00-05:00", "end": "2026-03-03"}
@@ -122,7 +122,7 @@ def test_effective_period_start_is_the_day_it_happened() -> None:
     del issued["effectiveDateTime"]
     issued["issued"] = "2026-05-05T10:00:00Z"
     rec = record(patient(), obs, only_end, issued)
-    assert [o.day for o in rec.observations] == [date(2026, 3, 1), date(2026, 4, 2),
+    assert [o.day for o in rec.observations] == [date(2026, 3, 3), date(2026, 4, 2),
                                                  date(2026, 5, 5)]
 
 
@@ -201,8 +201,13 @@ def test_procedures_not_done_are_dropped_and_undated_ones_are_issues() -> None:
     period = procedure("73761001", 10)
     del period["performedDateTime"]
     period["performedPeriod"] = {"start": "2024-09-09T09:00:00Z"}
-    rec = record(patient(), procedure("73761001", 10, status="not-done"), undated, period)
-    assert [p.day for p in rec.procedures] == [date(2024, 9, 9)]
+    overnight = procedure("73761001", 10)
+    del overnight["performedDateTime"]
+    overnight["performedPeriod"] = {"start": "2024-12-31T23:30:00Z", "end": "2025-01-01T00:40:00Z"}
+    rec = record(patient(), procedure("73761001", 10, status="not-done"), undated, period,
+                 overnight)
+    # only a start: that day; a start and an end: the end (CMS: Latest(performed))
+    assert [p.day for p in rec.procedures] == [date(2024, 9, 9), date(2025, 1, 1)]
     (issue,) = rec.issues
     assert issue.resource == f"Procedure/{undated['id']}"
     assert "no performed date" in issue.message
