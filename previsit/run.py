@@ -105,14 +105,17 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
     proposed_for: dict[str, list[tuple[str, str]]] = {}
     writes: Counter[str] = Counter()
     as_of = options.as_of or options.window.start
+    # The last appointment of each patient's day (visits are in start order): an earlier one
+    # the same day draws the labs and leaves the rest to it.
+    last_of_day = {(v.patient_id, v.day): i for i, v in enumerate(visits, start=1)}
     for index, visit in enumerate(visits, start=1):
         record = records.get(visit.patient_id)
         if not isinstance(record, PatientRecord):
             plans.append(_failed_plan(visit, record or "record was not read"))
             continue
         plan = evaluate(record, ruleset, visit, options.settings)
-        later_visit = visit.day is not None and any(  # visits are in start order
-            v.patient_id == visit.patient_id and v.day == visit.day for v in visits[index:])
+        later_visit = visit.day is not None and \
+            last_of_day[(visit.patient_id, visit.day)] > index
         try:
             proposals = plan_proposals(plan, record, identifier_system=options.identifier_system,
                                        authored=as_of,

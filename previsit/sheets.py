@@ -313,10 +313,6 @@ def handled_elsewhere(plan: VisitPlan, finding: Finding) -> str | None:
     return None
 
 
-def handled_earlier(plan: VisitPlan, finding: Finding) -> bool:
-    return handled_elsewhere(plan, finding) == "earlier-visit"
-
-
 def _prepared_here(plan: VisitPlan) -> list[Finding]:
     """The actionable findings this visit prepares (not those of the patient's other visit)."""
     return [f for f in plan.actionable if handled_elsewhere(plan, f) is None]

@@ -128,3 +128,15 @@ def running_fhir_server(latency_ms: int = 0, token: str | None = None) -> Iterat
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def fhir_server_or_external() -> Iterator[tuple[str, str | None, bool]]:
+    """(base URL, token, external): the server named by PREVISIT_TEST_FHIR_URL when set,
+    else a fresh local one started for the caller and stopped on exit."""
+    external = external_fhir_server()
+    if external is not None:
+        yield external[0], external[1], True
+        return
+    with running_fhir_server() as base_url:
+        yield base_url, None, False

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fhirserver import external_fhir_server, running_fhir_server
+from fhirserver import external_fhir_server, fhir_server_or_external, running_fhir_server
 
 from previsit.auth import BearerToken
 
@@ -40,12 +40,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def fhir_server() -> Iterator[FhirTarget]:
-    external = external_fhir_server()
-    if external is not None:
-        yield FhirTarget(external[0], external[1], external=True)
-        return
-    with running_fhir_server() as base_url:
-        yield FhirTarget(base_url, None, external=False)
+    with fhir_server_or_external() as (base_url, token, external):
+        yield FhirTarget(base_url, token, external=external)
 
 
 @pytest.fixture(scope="session")

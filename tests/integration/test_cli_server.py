@@ -44,7 +44,7 @@ from fhirserver import (
     SERVER_DIR,
     START_TIMEOUT_S,
     ensure_installed,
-    external_fhir_server,
+    fhir_server_or_external,
     running_fhir_server,
 )
 
@@ -369,12 +369,8 @@ class Scenario:
 @pytest.fixture(scope="module")
 def target() -> Iterator[Target]:
     """A fresh server for this module (exact sets), or the external one."""
-    external = external_fhir_server()
-    if external is not None:
-        yield Target(external[0], external[1], external=True)
-        return
-    with running_fhir_server() as base_url:
-        yield Target(base_url, None, external=False)
+    with fhir_server_or_external() as (base_url, token, external):
+        yield Target(base_url, token, external=external)
 
 
 @pytest.fixture(scope="module")
