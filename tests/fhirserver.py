@@ -90,7 +90,9 @@ def running_fhir_server(latency_ms: int = 0, token: str | None = None) -> Iterat
     cmd = [str(node), str(SERVER_DIR / "server.mjs"), "--port", "0",
            "--latency-ms", str(latency_ms)]
     if token is not None:
-        cmd += ["--require-token", token]
+        # one argument: a token starting with "-" (token_urlsafe makes them) would
+        # otherwise be read by Node's parseArgs as an option
+        cmd += [f"--require-token={token}"]
     # stderr goes to a file, not a pipe: nobody reads it while tests run.
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
         proc = subprocess.Popen(

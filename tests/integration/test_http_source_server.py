@@ -288,3 +288,16 @@ def test_an_unreachable_server_is_a_one_line_source_error() -> None:
         run(go())
     assert "cannot connect to 127.0.0.1:9" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_token_that_starts_with_a_dash_reaches_the_server() -> None:
+    # secrets.token_urlsafe() starts with "-" now and then; the server must take it as the
+    # token, not as an option (this once failed CI at random).
+    from fhirserver import running_fhir_server
+
+    with running_fhir_server(token="-starts-with-a-dash") as base_url:
+        ok = httpx.get(f"{base_url}/Patient", headers={
+            "Authorization": "Bearer -starts-with-a-dash"}, timeout=10)
+        refused = httpx.get(f"{base_url}/Patient", timeout=10)
+    assert ok.status_code == 200
+    assert refused.status_code == 401
