@@ -8,9 +8,17 @@ rewrites the snapshot with `python tests/golden_outputs.py` in the same commit.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 
 from golden_outputs import GOLDEN, kept, manifest, normalised, produce
+
+
+def test_the_committed_files_are_the_ones_the_manifest_lists() -> None:
+    for line in (GOLDEN / "MANIFEST").read_text(encoding="utf-8").splitlines():
+        digest, rel = line.split("  ", 1)
+        if kept(rel):
+            assert hashlib.sha256((GOLDEN / rel).read_bytes()).hexdigest() == digest, rel
 
 
 def test_sample_day_outputs_match_the_committed_snapshot(tmp_path: Path) -> None:
