@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fhirserver import running_fhir_server  # type: ignore[import-not-found]  # noqa: E402
 
 from previsit.config import SourceConfig  # noqa: E402
-from previsit.sources import PatientReadError, VisitWindow  # noqa: E402
+from previsit.errors import PatientReadError  # noqa: E402
+from previsit.sources import VisitWindow  # noqa: E402
 from previsit.sources.http import HttpSource, RetryPolicy  # noqa: E402
 
 DAY = date(2026, 12, 1)  # the sample clinic day (sample_bundles/generate.py)

@@ -14,19 +14,34 @@ from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
+from typer.core import TyperGroup
 
-from previsit.config import Config, ConfigError, load_config
+from previsit.config import Config, load_config
+from previsit.errors import ConfigError, PrevisitError, RuleError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.intervals import Duration
 from previsit.plan import DayPlan, Status
-from previsit.ruleset import RuleError, RuleSet, load_ruleset
+from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import EXIT_NOTHING, RunOptions, RunResult, run_day, write_outputs
-from previsit.sources import PatientReadError, Source, SourceError, VisitWindow
+from previsit.sources import Source, VisitWindow
 from previsit.sources.bundles import BundleSource
+
+
+class _Guarded(TyperGroup):
+    """The one place where previsit's own errors become a red line and an exit code: a
+    command lets a PrevisitError propagate (or adds context first) and never prints a
+    traceback for it."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context (typer vendors click)
+        try:
+            return super().invoke(ctx)
+        except PrevisitError as exc:
+            raise fail(str(exc)) from None
+
 
 app = typer.Typer(help="Pre-visit planning from FHIR: labs, screenings, immunizations and "
                        "renewals due at the next clinic day's visits.",
-                  no_args_is_help=True, add_completion=False,
+                  cls=_Guarded, no_args_is_help=True, add_completion=False,
                   # a crash must not print local variables: they hold patient data and tokens
                   pretty_exceptions_show_locals=False)
 rules_app = typer.Typer(help="List and validate the rule library.", no_args_is_help=True)
@@ -90,10 +105,7 @@ def _open_source(config: Config) -> Source:
         return BundleSource(config.source.path)
     from previsit.sources.http import open_http_source
 
-    try:
-        return open_http_source(config)
-    except SourceError as exc:  # configuration or auth: nothing can be done
-        raise fail(str(exc)) from None
+    return open_http_source(config)
 
 
 def _with_source(config: Config, work: Callable[[Source], Awaitable[T]]) -> T:
@@ -316,7 +328,7 @@ def explain(
         raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
     try:
         record = _with_source(config, lambda source: source.patient_record(patient))
-    except (PatientReadError, SourceError) as exc:
+    except SourceError as exc:
         raise fail(f"patient {patient}: {exc}") from None
     plan = evaluate(record, ruleset, visit_day, _settings(config))
     if as_json:
@@ -475,10 +487,7 @@ def sheet(
         path.write_text(html, encoding="utf-8")
         typer.echo(str(path))
         if pdf:
-            try:
-                write_pdf(html, path.with_suffix(".pdf"))
-            except RuntimeError as exc:
-                raise fail(str(exc)) from None
+            write_pdf(html, path.with_suffix(".pdf"))
             typer.echo(str(path.with_suffix(".pdf")))
 
 
@@ -498,7 +507,8 @@ def keys_generate(
     Put the printed kid in the configuration as auth.key_id and the key file as
     auth.private_key_file. The private key never leaves this machine.
     """
-    from previsit.keys import KeyFileError, generate_key_pair
+    from previsit.errors import KeyFileError
+    from previsit.keys import generate_key_pair
 
     if algorithm not in ("RS384", "ES384"):
         raise fail("--algorithm must be RS384 or ES384", 2)
@@ -522,7 +532,8 @@ def upload(
     fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
 ) -> None:
     """Load a folder of FHIR data into the server (PUT by id; loading twice is harmless)."""
-    from previsit.upload import UploadError, read_resources, transactions
+    from previsit.errors import UploadError
+    from previsit.upload import read_resources, transactions
 
     overrides: dict[str, Any] = {"source__kind": "fhir"}
     if fhir_url is not None:

@@ -4,10 +4,11 @@ The public surface: load a rule library, build a PatientRecord from FHIR JSON, e
 it for a visit, and run a whole clinic day against a Source.
 """
 
+from previsit.errors import RuleError
 from previsit.evaluate import Settings, evaluate
 from previsit.plan import DayPlan, Finding, Kind, Role, Status, Visit, VisitPlan
 from previsit.record import PatientRecord, build_record
-from previsit.ruleset import RuleError, RuleSet, load_ruleset
+from previsit.ruleset import RuleSet, load_ruleset
 
 __all__ = [
     "DayPlan", "Finding", "Kind", "PatientRecord", "Role", "RuleError", "RuleSet", "Settings",

@@ -13,13 +13,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from previsit.codes import Concept
+from previsit.errors import AppointmentError
 from previsit.intervals import parse_fhir_date, parse_fhir_datetime
 from previsit.plan import Ref, Visit
 from previsit.sources import VisitWindow
-
-
-class AppointmentError(ValueError):
-    """An Appointment that cannot be planned (no patient, no start)."""
 
 
 def _bare(reference: str) -> str:

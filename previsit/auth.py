@@ -33,8 +33,8 @@ import httpx
 import jwt
 
 from previsit.config import AuthConfig
-from previsit.keys import Algorithm, KeyFileError, PrivateKey, check_key_algorithm, load_private_key
-from previsit.sources import SourceError
+from previsit.errors import AuthError, KeyFileError
+from previsit.keys import Algorithm, PrivateKey, check_key_algorithm, load_private_key
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ ASSERTION_LIFETIME_S = 240
 REFRESH_MARGIN_S = 60.0
 
 
-class AuthError(SourceError):
-    """Credentials missing, unreadable, or refused by the authorization server.
-
-    A SourceError: without credentials the run can do nothing at all.
-    """
 
 
 class Secret:

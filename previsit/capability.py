@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import httpx
 
+from previsit.errors import SourceError
 from previsit.outcome import describe_failure
-from previsit.sources import SourceError
 
 Level = Literal["ok", "info", "warn", "fail"]
 

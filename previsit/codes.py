@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from previsit.errors import ValueSetError
+
 # Systems as EHRs actually send them: the canonical URI, its OID form, and a few
 # legacy spellings seen in exports. Everything is folded to the canonical URI.
 SYSTEM_ALIASES: dict[str, str] = {
@@ -107,8 +109,6 @@ class ValueSet:
         return any(c.key() in self.codes for c in concept.codings)
 
 
-class ValueSetError(ValueError):
-    """A value-set file that cannot be used, or a reference to one that does not exist."""
 
 
 def _walk_contains(items: Iterable[Any]) -> Iterator[dict[str, Any]]:

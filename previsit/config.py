@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from previsit.errors import ConfigError
+
 ENV_PREFIX = "PREVISIT_"
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and the fix."""
 
 
 class _Section(BaseModel):

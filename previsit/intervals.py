@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from previsit.errors import DurationError
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(y|mo|w|d)\s*$")
 _UNIT_WORDS = {"y": ("year", "years"), "mo": ("month", "months"), "w": ("week", "weeks"),
                "d": ("day", "days")}
 
 
-class DurationError(ValueError):
-    """A duration string that is not of the form <number><y|mo|w|d>."""
 
 
 @dataclass(frozen=True)

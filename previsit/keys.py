@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from previsit.errors import KeyFileError
+
 Algorithm = Literal["RS384", "ES384"]
 ALGORITHMS: tuple[Algorithm, ...] = ("RS384", "ES384")
 MIN_RSA_BITS = 2048
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
-class KeyFileError(ValueError):
-    """A key that cannot be generated, read or used; the message names the file."""
 
 
 @dataclass(frozen=True)

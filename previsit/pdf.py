@@ -10,13 +10,13 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from previsit.errors import PdfUnavailableError
+
 # What WeasyPrint needs from Debian/Ubuntu (https://doc.courtbouillon.org/weasyprint,
 # "Installation"): Pango for text layout and its FreeType backend.
 DEBIAN_PACKAGES = ("libpango-1.0-0", "libpangoft2-1.0-0")
 
 
-class PdfUnavailableError(RuntimeError):
-    """WeasyPrint, or a system library it needs, is not installed."""
 
 
 def _refuse_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:

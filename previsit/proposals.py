@@ -30,6 +30,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from previsit.codes import SNOMED
+from previsit.errors import ProposalError
 from previsit.intervals import Duration
 from previsit.plan import Finding, Order, ProposalSummary, Role, VisitPlan
 from previsit.record import MedicationOrder, OpenRequest, PatientRecord
@@ -50,8 +51,6 @@ _ROLE_DISPLAY = {Role.MA: "Medical assistant", Role.NURSE: "Nurse",
                  Role.PHARMACIST: "Clinical pharmacist", Role.PHYSICIAN: "Physician"}
 
 
-class ProposalError(ValueError):
-    """A proposal that does not validate as FHIR R4(B): a bug or a broken rule order."""
 
 
 def proposal_identifier(appointment_id: str, system: str, code: str) -> str:

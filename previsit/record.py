@@ -14,6 +14,7 @@ from datetime import date
 from typing import Any
 
 from previsit.codes import Concept
+from previsit.errors import RecordError
 from previsit.intervals import parse_fhir_date
 
 JSON = Mapping[str, Any]
@@ -158,8 +159,6 @@ class PatientRecord:
                                  self.procedures, self.immunizations, self.requests)))
 
 
-class RecordError(ValueError):
-    """The data cannot make a PatientRecord at all (no Patient resource, wrong type)."""
 
 
 # --- parsing -------------------------------------------------------------------------

@@ -26,14 +26,11 @@ from pydantic import (
     model_validator,
 )
 
-from previsit.codes import ValueSet, ValueSetError, ValueSetRegistry
+from previsit.codes import ValueSet, ValueSetRegistry
 from previsit.data import shipped_dir
-from previsit.intervals import Duration, DurationError
+from previsit.errors import DurationError, RuleError, ValueSetError
+from previsit.intervals import Duration
 from previsit.plan import Kind, Role
-
-
-class RuleError(ValueError):
-    """A rule file that cannot be used. The message names the file, the field and the fix."""
 
 
 class _Strict(BaseModel):

@@ -19,12 +19,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.plan import DayPlan, Visit, VisitPlan
-from previsit.proposals import ProposalError, plan_proposals
+from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
 from previsit.ruleset import RuleSet
-from previsit.sources import PatientReadError, Source, SourceError, VisitWindow
+from previsit.sources import Source, VisitWindow
 
 log = logging.getLogger("previsit.run")
 
@@ -76,7 +77,7 @@ async def _read_records(source: Source, patient_ids: Sequence[str], concurrency:
         async with gate:
             try:
                 result: PatientRecord | str = await source.patient_record(pid)
-            except (PatientReadError, SourceError) as exc:
+            except SourceError as exc:
                 # the reason can name the patient's resources: not at WARNING
                 log.warning("a patient record could not be read")
                 log.debug("record %s: %s", pid, exc)
@@ -138,7 +139,7 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                 try:
                     result = await source.write_transaction(proposals.bundle,
                                                             key=visit.appointment_id)
-                except (SourceError, PatientReadError) as exc:
+                except SourceError as exc:
                     plan = replace(plan, failed=f"write-back failed: {exc}")
                 else:
                     writes["created"] += len(result.created)
@@ -172,7 +173,7 @@ async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitP
                                as_of=as_of)
     try:
         result = await source.write_transaction(bundle, key=f"sheet-{plan.visit.appointment_id}")
-    except (SourceError, PatientReadError) as exc:
+    except SourceError as exc:
         return replace(plan, failed=f"the planning sheet could not be stored: {exc}")
     writes["sheets_created"] += len(result.created)
     writes["sheets_updated"] += len(result.existing)

@@ -25,7 +25,8 @@ import jinja2
 from markupsafe import Markup, escape
 
 from previsit.data import shipped_dir
-from previsit.pdf import PdfUnavailableError, write_pdf
+from previsit.errors import PdfUnavailableError
+from previsit.pdf import write_pdf
 from previsit.plan import (
     DayPlan,
     Finding,

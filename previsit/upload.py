@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from previsit.errors import UploadError
+
 # Written first so that references from later resources resolve on strict servers.
 _ORDER = {"Organization": 0, "Practitioner": 1, "Location": 2, "PractitionerRole": 3,
           "Patient": 4, "Medication": 5}
 
 
-class UploadError(ValueError):
-    """A file that cannot be uploaded (bad JSON, no id where one is needed)."""
 
 
 def _rewrite(value: Any, aliases: dict[str, str]) -> Any:

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from previsit.auth import (
     CLIENT_ASSERTION_TYPE,
-    AuthError,
     BearerToken,
     ClientSecretBasic,
     Secret,
@@ -34,8 +33,9 @@ from previsit.auth import (
     auth_from_config,
 )
 from previsit.config import AuthConfig
+from previsit.errors import AuthError, SourceError
 from previsit.keys import generate_key_pair
-from previsit.sources import SourceError, VisitWindow
+from previsit.sources import VisitWindow
 from previsit.sources.http import HttpSource, RetryPolicy
 
 BASE = "https://ehr.example/fhir/R4"

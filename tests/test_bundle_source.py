@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from builders import condition, observation, patient
 
-from previsit.sources import PatientReadError, SourceError, VisitWindow
+from previsit.errors import PatientReadError, SourceError
+from previsit.sources import VisitWindow
 from previsit.sources.bundles import BundleSource
 
 DAY = date(2026, 12, 1)

@@ -14,11 +14,11 @@ from previsit.codes import (
     Coding,
     Concept,
     ValueSet,
-    ValueSetError,
     ValueSetRegistry,
     canonical_system,
     valueset_from_json,
 )
+from previsit.errors import ValueSetError
 
 URL = "http://example.org/fhir/ValueSet/test"
 

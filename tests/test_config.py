@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from previsit.config import Config, ConfigError, load_config
+from previsit.config import Config, load_config
+from previsit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "previsit.example.toml"

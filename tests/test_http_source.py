@@ -19,12 +19,12 @@ import respx
 from builders import medication, observation, patient
 
 from previsit.capability import assess, parse_capabilities
+from previsit.errors import PatientReadError, SourceError, WriteError
 from previsit.outcome import describe_failure, outcome_issues, redacted_target
-from previsit.sources import PatientReadError, SourceError, VisitWindow
+from previsit.sources import VisitWindow
 from previsit.sources.http import (
     HttpSource,
     RetryPolicy,
-    WriteError,
     is_conditional_transaction,
     retry_after_seconds,
 )

@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from previsit.errors import DurationError
 from previsit.intervals import (
     Duration,
-    DurationError,
     add,
     age_on,
     influenza_season_start,

@@ -9,13 +9,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from previsit.keys import (
-    KeyFileError,
-    generate_key_pair,
-    jwk_thumbprint,
-    load_private_key,
-    public_jwks,
-)
+from previsit.errors import KeyFileError
+from previsit.keys import generate_key_pair, jwk_thumbprint, load_private_key, public_jwks
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 

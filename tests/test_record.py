@@ -24,7 +24,8 @@ from builders import (
 )
 
 from previsit.codes import Coding
-from previsit.record import RecordError, build_record
+from previsit.errors import RecordError
+from previsit.record import build_record
 
 # --- every resource type -------------------------------------------------------------------
 

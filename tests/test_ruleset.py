@@ -11,7 +11,8 @@ import yaml
 from previsit.cli.app import app
 from typer.testing import CliRunner
 
-from previsit.ruleset import RuleError, default_rules_dir, load_ruleset
+from previsit.errors import RuleError
+from previsit.ruleset import default_rules_dir, load_ruleset
 
 VS_URL = "https://example.org/fhir/ValueSet/fit"
 

@@ -13,6 +13,7 @@ import pytest
 from builders import patient, tiny_rules
 from test_bundle_source import appointment, bundle, write
 
+from previsit.errors import PatientReadError, SourceError
 from previsit.plan import Visit
 from previsit.record import PatientRecord
 from previsit.run import (
@@ -23,7 +24,7 @@ from previsit.run import (
     run_day,
     write_outputs,
 )
-from previsit.sources import PatientReadError, SourceError, VisitWindow, WriteResult
+from previsit.sources import VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
 
 WINDOW = VisitWindow(start=date(2026, 12, 1), end=date(2026, 12, 2), timezone="America/Chicago")

@@ -50,16 +50,8 @@ class WriteResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class SourceError(RuntimeError):
-    """The source cannot answer at all (folder missing, server unreachable, auth refused)."""
 
 
-class PatientReadError(RuntimeError):
-    """One patient's record cannot be read; the visits of that patient fail, the run goes on."""
-
-    def __init__(self, patient_id: str, message: str) -> None:
-        super().__init__(message)
-        self.patient_id = patient_id
 
 
 @runtime_checkable

@@ -14,16 +14,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from previsit.appointments import AppointmentError, in_window, sort_visits, visit_from_appointment
+from previsit.appointments import in_window, sort_visits, visit_from_appointment
+from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.plan import Visit
-from previsit.record import PatientRecord, RecordError, build_record
-from previsit.sources import (
-    PatientReadError,
-    SourceError,
-    SourceProblem,
-    VisitWindow,
-    WriteResult,
-)
+from previsit.record import PatientRecord, build_record
+from previsit.sources import SourceProblem, VisitWindow, WriteResult
 
 # Where each resource type points at its patient (FHIR R4 Patient compartment, the parts
 # previsit reads).

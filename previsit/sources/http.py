@@ -35,19 +35,21 @@ from zoneinfo import ZoneInfo
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from previsit.appointments import AppointmentError, in_window, sort_visits, visit_from_appointment
+from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.capability import ServerCapabilities, parse_capabilities
 from previsit.config import AuthConfig, Config, SourceConfig
+from previsit.errors import (
+    AppointmentError,
+    PatientReadError,
+    RecordError,
+    RequestFailed,
+    SourceError,
+    WriteError,
+)
 from previsit.outcome import describe_failure, describe_outcome, redacted_target
 from previsit.plan import Visit
-from previsit.record import PatientRecord, RecordError, build_record
-from previsit.sources import (
-    PatientReadError,
-    SourceError,
-    SourceProblem,
-    VisitWindow,
-    WriteResult,
-)
+from previsit.record import PatientRecord, build_record
+from previsit.sources import SourceProblem, VisitWindow, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +75,8 @@ RECORD_SEARCHES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 T = TypeVar("T")
 
 
-class WriteError(SourceError):
-    """A transaction could not be written (or its outcome is unknown); `key` names it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
-class RequestFailed(Exception):
-    """A request failed for good (after retries); the message is safe to show."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Retry(Exception):
@@ -379,7 +369,7 @@ class HttpSource:
                     self._batch = False
             if resources is None:
                 resources = await self._read_one_by_one(patient_id)
-        except (RequestFailed, SourceError) as exc:
+        except SourceError as exc:
             raise PatientReadError(patient_id, f"{where}: {exc}") from None
         try:
             return build_record(resources)
@@ -466,7 +456,7 @@ class HttpSource:
             if not self._batch:
                 log.info("the server does not list batch; reading records one search at a "
                          "time")
-        except (RequestFailed, SourceError, ValueError) as exc:
+        except (SourceError, ValueError) as exc:
             # No usable statement: try batch anyway; a refusal falls back per BATCH_REFUSED.
             log.info("could not read the CapabilityStatement (%s); trying batch", exc)
             self._batch = True

@@ -22,7 +22,8 @@ import pytest
 from previsit.auth import BearerToken
 from previsit.capability import check_server
 from previsit.codes import LOINC, RXNORM, SNOMED
-from previsit.sources import SourceError, VisitWindow
+from previsit.errors import SourceError
+from previsit.sources import VisitWindow
 from previsit.sources.http import HttpSource, RetryPolicy
 
 if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by name

@@ -19,9 +19,10 @@ from builders import (
     tiny_rules,
 )
 
+from previsit.errors import RuleError
 from previsit.intervals import Duration
 from previsit.plan import Status
-from previsit.ruleset import RuleError, load_ruleset
+from previsit.ruleset import load_ruleset
 
 LUNG = "lung-cancer-screening"
 SMOKER = [observation("72166-2", 10, value_code=(SNOMED, "449868002")),
