@@ -35,6 +35,7 @@ from harness import (  # noqa: E402
 
 from previsit import sheets  # noqa: E402
 from previsit.plan import DayPlan, VisitPlan  # noqa: E402
+from previsit.sheets.formatting import format_time  # noqa: E402
 
 SCALE = 1.5  # device pixels per CSS pixel: sharp text in the README without huge files
 HUDDLE_HEIGHT = 1150  # CSS px of the huddle shown: header, schedule, start of the task lists
@@ -43,7 +44,7 @@ HUDDLE_HEIGHT = 1150  # CSS px of the huddle shown: header, schedule, start of t
 def featured_visit(day: DayPlan, clock: str = "9:20 AM") -> VisitPlan:
     """The visit the issue's acceptance names ("the 9:20 patient"), else the busiest."""
     for plan in sheets.select_plans(day):
-        if sheets.format_time(plan.visit.start) == clock and not plan.failed:
+        if format_time(plan.visit.start) == clock and not plan.failed:
             return plan
     return max(day.plans, key=lambda p: len(p.actionable))
 

@@ -19,7 +19,17 @@ from typing import Any, Generic, TypeVar
 from previsit.codes import Concept, ValueSet
 from previsit.intervals import Duration, age_on, influenza_season_start
 from previsit.plan import Evidence as EvidenceRef
-from previsit.plan import Finding, Kind, Order, Role, Status, Visit, VisitPlan
+from previsit.plan import (
+    Finding,
+    FindingFlag,
+    Kind,
+    Order,
+    OrderCategory,
+    Role,
+    Status,
+    Visit,
+    VisitPlan,
+)
 from previsit.record import Immunization, MedicationOrder, Observation, PatientRecord, Procedure
 from previsit.ruleset import (
     AgeCriterion,
@@ -371,11 +381,11 @@ class _Context:
         return through, decided, text
 
     def requirement(self, req: Requirement) -> tuple[Status, date | None, str, list[Any],
-                                                   list[str]]:
+                                                   list[FindingFlag]]:
         best: tuple[date, list[Any], str] | None = None
         partial: list[str] = []
         partial_items: list[Any] = []
-        flags: list[str] = []
+        flags: list[FindingFlag] = []
         for ev in req.evidence:
             through, items, text = self.valid_through(ev)
             if through is None:
@@ -388,7 +398,7 @@ class _Context:
             if ev.review_if and items and isinstance(items[-1], Observation):
                 value = items[-1].value_quantity
                 if value is not None and not ev.review_if.contains(value.value):
-                    flags.append("abnormal")
+                    flags.append(FindingFlag.ABNORMAL)
         if best is None:
             labels = " or ".join(dict.fromkeys(e.label for e in req.evidence))
             text = "; ".join(partial) if partial else f"no {labels} on record"
@@ -442,15 +452,12 @@ def describe_value(obs: Observation) -> str:
     return ""
 
 
-_SEVERITY = {Status.OVERDUE: 4, Status.DUE: 3, Status.DUE_SOON: 2, Status.SATISFIED: 1}
-
-
 def _order(rule: Rule, req: Requirement) -> Order | None:
     if req.order is None:
         return None
     spec = req.order
     return Order(system=spec.system, code=spec.code, display=spec.display,
-                 category=spec.category, role=spec.role or rule.role,
+                 category=OrderCategory(spec.category), role=spec.role or rule.role,
                  before_visit=spec.before_visit, lead_days=spec.lead_days)
 
 
@@ -482,7 +489,7 @@ def evaluate_rule(ctx: _Context, rule: Rule) -> Finding:
     texts: list[str] = []
     results: list[EvidenceRef] = []
     orders: list[Order] = []
-    flags: list[str] = []
+    flags: list[FindingFlag] = []
     due_dates: list[date] = []
     for req in rule.requirements:
         status, through, text, items, req_flags = ctx.requirement(req)
@@ -505,15 +512,15 @@ def evaluate_rule(ctx: _Context, rule: Rule) -> Finding:
                 orders.append(order)
         if through and through != FOREVER:
             due_dates.append(through)
-    status = max(statuses, key=lambda s: _SEVERITY[s])
+    status = max(statuses, key=lambda s: s.severity)
     if rule.role == Role.PHYSICIAN and status.actionable:
-        flags.append("physician-review")
-    if "abnormal" in flags:
-        flags.append("physician-review")
+        flags.append(FindingFlag.PHYSICIAN_REVIEW)
+    if FindingFlag.ABNORMAL in flags:
+        flags.append(FindingFlag.PHYSICIAN_REVIEW)
     if status.actionable and rule.flags:
         # What the rule declares (shared decision-making for lung screening) matters when
         # the test is proposed; a clinician leads that conversation.
-        flags += ["physician-review", *rule.flags]
+        flags += [FindingFlag.PHYSICIAN_REVIEW, *map(FindingFlag, rule.flags)]
     return Finding(status=status, explanation="; ".join(texts),
                    evidence=tuple(reasons + results), orders=tuple(orders),
                    due_date=min(due_dates) if due_dates else None,
@@ -602,12 +609,13 @@ def evaluate_renewals(ctx: _Context, rule: Rule, findings: Iterable[Finding]) ->
         code = next(iter(med.medication.codings), None)
         if not is_controlled:
             order_list = (Order(system=code.system if code else "", code=code.code if code else "",
-                                display=name, category="medication", role=role,
+                                display=name, category=OrderCategory.MEDICATION, role=role,
                                 before_visit=False),)
         # Only a renewal that is due asks the physician for anything: a controlled
         # prescription that runs beyond the horizon (or whose run-out is unknown) is not
         # flagged.
-        flags = ("controlled-substance", "physician-review") if is_controlled else ()
+        flags = (FindingFlag.CONTROLLED_SUBSTANCE, FindingFlag.PHYSICIAN_REVIEW) \
+            if is_controlled else ()
         out.append(Finding(status=status, due_date=runs_out, explanation=text,
                            orders=order_list, flags=flags, **common))
     return out

@@ -26,6 +26,16 @@ class Status(StrEnum):
     def actionable(self) -> bool:
         return self in (Status.DUE, Status.OVERDUE, Status.DUE_SOON)
 
+    @property
+    def severity(self) -> int:
+        """How much this status asks of the team: a rule's requirements report the most
+        severe; sheets list the most severe first."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Status.OVERDUE: 6, Status.DUE: 5, Status.DUE_SOON: 4, Status.UNKNOWN: 3,
+             Status.SATISFIED: 2, Status.EXCLUDED: 1, Status.NOT_APPLICABLE: 0}
+
 
 class Kind(StrEnum):
     SCREENING = "screening"
@@ -35,6 +45,9 @@ class Kind(StrEnum):
 
 
 class Role(StrEnum):
+    """Who does a task (top-of-license work, CLINICAL.md "Roles"), in the order sheets list
+    them; each name a person reads is here and nowhere else."""
+
     MA = "medical-assistant"
     NURSE = "nurse"
     PHARMACIST = "pharmacist"
@@ -42,8 +55,63 @@ class Role(StrEnum):
 
     @property
     def label(self) -> str:
-        return {"medical-assistant": "MA", "nurse": "Nurse", "pharmacist": "Pharmacist",
-                "physician": "Physician"}[self.value]
+        """The short name in counts and lists: "MA"."""
+        return _ROLE_NAMES[self][0]
+
+    @property
+    def heading(self) -> str:
+        """The heading of the role's task list: "Medical assistant"."""
+        return _ROLE_NAMES[self][1]
+
+    @property
+    def column(self) -> str:
+        """The huddle table's narrow column heading: "Phys."."""
+        return _ROLE_NAMES[self][2]
+
+    @property
+    def performer(self) -> str:
+        """ServiceRequest.performerType in a proposal: "Clinical pharmacist"."""
+        return _ROLE_NAMES[self][3]
+
+
+_ROLE_NAMES = {
+    Role.MA: ("MA", "Medical assistant", "MA", "Medical assistant"),
+    Role.NURSE: ("Nurse", "Nurse", "Nurse", "Nurse"),
+    Role.PHARMACIST: ("Pharmacist", "Pharmacist", "Pharm.", "Clinical pharmacist"),
+    Role.PHYSICIAN: ("Physician", "Physician", "Phys.", "Physician"),
+}
+
+
+class FindingFlag(StrEnum):
+    """What a finding asks beyond its status. A rule may declare SHARED_DECISION; the engine
+    adds the others."""
+
+    PHYSICIAN_REVIEW = "physician-review"
+    CONTROLLED_SUBSTANCE = "controlled-substance"
+    ABNORMAL = "abnormal"  # the latest value was outside the rule's review range
+    SHARED_DECISION = "shared-decision"
+
+
+class OrderCategory(StrEnum):
+    LABORATORY = "laboratory"
+    IMAGING = "imaging"
+    PROCEDURE = "procedure"
+    IMMUNIZATION = "immunization"
+    COUNSELLING = "counselling"
+    MEDICATION = "medication"  # a renewal: a MedicationRequest, not a ServiceRequest
+
+
+class ProposalOutcome(StrEnum):
+    """What became of a proposal in this run (plan.json, sheets, run report)."""
+
+    PROPOSED = "proposed"  # written, or in the transaction file
+    DRY_RUN = "dry-run"  # would be written (no --write-back)
+    ALREADY_OPEN = "already-open"  # someone's open order for the same code
+    ALREADY_WRITTEN = "already-written"  # ours, from an earlier run, still open
+    DECLINED = "declined"  # ours, revoked by a clinician: never re-proposed
+    DONE = "done"  # ours, completed
+    EARLIER_VISIT = "earlier-visit"  # a lab drawn at the patient's earlier visit that day
+    LATER_VISIT = "later-visit"  # left to the patient's later visit that day
 
 
 @dataclass(frozen=True)
@@ -90,7 +158,7 @@ class Order:
     system: str
     code: str
     display: str
-    category: str  # laboratory, imaging, procedure, immunization, medication
+    category: OrderCategory
     role: Role
     before_visit: bool  # pre-visit lab: drawn ahead so results are in at the visit
     lead_days: int = 0
@@ -107,14 +175,14 @@ class Finding:
     evidence: tuple[Evidence, ...] = ()
     orders: tuple[Order, ...] = ()  # what to propose; empty unless actionable
     due_date: date | None = None
-    flags: tuple[str, ...] = ()  # e.g. "physician-review", "controlled-substance", "abnormal"
+    flags: tuple[FindingFlag, ...] = ()
     measure: str | None = None
     citation: str | None = None
     medication_ref: str | None = None  # renewals: the MedicationRequest to renew
 
     @property
     def needs_physician(self) -> bool:
-        return "physician-review" in self.flags
+        return FindingFlag.PHYSICIAN_REVIEW in self.flags
 
 
 @dataclass(frozen=True)
@@ -128,11 +196,7 @@ class ProposalSummary:
     rule_ids: tuple[str, ...]
     occurrence: date | None
     role: Role
-    # proposed (written, or in the transaction file), dry-run (would be written),
-    # already-open (someone's open order), already-written (ours), declined (ours, revoked),
-    # done (ours, completed), earlier-visit (a lab drawn at the patient's earlier visit that
-    # day), later-visit (left to the patient's later visit that day)
-    outcome: str
+    outcome: ProposalOutcome
     existing: str | None = None  # the existing resource that suppressed it
 
 
@@ -201,8 +265,11 @@ def _finding_from_json(data: dict[str, Any]) -> Finding:
         evidence=tuple(Evidence(e["reference"], _day(e.get("day")), e["summary"],
                                 e.get("purpose", "result"))
                        for e in data.get("evidence", ())),
-        orders=tuple(Order(**{**o, "role": Role(o["role"])}) for o in data.get("orders", ())),
-        due_date=_day(data.get("due_date")), flags=tuple(data.get("flags", ())),
+        orders=tuple(Order(**{**o, "role": Role(o["role"]),
+                                 "category": OrderCategory(o["category"])})
+                     for o in data.get("orders", ())),
+        due_date=_day(data.get("due_date")),
+        flags=tuple(FindingFlag(f) for f in data.get("flags", ())),
         measure=data.get("measure"), citation=data.get("citation"),
         medication_ref=data.get("medication_ref"))
 
@@ -215,7 +282,8 @@ def visit_plan_from_json(data: dict[str, Any]) -> VisitPlan:
         findings=tuple(_finding_from_json(f) for f in data.get("findings", ())),
         proposals=tuple(ProposalSummary(**{**p, "rule_ids": tuple(p["rule_ids"]),
                                            "occurrence": _day(p.get("occurrence")),
-                                           "role": Role(p["role"])})
+                                           "role": Role(p["role"]),
+                                           "outcome": ProposalOutcome(p["outcome"])})
                         for p in data.get("proposals", ())),
         issues=tuple(data.get("issues", ())), failed=data.get("failed"))
 

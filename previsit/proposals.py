@@ -32,7 +32,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from previsit.codes import SNOMED
 from previsit.errors import ProposalError
 from previsit.intervals import Duration
-from previsit.plan import Finding, Order, ProposalSummary, Role, VisitPlan
+from previsit.plan import Finding, Order, OrderCategory, ProposalOutcome, ProposalSummary, VisitPlan
 from previsit.record import MedicationOrder, OpenRequest, PatientRecord
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:previsit:proposal"
@@ -41,14 +41,13 @@ ROLE_SYSTEM = "https://previsit.dev/fhir/CodeSystem/care-team-role"
 # FHIR R4 ServiceRequest category example value set (SNOMED CT); 33879002 is
 # "Administration of vaccine to produce active immunity".
 _CATEGORY = {
-    "laboratory": ("108252007", "Laboratory procedure"),
-    "imaging": ("363679005", "Imaging"),
-    "procedure": ("387713003", "Surgical procedure"),
-    "counselling": ("409063005", "Counselling"),
-    "immunization": ("33879002", "Administration of vaccine to produce active immunity"),
+    OrderCategory.LABORATORY: ("108252007", "Laboratory procedure"),
+    OrderCategory.IMAGING: ("363679005", "Imaging"),
+    OrderCategory.PROCEDURE: ("387713003", "Surgical procedure"),
+    OrderCategory.COUNSELLING: ("409063005", "Counselling"),
+    OrderCategory.IMMUNIZATION: ("33879002",
+                                 "Administration of vaccine to produce active immunity"),
 }
-_ROLE_DISPLAY = {Role.MA: "Medical assistant", Role.NURSE: "Nurse",
-                 Role.PHARMACIST: "Clinical pharmacist", Role.PHYSICIAN: "Physician"}
 
 
 
@@ -79,7 +78,8 @@ class Proposal:
 
     @property
     def resource_type(self) -> str:
-        return "MedicationRequest" if self.order.category == "medication" else "ServiceRequest"
+        return "MedicationRequest" if self.order.category == OrderCategory.MEDICATION \
+            else "ServiceRequest"
 
 
 def merge_orders(plan: VisitPlan, record: PatientRecord, *,
@@ -123,28 +123,28 @@ def _same_code(request: OpenRequest, order: Order) -> bool:
 
 
 def existing_outcome(proposal: Proposal, requests: Iterable[OpenRequest],
-                     identifier_system: str) -> tuple[str, str | None]:
-    """Whether to write: ("proposed", None) or why not and the resource that says so."""
+                     identifier_system: str) -> tuple[ProposalOutcome, str | None]:
+    """Whether to write: (PROPOSED, None) or why not and the resource that says so."""
     for request in requests:
         if (identifier_system, proposal.identifier) in request.identifiers:
             if request.status == "revoked":
-                return "declined", request.ref
+                return ProposalOutcome.DECLINED, request.ref
             if request.status == "completed":
-                return "done", request.ref
+                return ProposalOutcome.DONE, request.ref
             if request.status == "entered-in-error":
                 continue  # ours, withdrawn as a mistake: propose again
-            return "already-written", request.ref
+            return ProposalOutcome.ALREADY_WRITTEN, request.ref
     for request in requests:
         if not request.open:
             continue
         if proposal.resource_type == "ServiceRequest" and \
                 request.resource_type == "ServiceRequest" and _same_code(request, proposal.order):
-            return "already-open", request.ref
+            return ProposalOutcome.ALREADY_OPEN, request.ref
         if proposal.resource_type == "MedicationRequest" and \
                 request.resource_type == "MedicationRequest" and _same_code(request,
                                                                             proposal.order):
-            return "already-open", request.ref
-    return "proposed", None
+            return ProposalOutcome.ALREADY_OPEN, request.ref
+    return ProposalOutcome.PROPOSED, None
 
 
 def _ours(requests: Iterable[OpenRequest], ref: str | None, identifier_system: str) -> bool:
@@ -200,8 +200,8 @@ def service_request(proposal: Proposal, plan: VisitPlan, *, identifier_system: s
         "subject": {"reference": f"Patient/{plan.visit.patient_id}"},
         "authoredOn": authored.isoformat(),
         "performerType": {"coding": [{"system": ROLE_SYSTEM, "code": order.role.value,
-                                      "display": _ROLE_DISPLAY[order.role]}],
-                          "text": _ROLE_DISPLAY[order.role]},
+                                      "display": order.role.performer}],
+                          "text": order.role.performer},
         "reasonCode": [{"text": f.title} for f in proposal.findings],
         "supportingInfo": supporting,
         "note": _notes(proposal),
@@ -230,7 +230,7 @@ def medication_request(proposal: Proposal, plan: VisitPlan, *, identifier_system
         "priorPrescription": _reference(prior.ref, prior.medication.label()),
         "note": [*_notes(proposal),
                  {"text": f"Renewal for {renew_for.words()} under protocol "
-                          f"({_ROLE_DISPLAY[proposal.order.role]})."}],
+                          f"({proposal.order.role.performer})."}],
     }
     for name in ("medicationCodeableConcept", "medicationReference", "dosageInstruction"):
         if name in raw:
@@ -290,18 +290,20 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
     for proposal in merge_orders(plan, record, draw_here=later_visit):
         outcome, existing = existing_outcome(proposal, record.requests, identifier_system)
         if later_visit and not proposal.order.before_visit and (
-                outcome == "proposed" or (outcome == "already-open" and _ours(
+                outcome == ProposalOutcome.PROPOSED or (
+                    outcome == ProposalOutcome.ALREADY_OPEN and _ours(
                     record.requests, existing, identifier_system))):
             # ours for the later visit (a re-run) is that visit's, not someone's order
-            outcome, existing = "later-visit", None
+            outcome, existing = ProposalOutcome.LATER_VISIT, None
         # The earlier visit's order (ours, written by this or an earlier run) is not
         # "someone's open order": say earlier-visit, so that a re-run reads like the first run.
         # Someone's open lab order is drawn at the earlier visit too: not a second task here.
-        if (outcome == "proposed" or (outcome == "already-open" and proposal.order.before_visit))\
+        if (outcome == ProposalOutcome.PROPOSED or (outcome == ProposalOutcome.ALREADY_OPEN
+                                                    and proposal.order.before_visit)) \
                 and (proposal.resource_type, proposal.order.code) in already_this_run:
-            outcome, existing = "earlier-visit", None
+            outcome, existing = ProposalOutcome.EARLIER_VISIT, None
         resource = None
-        if outcome == "proposed":
+        if outcome == ProposalOutcome.PROPOSED:
             if proposal.resource_type == "ServiceRequest":
                 resource = service_request(proposal, plan, identifier_system=identifier_system,
                                            authored=authored)

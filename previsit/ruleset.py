@@ -27,10 +27,10 @@ from pydantic import (
 )
 
 from previsit.codes import ValueSet, ValueSetRegistry
-from previsit.data import shipped_dir
 from previsit.errors import DurationError, RuleError, ValueSetError
 from previsit.intervals import Duration
 from previsit.plan import Kind, Role
+from previsit.shipped import shipped_dir
 
 
 class _Strict(BaseModel):

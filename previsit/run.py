@@ -21,7 +21,8 @@ from typing import Any
 
 from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
-from previsit.plan import DayPlan, Visit, VisitPlan
+from previsit.filenames import safe_part
+from previsit.plan import DayPlan, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
 from previsit.ruleset import RuleSet
@@ -62,6 +63,12 @@ def _failed_plan(visit: Visit, reason: str) -> VisitPlan:
     return VisitPlan(visit=visit, patient_name=None, patient_age=None, patient_sex=None,
                      patient_mrn=None, findings=(), failed=reason)
 
+
+# What a patient's earlier visit in this run settled, so that a later visit neither draws
+# the same lab twice nor re-proposes what a clinician declined.
+_HANDLED_HERE = frozenset({ProposalOutcome.PROPOSED, ProposalOutcome.ALREADY_WRITTEN,
+                           ProposalOutcome.ALREADY_OPEN, ProposalOutcome.DECLINED,
+                           ProposalOutcome.DONE})
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -127,10 +134,11 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
             continue
         proposed_for.setdefault(visit.patient_id, []).extend(
             (p.resource_type, p.code) for p in proposals.summaries
-            if p.outcome in ("proposed", "already-written", "already-open", "declined", "done"))
+            if p.outcome in _HANDLED_HERE)
         summaries = proposals.summaries
         if not options.write_back:  # a dry run: say so on the sheet and in plan.json
-            summaries = tuple(replace(p, outcome="dry-run") if p.outcome == "proposed" else p
+            summaries = tuple(replace(p, outcome=ProposalOutcome.DRY_RUN)
+                              if p.outcome == ProposalOutcome.PROPOSED else p
                               for p in summaries)
         plan = replace(plan, proposals=summaries)
         if proposals.bundle is not None:
@@ -213,9 +221,7 @@ def build_report(day: DayPlan, source: Source, writes: Counter[str], options: Ru
                    "patients": len({p.visit.patient_id for p in day.plans})},
         "findings": dict(sorted(statuses.items())),
         "actionable_by_kind": dict(sorted(actionable.items())),
-        "proposals": {**{k: proposals.get(k, 0) for k in (
-            "proposed", "dry-run", "already-written", "already-open", "declined", "done",
-            "earlier-visit", "later-visit")},
+        "proposals": {**{k: proposals.get(k, 0) for k in ProposalOutcome},
             "created": writes.get("created", 0), "already_present": writes.get("existing", 0)},
         "sheets_stored": {"created": writes.get("sheets_created", 0),
                           "updated": writes.get("sheets_updated", 0)},
@@ -246,15 +252,9 @@ def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
     # Timings vary run to run; they go in the report but not in what tests compare.
     _dump({**report, "timings": result.report["timings"]}, paths["report"])
     for appointment_id, bundle in result.bundles.items():
-        _dump(bundle, tx_dir / f"{safe_name(appointment_id)}.json")
+        _dump(bundle, tx_dir / f"{safe_part(appointment_id)}.json")
     paths["transactions"] = tx_dir
     return paths
-
-
-def safe_name(key: str) -> str:
-    """A file name from a FHIR id ([A-Za-z0-9-.]{1,64}); anything else becomes '_'."""
-    cleaned = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in key)
-    return cleaned.strip(".") or "visit"
 
 
 def _dump(data: Any, path: Path) -> None:

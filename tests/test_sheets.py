@@ -18,11 +18,13 @@ import pypdf
 import pytest
 
 from previsit import pdf, sheets
+from previsit.errors import PdfUnavailableError
 from previsit.plan import (
     DayPlan,
     Finding,
     Kind,
     Order,
+    ProposalOutcome,
     ProposalSummary,
     Ref,
     Role,
@@ -30,6 +32,7 @@ from previsit.plan import (
     Visit,
     VisitPlan,
 )
+from previsit.sheets import tasks
 
 CLINIC = ZoneInfo("America/Chicago")
 DAY = date(2026, 12, 1)  # a Tuesday
@@ -411,12 +414,19 @@ def test_an_order_repeated_by_two_requirements_is_listed_once() -> None:
     ("declined", "Declined earlier"),
     ("done", "Already done"),
     ("dry-run", "Not written (dry run)"),
-    ("something-new", "Something new"),
+    ("later-visit", "At the later visit today"),
 ])
 def test_every_proposal_outcome_has_words(outcome: str, text: str) -> None:
     plan = vplan(finding("hba1c", Status.DUE, orders=(HBA1C,)),
-                 proposals=(proposal("4548-4", "Hemoglobin A1c", "hba1c", outcome=outcome),))
+                 proposals=(proposal("4548-4", "Hemoglobin A1c", "hba1c",
+                                     outcome=ProposalOutcome(outcome)),))
     assert section(sheets.render_visit_sheet(plan), "draft") == text
+
+
+def test_the_outcome_words_cover_every_outcome() -> None:
+    assert {o.value for o in ProposalOutcome} == {
+        "proposed", "already-open", "already-written", "earlier-visit", "declined", "done",
+        "dry-run", "later-visit"}
 
 
 def test_merged_proposal_matches_both_rules() -> None:
@@ -431,7 +441,7 @@ def test_draw_by_is_visit_date_less_lead_days_without_a_proposal() -> None:
     plan = vplan(finding("lipids", Status.DUE, orders=(order("57698-3", "Lipid panel",
                                                              lead=3),)))
     assert "draw by Sat Nov 28" in section(sheets.render_visit_sheet(plan), "before")
-    assert sheets.draw_by(plan, plan.findings[0], plan.findings[0].orders[0]) == \
+    assert tasks.draw_by(plan, plan.findings[0], plan.findings[0].orders[0]) == \
         date(2026, 11, 28)
 
 
@@ -465,7 +475,7 @@ def test_abnormal_value_on_an_up_to_date_lab_still_goes_to_the_physician() -> No
                          flags=("abnormal", "physician-review")))
     html = sheets.render_visit_sheet(plan)
     assert "HbA1c" in section(html, "review") and "Abnormal last value" in section(html, "review")
-    assert [t.what for t in sheets.tasks(plan)] == ["Review: HbA1c (abnormal last value)"]
+    assert [t.what for t in tasks.tasks(plan)] == ["Review: HbA1c (abnormal last value)"]
 
 
 def test_empty_sections_say_so() -> None:
@@ -537,7 +547,7 @@ def test_tasks_per_role() -> None:
 def test_a_finding_whose_orders_name_two_roles_is_a_task_for_each() -> None:
     plan = vplan(finding("mixed", Status.DUE, orders=(
         order("1", "Draw", role=Role.MA), order("2", "Counsel", role=Role.NURSE, before=False))))
-    assert sorted(t.role.label for t in sheets.tasks(plan)) == ["MA", "Nurse"]
+    assert sorted(t.role.label for t in tasks.tasks(plan)) == ["MA", "Nurse"]
 
 
 def test_huddle_row_counts_match_tasks() -> None:
@@ -730,7 +740,7 @@ def test_pdf_has_one_page_per_visit_and_the_items(tmp_path: Path) -> None:
              replace(full_plan(), visit=visit("a2", hour=10), patient_name="Bob Stone"),
              vplan(v=visit("a3", hour=11), name="Cy Failed", failed="record could not be read"))
     path = tmp_path / "visits.pdf"
-    sheets.write_pdf(sheets.render_visit_sheets(day_of(*plans)), path)
+    pdf.write_pdf(sheets.render_visit_sheets(day_of(*plans)), path)
     reader = pypdf.PdfReader(str(path))
     assert len(reader.pages) == 3
     texts = [" ".join((page.extract_text() or "").split()) for page in reader.pages]
@@ -741,7 +751,7 @@ def test_pdf_has_one_page_per_visit_and_the_items(tmp_path: Path) -> None:
 
 def test_huddle_pdf_renders(tmp_path: Path) -> None:
     path = tmp_path / "huddle.pdf"
-    sheets.write_pdf(sheets.render_huddle(_two_team_day(), minutes_saved=MINUTES), path)
+    pdf.write_pdf(sheets.render_huddle(_two_team_day(), minutes_saved=MINUTES), path)
     text = " ".join(p.extract_text() or "" for p in pypdf.PdfReader(str(path)).pages)
     assert "Ann North" in text and "Cy South" in text and "Estimated clinician time saved" in text
 
@@ -752,8 +762,8 @@ def test_pdf_without_weasyprint_says_what_to_install(monkeypatch: pytest.MonkeyP
         raise OSError("cannot load library 'libpango-1.0-0'")
 
     monkeypatch.setattr("previsit.pdf.importlib.import_module", missing)
-    with pytest.raises(sheets.PdfUnavailableError, match=r"libpangoft2-1\.0-0") as info:
-        sheets.write_pdf("<p>x</p>", tmp_path / "x.pdf")
+    with pytest.raises(PdfUnavailableError, match=r"libpangoft2-1\.0-0") as info:
+        pdf.write_pdf("<p>x</p>", tmp_path / "x.pdf")
     assert "pip install weasyprint" in str(info.value)
     assert not (tmp_path / "x.pdf").exists()
 
@@ -771,7 +781,7 @@ def test_a_physician_rule_without_a_special_reason_is_still_the_physicians() -> 
     html = sheets.render_visit_sheet(vplan(cervical))
     assert "Cervical cancer screening" in section(html, "review")
     assert "⚑" not in section(html, "review")  # no invented reason
-    assert [t.what for t in sheets.tasks(vplan(cervical))] == [
+    assert [t.what for t in tasks.tasks(vplan(cervical))] == [
         "Decide: Cervical cancer screening"]
 
 
@@ -791,11 +801,11 @@ def test_a_patients_two_visits_the_same_day_count_each_task_once() -> None:
     later = vplan(draw, flu, v=visit("a-doc", hour=9, minute=20), proposals=(
         proposal("4548-4", "HbA1c", "hba1c", outcome="earlier-visit"),
         proposal("88", "Influenza vaccine", "flu", role=Role.NURSE)))
-    assert sheets.handled_elsewhere(later, draw) == "earlier-visit"
-    assert sheets.handled_elsewhere(lab_visit, flu) == "later-visit"
-    assert sheets.handled_elsewhere(lab_visit, draw) is None
-    assert [(t.role, t.finding.rule_id) for t in sheets.tasks(lab_visit)] == [(Role.MA, "hba1c")]
-    assert [(t.role, t.finding.rule_id) for t in sheets.tasks(later)] == [(Role.NURSE, "flu")]
+    assert tasks.handled_elsewhere(later, draw) == "earlier-visit"
+    assert tasks.handled_elsewhere(lab_visit, flu) == "later-visit"
+    assert tasks.handled_elsewhere(lab_visit, draw) is None
+    assert [(t.role, t.finding.rule_id) for t in tasks.tasks(lab_visit)] == [(Role.MA, "hba1c")]
+    assert [(t.role, t.finding.rule_id) for t in tasks.tasks(later)] == [(Role.NURSE, "flu")]
     assert sheets.role_counts([lab_visit, later]) == {Role.MA: 1, Role.NURSE: 1,
                                                       Role.PHARMACIST: 0, Role.PHYSICIAN: 0}
     saved = {line.kind: line.tasks for line in sheets.time_saved([lab_visit, later], MINUTES).lines}

@@ -17,8 +17,10 @@ import pytest
 from harness import MINUTES_SAVED
 
 from previsit import sheets
-from previsit.plan import DayPlan, Kind, Status, VisitPlan
-from previsit.sheets import Paper
+from previsit.pdf import write_pdf
+from previsit.plan import DayPlan, Kind, Role, Status, VisitPlan
+from previsit.sheets import Paper, tasks
+from previsit.sheets.formatting import format_time
 
 pytestmark = pytest.mark.browser
 
@@ -50,7 +52,7 @@ def planned(day: DayPlan) -> Iterator[VisitPlan]:
 
 
 def at_time(day: DayPlan, clock: str) -> VisitPlan:
-    matches = [p for p in day.plans if sheets.format_time(p.visit.start) == clock]
+    matches = [p for p in day.plans if format_time(p.visit.start) == clock]
     assert matches, f"no sample visit at {clock}"
     return matches[0]
 
@@ -106,7 +108,7 @@ def test_the_920_patient_in_ten_seconds(page: Any, sample_day: DayPlan, tmp_path
 
 def test_named_sample_patients(page: Any, sample_day: DayPlan, tmp_path: Path) -> None:
     open_html(page, sheets.render_visit_sheets(sample_day), tmp_path / "visits.html")
-    by_visit = {(p.patient_name, sheets.format_time(p.visit.start)): p for p in planned(sample_day)}
+    by_visit = {(p.patient_name, format_time(p.visit.start)): p for p in planned(sample_day)}
     for name, clock, where, item in NAMED:
         plan = by_visit.get((name, clock))
         assert plan is not None, f"{name} has no visit at {clock} on the sample day"
@@ -123,14 +125,14 @@ def test_huddle_as_a_person_sees_it(page: Any, sample_day: DayPlan, tmp_path: Pa
     plans = sheets.select_plans(sample_day)
     assert rows.count() == len(plans)
     times = [rows.nth(i).locator("td.time").inner_text() for i in range(rows.count())]
-    assert times == [sheets.format_time(p.visit.start) for p in plans]  # time order
+    assert times == [format_time(p.visit.start) for p in plans]  # time order
     for i, plan in enumerate(plans):
         cells = rows.nth(i).locator("td.count").all_inner_texts()
         expected = sheets.role_counts([plan])
         assert [int(c) if c.strip().isdigit() else 0 for c in cells] == \
-            [expected[r] for r in sheets.ROLES], plan.visit.appointment_id
+            [expected[r] for r in tuple(Role)], plan.visit.appointment_id
         flags = rows.nth(i).locator("td.flags").inner_text()
-        elsewhere = {f.rule_id: sheets.handled_elsewhere(plan, f) for f in plan.actionable}
+        elsewhere = {f.rule_id: tasks.handled_elsewhere(plan, f) for f in plan.actionable}
         here = [f for f in plan.actionable if elsewhere[f.rule_id] is None]
         if any(o.before_visit for f in here for o in f.orders):
             assert "LABS TO DRAW" in flags  # uppercase through CSS, as printed
@@ -142,11 +144,11 @@ def test_huddle_as_a_person_sees_it(page: Any, sample_day: DayPlan, tmp_path: Pa
         if "later-visit" in elsewhere.values():
             assert "AT LATER VISIT" in flags
     roles = page.locator("section.role h3").all_inner_texts()
-    for role, title in zip(sheets.ROLES, ("Medical assistant", "Nurse", "Pharmacist",
+    for role, title in zip(tuple(Role), ("Medical assistant", "Nurse", "Pharmacist",
                                           "Physician"), strict=True):
         heading = next(r for r in roles if r.startswith(title))
-        tasks = sum(1 for p in plans for t in sheets.tasks(p) if t.role == role)
-        assert f"{tasks} task" in heading
+        count = sum(1 for p in plans for t in tasks.tasks(p) if t.role == role)
+        assert f"{count} task" in heading
     saved = page.locator("section.saved").inner_text()
     assert "Estimated clinician time saved" in saved and "Total" in saved
     page.screenshot(path=str(tmp_path / "huddle.png"), full_page=True)
@@ -195,7 +197,7 @@ def test_chromium_prints_each_visit_on_its_own_pages(page: Any, sample_day: DayP
 
 def test_weasyprint_pdf_of_the_sample_day(sample_day: DayPlan, tmp_path: Path) -> None:
     path = tmp_path / "visits.pdf"
-    sheets.write_pdf(sheets.render_visit_sheets(sample_day), path)
+    write_pdf(sheets.render_visit_sheets(sample_day), path)
     texts = [page_text(p) for p in pypdf.PdfReader(str(path)).pages]
     plans = sheets.select_plans(sample_day)
     counts = check_visit_pages(texts, plans)

@@ -1,0 +1,113 @@
+"""Rendering the sheets: the Jinja2 environment, the templates and their stylesheet.
+
+The templates (templates/*.html.j2 and templates/sheet.css) only lay out text; the
+view-models (visit.py, huddle.py) decide everything. Jinja2 autoescapes every value, so a
+FHIR string can never become markup; `finalize` turns a stray None into a dash rather than
+"None".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from markupsafe import Markup, escape
+
+from previsit.plan import DayPlan, Role, VisitPlan
+from previsit.sheets.formatting import format_day
+from previsit.sheets.huddle import huddle
+from previsit.sheets.selection import scope_labels, select_plans
+from previsit.sheets.visit import visit_sheet
+from previsit.shipped import shipped_dir
+
+Paper = Literal["letter", "a4"]
+_PAGE_SIZES: dict[str, str] = {"letter": "letter", "a4": "A4"}
+
+
+def templates_dir() -> Path:
+    """The shipped templates (package data in a wheel, templates/ in a checkout)."""
+    return shipped_dir("templates")
+
+
+def _or_missing(value: Any, placeholder: str = "—") -> Markup:
+    """A value, or a visibly marked placeholder when FHIR did not give one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Markup('<span class="missing">{}</span>').format(placeholder)
+    return escape(value)
+
+
+def _finalize(value: Any) -> Any:
+    return "—" if value is None else value
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+_ENV: jinja2.Environment | None = None
+
+
+def environment() -> jinja2.Environment:
+    """The Jinja2 environment: autoescape on for every template whatever its name."""
+    global _ENV
+    if _ENV is None:
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True,
+            undefined=jinja2.StrictUndefined, finalize=_finalize, trim_blocks=True,
+            lstrip_blocks=True, keep_trailing_newline=True)
+        env.filters["or_missing"] = _or_missing
+        env.filters["number"] = _number
+        _ENV = env
+    return _ENV
+
+
+def _css() -> Markup:
+    # Our own stylesheet, inlined so the page needs nothing from outside. It is read as
+    # text, not parsed as a template, so CSS braces never meet Jinja syntax.
+    return Markup((templates_dir() / "sheet.css").read_text(encoding="utf-8"))
+
+
+def _page_size(paper: str) -> str:
+    try:
+        return _PAGE_SIZES[paper.lower()]
+    except KeyError:
+        raise ValueError(f"paper must be one of {', '.join(_PAGE_SIZES)}, not {paper!r}") \
+            from None
+
+
+def _render(template: str, *, title: str, paper: str, **context: Any) -> str:
+    return environment().get_template(template).render(
+        title=title, css=_css(), page_size=_page_size(paper), **context)
+
+
+def render_visit_sheet(plan: VisitPlan, *, paper: Paper = "letter") -> str:
+    """One visit's planning sheet as a standalone HTML page."""
+    sheet = visit_sheet(plan)
+    title = f"Visit plan {plan.visit.appointment_id}".strip()
+    return _render("visits.html.j2", title=title, paper=paper, sheets=[sheet],
+                   for_day=format_day(plan.visit.day))
+
+
+def render_visit_sheets(day: DayPlan, *, location: str | None = None,
+                        practitioner: str | None = None, paper: Paper = "letter") -> str:
+    """Every selected visit's sheet in one printable document, one visit per page."""
+    plans = select_plans(day, location=location, practitioner=practitioner)
+    where, who = scope_labels(day, location, practitioner)
+    return _render("visits.html.j2", title=f"Visit plans {day.generated_for.isoformat()}",
+                   paper=paper, sheets=[visit_sheet(p) for p in plans],
+                   for_day=format_day(day.generated_for), scope_location=where,
+                   scope_practitioner=who)
+
+
+def render_huddle(day: DayPlan, *, location: str | None = None,
+                  practitioner: str | None = None,
+                  minutes_saved: Mapping[str, float], paper: Paper = "letter") -> str:
+    """The clinic-day huddle sheet: one page group per day in the plan (see `huddle`)."""
+    view = huddle(day, location=location, practitioner=practitioner,
+                  minutes_saved=minutes_saved)
+    return _render("huddle.html.j2", title=f"Huddle {day.generated_for.isoformat()}",
+                   paper=paper, days=list(view.days), scope_location=view.location,
+                   scope_practitioner=view.practitioner,
+                   role_columns=[(r.column, r.heading) for r in Role], for_day=view.for_day)
