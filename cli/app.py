@@ -20,9 +20,10 @@ from previsit.config import Config, load_config
 from previsit.errors import ConfigError, PrevisitError, RuleError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.intervals import Duration
-from previsit.plan import DayPlan, Status
+from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
+from previsit.report import EXIT_NOTHING
 from previsit.ruleset import RuleSet, load_ruleset
-from previsit.run import EXIT_NOTHING, RunOptions, RunResult, run_day, write_outputs
+from previsit.run import RunOptions, RunResult, run_day, write_outputs
 from previsit.sources import Source, VisitWindow
 from previsit.sources.bundles import BundleSource
 
@@ -259,43 +260,42 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
                    sheet_paths: list[Path], write_back: bool, local: bool,
                    stored_sheets: bool) -> None:
     report = result.report
-    visits = report["visits"]
+    visits = report.visits
     echo = typer.echo
     where = (f"bundles in {config.source.path}" if local
              else f"FHIR server {config.source.base_url}")
-    echo(f"previsit: {report['date']} (+{report['days'] - 1} days), {where}, "
+    echo(f"previsit: {report.date.isoformat()} (+{report.days - 1} days), {where}, "
          f"time zone {config.source.timezone}")
-    echo(f"  appointments: {visits['total']} ({visits['patients']} patients): "
-         f"{visits['planned']} planned, {visits['failed']} failed")
-    kinds = report["actionable_by_kind"]
-    echo("  to do at these visits: " + (", ".join(
-        f"{kinds.get(k, 0)} {k}" for k in ("lab", "screening", "immunization", "renewal"))))
-    findings = report["findings"]
-    echo("  findings: " + ", ".join(f"{findings.get(s.value, 0)} {s.value}" for s in Status))
-    p = report["proposals"]
+    echo(f"  appointments: {visits.total} ({visits.patients} patients): "
+         f"{visits.planned} planned, {visits.failed} failed")
+    kinds = report.actionable_by_kind
+    echo("  to do at these visits: " + ", ".join(f"{kinds.get(k, 0)} {k}" for k in Kind))
+    findings = report.findings
+    echo("  findings: " + ", ".join(f"{findings.get(s, 0)} {s}" for s in Status))
+    p = report.proposals
     if local:
-        action = f"{p['proposed']} draft orders in transaction bundles"
+        action = f"{p[ProposalOutcome.PROPOSED]} draft orders in transaction bundles"
     elif write_back:
-        action = (f"{p['created']} draft orders created on the server" if p["created"]
+        action = (f"{p.created} draft orders created on the server" if p.created
                   else "nothing new created on the server")
-        if p["already_present"]:
-            action += (f", {p['already_present']} already there (written by a run at the "
+        if p.already_present:
+            action += (f", {p.already_present} already there (written by a run at the "
                        "same time)")
     else:
-        action = (f"{p['dry-run']} draft orders would be written (dry run, nothing was "
-                  "written; use --write-back)")
-    echo(f"  proposals: {action}; not proposed: {p['already-open']} already ordered, "
-         f"{p['already-written']} already proposed, {p['declined']} declined, "
-         f"{p['done']} done, {p['earlier-visit'] + p['later-visit']} for the patient's "
-         "other visit that day")
+        action = (f"{p[ProposalOutcome.DRY_RUN]} draft orders would be written (dry run, "
+                  "nothing was written; use --write-back)")
+    echo(f"  proposals: {action}; not proposed: {p[ProposalOutcome.ALREADY_OPEN]} already "
+         f"ordered, {p[ProposalOutcome.ALREADY_WRITTEN]} already proposed, "
+         f"{p[ProposalOutcome.DECLINED]} declined, {p[ProposalOutcome.DONE]} done, "
+         f"{p[ProposalOutcome.EARLIER_VISIT] + p[ProposalOutcome.LATER_VISIT]} for the "
+         "patient's other visit that day")
     if stored_sheets:
-        stored = report["sheets_stored"]
-        echo(f"  sheets stored on the server: {stored['created']} new, {stored['updated']} "
-             "replaced")
-    for failure in report["failures"]:
-        echo(f"  FAILED appointment {failure['appointment']}: {failure['reason']}")
-    if report["source_problems"]:
-        echo(f"  input problems: {len(report['source_problems'])} (see run-report.json)")
+        stored = report.sheets_stored
+        echo(f"  sheets stored on the server: {stored.created} new, {stored.updated} replaced")
+    for failure in report.failures:
+        echo(f"  FAILED appointment {failure.appointment}: {failure.reason}")
+    if report.source_problems:
+        echo(f"  input problems: {len(report.source_problems)} (see run-report.json)")
     visit_sheets = sheet_paths[:-2]
     echo(f"  outputs: {paths['plan']}, {paths['report']}, {paths['transactions']}/ "
          f"({len(result.bundles)} bundles), {sheet_paths[-1]} (huddle), {sheet_paths[-2]} "

@@ -38,8 +38,10 @@ _SEVERITY = {Status.OVERDUE: 6, Status.DUE: 5, Status.DUE_SOON: 4, Status.UNKNOW
 
 
 class Kind(StrEnum):
-    SCREENING = "screening"
+    """What a rule is about, in the order a team works through a visit."""
+
     LAB = "lab"
+    SCREENING = "screening"
     IMMUNIZATION = "immunization"
     RENEWAL = "renewal"
 

@@ -25,15 +25,11 @@ from previsit.filenames import safe_part
 from previsit.plan import DayPlan, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
+from previsit.report import RunReport, Timings, WriteCounts, build_report
 from previsit.ruleset import RuleSet
 from previsit.sources import Source, VisitWindow
 
 log = logging.getLogger("previsit.run")
-
-EXIT_OK = 0  # every visit planned
-EXIT_PARTIAL = 3  # some visits failed; the others were planned and written
-EXIT_NOTHING = 4  # nothing could be done: configuration, auth, rules, server unreachable
-
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -48,15 +44,15 @@ class RunOptions:
     render_sheet: Callable[[VisitPlan], str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     day: DayPlan
     bundles: dict[str, dict[str, Any]]  # appointment id -> transaction Bundle to write
-    report: dict[str, Any]
+    report: RunReport
 
     @property
     def exit_code(self) -> int:
-        return int(self.report["exit_code"])
+        return self.report.exit_code
 
 
 def _failed_plan(visit: Visit, reason: str) -> VisitPlan:
@@ -162,12 +158,17 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
     day = DayPlan(generated_for=options.window.start,
                   days=(options.window.end - options.window.start).days, plans=tuple(plans),
                   ruleset=ruleset.describe())
-    report = build_report(day, source, writes, options, timings={
-        "appointments_seconds": round(read_done - started, 3),
-        "records_seconds": round(records_done - read_done, 3),
-        "planning_seconds": round(finished - records_done, 3),
-        "total_seconds": round(finished - started, 3)})
-    log.info("planned %d of %d appointments", report["visits"]["planned"], len(visits))
+    report = build_report(
+        day, write_back=options.write_back,
+        writes=WriteCounts(created=writes["created"], existing=writes["existing"],
+                           sheets_created=writes["sheets_created"],
+                           sheets_updated=writes["sheets_updated"]),
+        problems=source.problems(), http_requests=int(getattr(source, "request_count", 0)),
+        timings=Timings(appointments_seconds=round(read_done - started, 3),
+                        records_seconds=round(records_done - read_done, 3),
+                        planning_seconds=round(finished - records_done, 3),
+                        total_seconds=round(finished - started, 3)))
+    log.info("planned %d of %d appointments", report.visits.planned, len(visits))
     return RunResult(day=day, bundles=bundles, report=report)
 
 
@@ -188,52 +189,6 @@ async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitP
     return plan
 
 
-def exit_code_for(planned: int, failed: int) -> int:
-    if failed == 0:
-        return EXIT_OK
-    return EXIT_PARTIAL if planned else EXIT_NOTHING
-
-
-def build_report(day: DayPlan, source: Source, writes: Counter[str], options: RunOptions,
-                 timings: dict[str, float]) -> dict[str, Any]:
-    statuses: Counter[str] = Counter()
-    actionable: Counter[str] = Counter()
-    proposals: Counter[str] = Counter()
-    failures = []
-    for plan in day.plans:
-        if plan.failed:
-            failures.append({"appointment": plan.visit.appointment_id,
-                             "start": plan.visit.start.isoformat() if plan.visit.start else None,
-                             "reason": plan.failed})
-        for f in plan.findings:
-            statuses[f.status.value] += 1
-            if f.status.actionable:
-                actionable[f.kind.value] += 1
-        for p in plan.proposals:
-            proposals[p.outcome] += 1
-    failed = len(failures)
-    planned = len(day.plans) - failed
-    return {
-        "date": day.generated_for.isoformat(),
-        "days": day.days,
-        "write_back": options.write_back,
-        "visits": {"total": len(day.plans), "planned": planned, "failed": failed,
-                   "patients": len({p.visit.patient_id for p in day.plans})},
-        "findings": dict(sorted(statuses.items())),
-        "actionable_by_kind": dict(sorted(actionable.items())),
-        "proposals": {**{k: proposals.get(k, 0) for k in ProposalOutcome},
-            "created": writes.get("created", 0), "already_present": writes.get("existing", 0)},
-        "sheets_stored": {"created": writes.get("sheets_created", 0),
-                          "updated": writes.get("sheets_updated", 0)},
-        "failures": failures,
-        "source_problems": [{"where": p.where, "message": p.message}
-                            for p in source.problems()],
-        "http_requests": int(getattr(source, "request_count", 0)),
-        "timings": timings,
-        "exit_code": exit_code_for(planned, failed),
-    }
-
-
 def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
     """plan.json, run-report.json and one transaction Bundle per visit; returns the paths.
 
@@ -248,9 +203,7 @@ def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
         stale.unlink()
     paths = {"plan": out_dir / "plan.json", "report": out_dir / "run-report.json"}
     _dump(result.day.to_json(), paths["plan"])
-    report = {k: v for k, v in result.report.items() if k != "timings"}
-    # Timings vary run to run; they go in the report but not in what tests compare.
-    _dump({**report, "timings": result.report["timings"]}, paths["report"])
+    _dump(result.report.to_json(), paths["report"])
     for appointment_id, bundle in result.bundles.items():
         _dump(bundle, tx_dir / f"{safe_part(appointment_id)}.json")
     paths["transactions"] = tx_dir

@@ -14,16 +14,10 @@ from builders import patient, tiny_rules
 from test_bundle_source import appointment, bundle, write
 
 from previsit.errors import PatientReadError, SourceError
-from previsit.plan import Visit
+from previsit.plan import ProposalOutcome, Visit
 from previsit.record import PatientRecord
-from previsit.run import (
-    EXIT_NOTHING,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    RunOptions,
-    run_day,
-    write_outputs,
-)
+from previsit.report import EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, VisitCounts
+from previsit.run import RunOptions, run_day, write_outputs
 from previsit.sources import VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
 
@@ -81,7 +75,7 @@ def test_all_planned(day: Path, tmp_path: Path) -> None:
     assert outcomes == {"a1": ["proposed"], "a2": ["proposed"], "a3": ["proposed"],
                         "a2b": ["earlier-visit"]}
     assert sorted(result.bundles) == ["a1", "a2", "a3"]
-    assert result.report["visits"] == {"total": 4, "planned": 4, "failed": 0, "patients": 3}
+    assert result.report.visits == VisitCounts(total=4, planned=4, failed=0, patients=3)
 
 
 def test_one_unreadable_patient_fails_only_their_visits(day: Path, tmp_path: Path) -> None:
@@ -90,7 +84,7 @@ def test_one_unreadable_patient_fails_only_their_visits(day: Path, tmp_path: Pat
     failed = {p.visit.appointment_id: p.failed for p in result.day.plans if p.failed}
     assert set(failed) == {"a2", "a2b"}
     assert "HTTP 503 after 5 attempts" in failed["a2"]
-    assert [f["appointment"] for f in result.report["failures"]] == ["a2", "a2b"]
+    assert [f.appointment for f in result.report.failures] == ["a2", "a2b"]
 
 
 def test_write_back_failure_fails_that_visit(day: Path, tmp_path: Path) -> None:
@@ -112,9 +106,9 @@ def test_unreachable_source_raises(day: Path, tmp_path: Path) -> None:
 def test_dry_run_writes_nothing(day: Path, tmp_path: Path) -> None:
     result = run(Breaking(day, unwritable=["a1", "a2", "a3"]), tmp_path, write_back=False)
     assert result.exit_code == EXIT_OK
-    assert result.report["proposals"]["created"] == 0
-    assert result.report["proposals"]["dry-run"] == 3
-    assert result.report["proposals"]["proposed"] == 0
+    assert result.report.proposals.created == 0
+    assert result.report.proposals[ProposalOutcome.DRY_RUN] == 3
+    assert result.report.proposals[ProposalOutcome.PROPOSED] == 0
     # the sheets and plan.json say it was not written
     assert {s.outcome for p in result.day.plans for s in p.proposals} == {"dry-run",
                                                                            "earlier-visit"}

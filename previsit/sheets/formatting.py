@@ -17,7 +17,7 @@ STATUS_LABELS = {Status.OVERDUE: "Overdue", Status.DUE: "Due", Status.DUE_SOON: 
 STATUS_MARKS = {Status.OVERDUE: "!!", Status.DUE: "!", Status.DUE_SOON: "›",
                 Status.UNKNOWN: "?", Status.SATISFIED: "✓", Status.EXCLUDED: "–",
                 Status.NOT_APPLICABLE: "·"}
-KIND_ORDER = {Kind.LAB: 0, Kind.SCREENING: 1, Kind.IMMUNIZATION: 2, Kind.RENEWAL: 3}
+KIND_ORDER = {kind: rank for rank, kind in enumerate(Kind)}
 KIND_LABELS = {Kind.LAB: "Labs", Kind.SCREENING: "Screenings",
                Kind.IMMUNIZATION: "Immunizations", Kind.RENEWAL: "Renewals"}
 

@@ -1,0 +1,162 @@
+"""The run report: what a run did, as typed values (the CLI's summary, run-report.json, tests).
+
+`RunReport.to_json()` is the stable shape of run-report.json; everything else reads the
+attributes. Counts only — the report never holds a patient's name; failures name the
+appointment (ids appear in the JSON file for the integration engineer, not in INFO logs).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
+from previsit.sources import SourceProblem
+
+EXIT_OK = 0  # every visit planned
+EXIT_PARTIAL = 3  # some visits failed; the others were planned and written
+EXIT_NOTHING = 4  # nothing could be done: configuration, auth, rules, server unreachable
+
+
+def exit_code_for(planned: int, failed: int) -> int:
+    if failed == 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if planned else EXIT_NOTHING
+
+
+@dataclass(frozen=True)
+class VisitCounts:
+    total: int
+    planned: int
+    failed: int
+    patients: int
+
+
+@dataclass(frozen=True)
+class ProposalCounts:
+    """Proposals by outcome, and what the server did with the ones written."""
+
+    by_outcome: Mapping[ProposalOutcome, int]
+    created: int = 0  # created on the server (or in the transaction file)
+    already_present: int = 0  # a conditional create that matched (a run at the same time)
+
+    def __getitem__(self, outcome: ProposalOutcome) -> int:
+        return self.by_outcome.get(outcome, 0)
+
+    def to_json(self) -> dict[str, int]:
+        return {**{o.value: self[o] for o in ProposalOutcome},
+                "created": self.created, "already_present": self.already_present}
+
+
+@dataclass(frozen=True)
+class SheetCounts:
+    """Sheets stored on the server as DocumentReferences (--write-sheets)."""
+
+    created: int = 0
+    updated: int = 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A visit that could not be planned or written, and why."""
+
+    appointment: str
+    start: str | None  # ISO date-time in the clinic's zone
+    reason: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per stage; they vary run to run (tests compare everything else)."""
+
+    appointments_seconds: float = 0.0
+    records_seconds: float = 0.0
+    planning_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    """What write-back did, as counted while it happened."""
+
+    created: int = 0
+    existing: int = 0
+    sheets_created: int = 0
+    sheets_updated: int = 0
+
+
+@dataclass(frozen=True)
+class RunReport:
+    date: date
+    days: int
+    write_back: bool
+    visits: VisitCounts
+    findings: Mapping[Status, int]
+    actionable_by_kind: Mapping[Kind, int]
+    proposals: ProposalCounts
+    sheets_stored: SheetCounts
+    failures: tuple[Failure, ...]
+    source_problems: tuple[SourceProblem, ...]
+    http_requests: int
+    exit_code: int
+    timings: Timings = field(default_factory=Timings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "date": self.date.isoformat(),
+            "days": self.days,
+            "write_back": self.write_back,
+            "visits": {"total": self.visits.total, "planned": self.visits.planned,
+                       "failed": self.visits.failed, "patients": self.visits.patients},
+            "findings": {s.value: n for s, n in sorted(self.findings.items())},
+            "actionable_by_kind": {k.value: n for k, n in
+                                   sorted(self.actionable_by_kind.items())},
+            "proposals": self.proposals.to_json(),
+            "sheets_stored": {"created": self.sheets_stored.created,
+                              "updated": self.sheets_stored.updated},
+            "failures": [{"appointment": f.appointment, "start": f.start, "reason": f.reason}
+                         for f in self.failures],
+            "source_problems": [{"where": p.where, "message": p.message}
+                                for p in self.source_problems],
+            "http_requests": self.http_requests,
+            "timings": {"appointments_seconds": self.timings.appointments_seconds,
+                        "records_seconds": self.timings.records_seconds,
+                        "planning_seconds": self.timings.planning_seconds,
+                        "total_seconds": self.timings.total_seconds},
+            "exit_code": self.exit_code,
+        }
+
+
+def build_report(day: DayPlan, *, write_back: bool, writes: WriteCounts,
+                 problems: Iterable[SourceProblem], http_requests: int,
+                 timings: Timings) -> RunReport:
+    statuses: Counter[Status] = Counter()
+    actionable: Counter[Kind] = Counter()
+    outcomes: Counter[ProposalOutcome] = Counter()
+    failures = []
+    for plan in day.plans:
+        if plan.failed:
+            failures.append(Failure(plan.visit.appointment_id,
+                                    plan.visit.start.isoformat() if plan.visit.start else None,
+                                    plan.failed))
+        for f in plan.findings:
+            statuses[f.status] += 1
+            if f.status.actionable:
+                actionable[f.kind] += 1
+        for p in plan.proposals:
+            outcomes[p.outcome] += 1
+    failed = len(failures)
+    planned = len(day.plans) - failed
+    return RunReport(
+        date=day.generated_for, days=day.days, write_back=write_back,
+        visits=VisitCounts(len(day.plans), planned, failed,
+                           len({p.visit.patient_id for p in day.plans})),
+        findings=dict(statuses), actionable_by_kind=dict(actionable),
+        proposals=ProposalCounts(dict(outcomes), writes.created, writes.existing),
+        sheets_stored=SheetCounts(writes.sheets_created, writes.sheets_updated),
+        failures=tuple(failures), source_problems=tuple(problems),
+        http_requests=http_requests, timings=timings,
+        exit_code=exit_code_for(planned, failed))
