@@ -144,7 +144,7 @@ class Visit:
 
 
 @dataclass(frozen=True)
-class Evidence:
+class EvidenceRef:
     """A resource that decided a finding, as it should be cited on a sheet."""
 
     reference: str
@@ -174,7 +174,7 @@ class Finding:
     status: Status
     explanation: str
     role: Role
-    evidence: tuple[Evidence, ...] = ()
+    evidence: tuple[EvidenceRef, ...] = ()
     orders: tuple[Order, ...] = ()  # what to propose; empty unless actionable
     due_date: date | None = None
     flags: tuple[FindingFlag, ...] = ()
@@ -264,7 +264,7 @@ def _finding_from_json(data: dict[str, Any]) -> Finding:
     return Finding(
         rule_id=data["rule_id"], title=data["title"], kind=Kind(data["kind"]),
         status=Status(data["status"]), explanation=data["explanation"], role=Role(data["role"]),
-        evidence=tuple(Evidence(e["reference"], _day(e.get("day")), e["summary"],
+        evidence=tuple(EvidenceRef(e["reference"], _day(e.get("day")), e["summary"],
                                 e.get("purpose", "result"))
                        for e in data.get("evidence", ())),
         orders=tuple(Order(**{**o, "role": Role(o["role"]),

@@ -19,6 +19,11 @@ from previsit.intervals import parse_fhir_date
 
 JSON = Mapping[str, Any]
 
+# The intents of a request that is an order (FHIR R4 request-intent: order and its
+# specialisations), not a proposal or plan.
+ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order",
+                           "instance-order"})
+
 
 @dataclass(frozen=True)
 class Quantity:
@@ -48,6 +53,14 @@ class Observation:
     value_concept: Concept | None = None
     value_date: date | None = None
     members: tuple[str, ...] = ()
+
+    def value_text(self) -> str:
+        """The result's value as a sheet shows it ("8.4 %", "Positive"), or ""."""
+        if self.value_quantity is not None:
+            return str(self.value_quantity)
+        if self.value_concept is not None:
+            return self.value_concept.label()
+        return ""
 
 
 @dataclass(frozen=True)
@@ -103,16 +116,15 @@ class MedicationOrder:
     validity_end: date | None
     supply_days: int | None
     repeats: int | None
-    dosage_text: str | None
-    requester: str | None
     identifiers: tuple[tuple[str, str], ...] = ()
     raw: JSON = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def active(self) -> bool:
-        return self.status == "active" and self.intent in ("order", "original-order",
-                                                           "reflex-order", "filler-order",
-                                                           "instance-order", "plan")
+        # A plan is a medication the patient is on, too (a MedicationRequest with intent
+        # plan is how some EHRs record a home medication).
+        return self.status == "active" and (self.intent in ORDER_INTENTS
+                                            or self.intent == "plan")
 
 
 @dataclass(frozen=True)
@@ -282,8 +294,6 @@ def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -
         if factor is not None:
             supply_days = round(supply["value"] * factor)
     repeats = dispense.get("numberOfRepeatsAllowed")
-    dosage = next((d.get("text") for d in resource.get("dosageInstruction") or ()
-                   if isinstance(d, dict) and isinstance(d.get("text"), str)), None)
     return MedicationOrder(
         ref=_ref(resource),
         medication=_medication_concept(resource, {**medications, **contained}),
@@ -294,8 +304,6 @@ def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -
         validity_end=parse_fhir_date(validity.get("end")),
         supply_days=supply_days,
         repeats=repeats if isinstance(repeats, int) and not isinstance(repeats, bool) else None,
-        dosage_text=dosage,
-        requester=_str((resource.get("requester") or {}).get("reference")),
         identifiers=_identifiers(resource),
         raw=resource,
     )

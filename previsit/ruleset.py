@@ -10,15 +10,13 @@ of silently switching a rule off. See rules/README.md for the authoring guide.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -27,212 +25,59 @@ from pydantic import (
 )
 
 from previsit.codes import ValueSet, ValueSetRegistry
-from previsit.errors import DurationError, RuleError, ValueSetError
+from previsit.criteria import Criterion, parse_criteria, parse_criterion
+from previsit.errors import RuleError, ValueSetError
 from previsit.intervals import Duration
 from previsit.plan import Kind, Role
+from previsit.ruleschema import (
+    DurationField,
+    LookbackField,
+    OptionalDuration,
+    OptionalValueSetUrl,
+    Range,
+    Strict,
+    ValueSetUrl,
+    valueset_urls,
+)
 from previsit.shipped import shipped_dir
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _duration(value: Any) -> Duration:
-    if isinstance(value, Duration):
-        return value
-    try:
-        return Duration.parse(str(value))
-    except DurationError as exc:
-        raise ValueError(str(exc)) from None
-
-
-Lookback = Literal["ever", "season"] | Duration
-
-
-def _lookback(value: Any) -> Lookback:
-    if value in ("ever", "season"):
-        return value  # type: ignore[no-any-return]
-    return _duration(value)
-
-
-class Range(_Strict):
-    """Inclusive numeric bounds (ages in completed years, values in the result's unit)."""
-
-    min: float | None = None
-    max: float | None = None
-
-    def contains(self, value: float) -> bool:
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-
-    def describe(self, unit: str = "") -> str:
-        suffix = f" {unit}" if unit else ""
-        if self.min is not None and self.max is not None:
-            return f"{self.min:g}–{self.max:g}{suffix}"
-        if self.min is not None:
-            return f"≥ {self.min:g}{suffix}"
-        return f"≤ {self.max:g}{suffix}"
-
-
-# --- criteria (applies_when / excluded_when) ------------------------------------------
-
-
-class AgeCriterion(_Strict):
-    age: Range
-
-
-class SexCriterion(_Strict):
-    sex: Literal["female", "male"]
-
-
-class ConditionCriterion(_Strict):
-    condition: str  # value-set URL
-    # active: on the problem list now; ever: recorded at any time (not refuted)
-    status: Literal["active", "ever"] = "active"
-    lookback: Annotated[Duration | None, Field(default=None)] = None
-    label: str | None = None
-
-    _v = field_validator("lookback", mode="before")(
-        lambda v: None if v is None else _duration(v))
-
-
-class ProcedureCriterion(_Strict):
-    procedure: str
-    lookback: Duration | None = None
-    label: str | None = None
-
-    _v = field_validator("lookback", mode="before")(
-        lambda v: None if v is None else _duration(v))
-
-
-class ServiceRequestCriterion(_Strict):
-    """An order on the chart (ServiceRequest, active or completed, intent order) in the set,
-    authored within the look-back: the CMS Hospice library counts a hospice care order."""
-
-    service_request: str
-    lookback: Duration | None = None
-    label: str | None = None
-
-    _v = field_validator("lookback", mode="before")(
-        lambda v: None if v is None else _duration(v))
-
-
-class MedicationCriterion(_Strict):
-    medication: str  # value-set URL (ingredients and clinical drugs)
-    names: tuple[str, ...] = ()  # ingredient names for the text fallback, lower case
-    min_duration: Duration | None = None  # on the drug at least this long at the visit
-    label: str | None = None
-
-    _v = field_validator("min_duration", mode="before")(
-        lambda v: None if v is None else _duration(v))
-
-
-class ObservationCriterion(_Strict):
-    """The latest result in the value set, within the look-back, compared with a value."""
-
-    observation: str
-    value: Range | None = None  # numeric value of the latest result
-    value_in: str | None = None  # coded value of the latest result in this value set
-    value_date_within: Duration | None = None  # the result's date value (a quit date)
-    lookback: Duration | None = None
-    unit: str | None = None
-    label: str | None = None
-    # what an absent result means: the rule cannot be decided ("unknown") or the
-    # criterion simply does not hold ("false")
-    missing: Literal["unknown", "false"] = "false"
-
-    _v = field_validator("lookback", "value_date_within", mode="before")(
-        lambda v: None if v is None else _duration(v))
-
-
-class AllCriterion(_Strict):
-    all: tuple[Criterion, ...] = Field(min_length=1)
-
-    _c = field_validator("all", mode="before")(lambda v: _parse_criteria(v))
-
-
-class AnyCriterion(_Strict):
-    any: tuple[Criterion, ...] = Field(min_length=1)
-
-    _c = field_validator("any", mode="before")(lambda v: _parse_criteria(v))
-
-
-class NotCriterion(_Strict):
-    not_: Criterion = Field(alias="not")
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    _c = field_validator("not_", mode="before")(lambda v: _parse_criterion(v))
-
-
-Criterion = (AgeCriterion | SexCriterion | ConditionCriterion | ProcedureCriterion
-             | ServiceRequestCriterion | MedicationCriterion | ObservationCriterion
-             | AllCriterion | AnyCriterion | NotCriterion)
-
-_CRITERION_KEYS: dict[str, type[BaseModel]] = {
-    "age": AgeCriterion, "sex": SexCriterion, "condition": ConditionCriterion,
-    "procedure": ProcedureCriterion, "service_request": ServiceRequestCriterion,
-    "medication": MedicationCriterion, "observation": ObservationCriterion,
-    "all": AllCriterion, "any": AnyCriterion, "not": NotCriterion,
-}
-
-
-def _parse_criteria(values: Any) -> Any:
-    return tuple(_parse_criterion(v) for v in values) if isinstance(values, list) else values
-
-
-def _parse_criterion(value: Any) -> Any:
-    """Pick the criterion type by its key, so errors speak of one type, not all of them."""
-    if isinstance(value, BaseModel):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError("a criterion is a mapping such as {age: {min: 45}}")
-    keys = [k for k in _CRITERION_KEYS if k in value]
-    if len(keys) != 1:
-        raise ValueError(
-            f"a criterion needs exactly one of {', '.join(_CRITERION_KEYS)}; got "
-            f"{', '.join(map(str, value)) or 'nothing'}")
-    return _CRITERION_KEYS[keys[0]].model_validate(value)
-
-
-class Exclusion(_Strict):
+class Exclusion(Strict):
     reason: str
     when: Criterion
 
-    _c = field_validator("when", mode="before")(_parse_criterion)
+    _c = field_validator("when", mode="before")(parse_criterion)
 
 
 # --- requirements ------------------------------------------------------------------------
 
 
-class ValueLookback(_Strict):
+class ValueLookback(Strict):
     """A shorter look-back when the latest result is outside the goal (HbA1c ≥ 7 %)."""
 
     value: Range
-    lookback: Duration
+    lookback: DurationField
     note: str | None = None
 
-    _v = field_validator("lookback", mode="before")(_duration)
 
-
-class Evidence(_Strict):
+class EvidenceSpec(Strict):
     """One way of satisfying a requirement: a kind of resource in a value set, recently."""
 
-    observation: str | None = None
-    procedure: str | None = None
-    immunization: str | None = None
+    observation: OptionalValueSetUrl = None
+    procedure: OptionalValueSetUrl = None
+    immunization: OptionalValueSetUrl = None
     label: str
-    lookback: Lookback
+    lookback: LookbackField
     count: int = 1  # distinct dates needed (vaccine series)
     min_age: float | None = None  # age on the date of the evidence (HPV from 30)
     if_value: ValueLookback | None = None
     review_if: Range | None = None  # the latest value outside this range: physician review
     unit: str | None = None
-    with_: tuple[Evidence, ...] = Field(default=(), alias="with")
+    with_: tuple[EvidenceSpec, ...] = Field(default=(), alias="with")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    _l = field_validator("lookback", mode="before")(_lookback)
-
     @model_validator(mode="after")
-    def _one_source(self) -> Evidence:
+    def _one_source(self) -> EvidenceSpec:
         given = [k for k in ("observation", "procedure", "immunization") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("evidence needs exactly one of observation, procedure, immunization")
@@ -249,7 +94,7 @@ class Evidence(_Strict):
         return str(getattr(self, self.resource_kind))
 
 
-class OrderSpec(_Strict):
+class OrderSpec(Strict):
     system: str
     code: str
     display: str
@@ -259,31 +104,26 @@ class OrderSpec(_Strict):
     role: Role | None = None  # who does it, when not the rule's role
 
 
-class Requirement(_Strict):
+class Requirement(Strict):
     id: str
     label: str
-    evidence: tuple[Evidence, ...] = Field(min_length=1)
+    evidence: tuple[EvidenceSpec, ...] = Field(min_length=1)
     order: OrderSpec | None = None
     # A narrower due-soon window for short intervals (INR every 4 weeks): with the clinic's
     # 60-day default a 4-week test could never be satisfied. The narrower of this and the
     # clinic's window applies.
-    due_soon: Duration | None = None
-
-    _v = field_validator("due_soon", mode="before")(
-        lambda v: None if v is None else _duration(v))
+    due_soon: OptionalDuration = None
 
 
-class RenewalSpec(_Strict):
-    horizon: Duration = Duration(90, "d")
-    renew_for: Duration = Duration(12, "mo")
-    controlled: str  # value-set URL of controlled substances
+class RenewalSpec(Strict):
+    horizon: DurationField = Duration(90, "d")
+    renew_for: DurationField = Duration(12, "mo")
+    controlled: ValueSetUrl  # controlled substances
     controlled_names: tuple[str, ...] = ()
     controlled_role: Role = Role.PHYSICIAN
 
-    _v = field_validator("horizon", "renew_for", mode="before")(_duration)
 
-
-class Citation(_Strict):
+class Citation(Strict):
     source: str
     url: str | None = None
 
@@ -293,7 +133,7 @@ class Citation(_Strict):
 RuleFlag = Literal["shared-decision"]
 
 
-class Rule(_Strict):
+class Rule(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
     kind: Kind
@@ -309,7 +149,7 @@ class Rule(_Strict):
     flags: tuple[RuleFlag, ...] = ()
     enabled: bool = True
 
-    _c = field_validator("applies_when", mode="before")(lambda v: _parse_criteria(v))
+    _c = field_validator("applies_when", mode="before")(lambda v: parse_criteria(v))
 
     @model_validator(mode="after")
     def _shape(self) -> Rule:
@@ -328,34 +168,10 @@ class Rule(_Strict):
         return self.citation if isinstance(self.citation, tuple) else (self.citation,)
 
     def valueset_urls(self) -> Iterator[str]:
-        def walk(c: Any) -> Iterator[str]:
-            for name in ("condition", "procedure", "service_request", "medication",
-                         "observation", "value_in"):
-                if isinstance(getattr(c, name, None), str):
-                    yield getattr(c, name)
-            for child in getattr(c, "all", ()) or getattr(c, "any", ()):
-                yield from walk(child)
-            if isinstance(c, NotCriterion):
-                yield from walk(c.not_)
-
-        for criterion in self.applies_when:
-            yield from walk(criterion)
-        for exclusion in self.excluded_when:
-            yield from walk(exclusion.when)
-
-        def evidence(e: Evidence) -> Iterator[str]:
-            yield e.valueset
-            for other in e.with_:
-                yield from evidence(other)
-
-        for req in self.requirements:
-            for ev in req.evidence:
-                yield from evidence(ev)
-        if self.renewal:
-            yield self.renewal.controlled
+        return valueset_urls(self)
 
 
-for _model in (AllCriterion, AnyCriterion, NotCriterion, Exclusion, Evidence, Rule):
+for _model in (Exclusion, EvidenceSpec, Rule):
     _model.model_rebuild()
 
 
@@ -490,7 +306,3 @@ def load_ruleset(rules_dir: Path | None = None, *, extra_valuesets: Iterable[Pat
     return RuleSet(rules=tuple(rules), valuesets=registry,
                    sources=(str(folder), *map(str, extra_valuesets)), disabled=disabled,
                    files=files)
-
-
-def rules_json_schema() -> str:
-    return json.dumps(Rule.model_json_schema(), indent=2)

@@ -13,7 +13,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from previsit.codes import LOINC, RXNORM
-from previsit.plan import Evidence, Finding, Kind, Order, Role, Status, Visit, VisitPlan
+from previsit.plan import EvidenceRef, Finding, Kind, Order, Role, Status, Visit, VisitPlan
 from previsit.proposals import plan_proposals, proposal_identifier
 from previsit.record import PatientRecord
 
@@ -24,7 +24,7 @@ POTASSIUM = Order(LOINC, "2823-3", "Potassium", "laboratory", Role.MA, True, 7)
 
 
 def lab(rule_id: str, order: Order = POTASSIUM, status: Status = Status.OVERDUE,
-        evidence: tuple[Evidence, ...] = ()) -> Finding:
+        evidence: tuple[EvidenceRef, ...] = ()) -> Finding:
     return Finding(rule_id=rule_id, title=rule_id.title(), kind=Kind.LAB, status=status,
                    explanation=f"{rule_id} explanation", role=order.role, orders=(order,),
                    evidence=evidence)
@@ -71,9 +71,9 @@ def test_same_code_from_two_rules_is_one_order_with_two_reasons() -> None:
 
 
 def test_service_request_shape_and_validates_as_r4b() -> None:
-    evidence = (Evidence("MedicationRequest/m1", date(2025, 1, 1), "lisinopril", "reason"),
-                Evidence("Condition/c1", date(2020, 1, 1), "Hypertension", "reason"),
-                Evidence("Observation/o1", date(2025, 10, 1), "Potassium 4.1 mmol/L"))
+    evidence = (EvidenceRef("MedicationRequest/m1", date(2025, 1, 1), "lisinopril", "reason"),
+                EvidenceRef("Condition/c1", date(2020, 1, 1), "Hypertension", "reason"),
+                EvidenceRef("Observation/o1", date(2025, 10, 1), "Potassium 4.1 mmol/L"))
     result = proposals(plan_of(lab("ace-arb-diuretic-monitoring", evidence=evidence)), chart())
     entry = result.bundle["entry"][0]
     resource = entry["resource"]

@@ -33,19 +33,7 @@ from previsit.evaluate import evaluate
 from previsit.plan import Status, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
-from previsit.ruleset import (
-    AgeCriterion,
-    AllCriterion,
-    AnyCriterion,
-    Criterion,
-    MedicationCriterion,
-    NotCriterion,
-    ObservationCriterion,
-    Rule,
-    RuleSet,
-    SexCriterion,
-    load_ruleset,
-)
+from previsit.ruleset import Rule, RuleSet, load_ruleset
 from previsit.sources import BOOKED_STATUSES, SourceProblem, VisitWindow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,7 +301,7 @@ def _holds(rule: Rule, status: Status, reason: str) -> bool:
     if reason == NO_EXCLUSION:
         return status == Status.EXCLUDED and not rule.excluded_when
     if reason == DECIDABLE:
-        return status == Status.UNKNOWN and not any(map(_undecidable, rule.applies_when))
+        return status == Status.UNKNOWN and not any(c.undecidable for c in rule.applies_when)
     if reason == ONCE:
         return status in (Status.OVERDUE, Status.DUE_SOON) and all(
             e.lookback == "ever" and all(w.lookback == "ever" for w in e.with_)
@@ -325,21 +313,6 @@ def _holds(rule: Rule, status: Status, reason: str) -> bool:
             for req in rule.requirements)
     if reason == RENEWAL:
         return rule.kind.value == "renewal" and status in (Status.EXCLUDED, Status.DUE_SOON)
-    return False
-
-
-def _undecidable(c: Criterion) -> bool:
-    """Whether a criterion can evaluate to unknown (see previsit.evaluate)."""
-    if isinstance(c, (AgeCriterion, SexCriterion)):
-        return True
-    if isinstance(c, ObservationCriterion):
-        return c.missing == "unknown"
-    if isinstance(c, MedicationCriterion):
-        return c.min_duration is not None
-    if isinstance(c, (AllCriterion, AnyCriterion)):
-        return any(map(_undecidable, c.all if isinstance(c, AllCriterion) else c.any))
-    if isinstance(c, NotCriterion):
-        return _undecidable(c.not_)
     return False
 
 
