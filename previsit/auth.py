@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import stat
 import time
@@ -26,7 +25,6 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -34,6 +32,7 @@ import jwt
 
 from previsit.config import AuthConfig
 from previsit.errors import AuthError, KeyFileError
+from previsit.jsonio import object_or_none
 from previsit.keys import Algorithm, PrivateKey, check_key_algorithm, load_private_key
 
 log = logging.getLogger(__name__)
@@ -205,7 +204,7 @@ class _ClientCredentialsAuth(httpx.Auth):
         if response.status_code != 200:
             raise AuthError(f"{where} answered HTTP {response.status_code}: the server does "
                             "not publish its SMART configuration; set auth.token_url")
-        body = _json_object(response)
+        body = object_or_none(response.content)
         token_url = body.get("token_endpoint") if body else None
         if not isinstance(token_url, str) or not token_url.startswith(("https://", "http://")):
             raise AuthError(f"{where} has no token_endpoint; set auth.token_url")
@@ -219,7 +218,7 @@ class _ClientCredentialsAuth(httpx.Auth):
                              headers={"Accept": "application/json", **headers})
 
     def _accept_token(self, response: httpx.Response, token_url: str) -> _AccessToken:
-        body = _json_object(response)
+        body = object_or_none(response.content)
         if response.status_code != 200:
             # RFC 6749 §5.2: {"error": "invalid_client", "error_description": "..."}
             reason = ""
@@ -382,11 +381,3 @@ def _warn_if_readable_by_others(path: Path) -> None:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s can be read by other users of this machine; run: chmod 600 %s",
                     path, path)
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None

@@ -8,7 +8,6 @@ in plain words.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,7 +15,8 @@ from typing import Any, Literal
 import httpx
 
 from previsit.errors import SourceError
-from previsit.outcome import describe_failure
+from previsit.jsonio import object_or_none
+from previsit.operation_outcome import describe_failure
 
 Level = Literal["ok", "info", "warn", "fail"]
 
@@ -253,9 +253,8 @@ async def check_server(client: httpx.AsyncClient, base_url: str, *,
         return [CheckLine("fail", "server", f"{describe_failure(response, base)}: this does "
                           "not look like a FHIR server's base URL")]
     try:
-        statement = json.loads(response.content)
-        caps = parse_capabilities(statement)
-    except (ValueError, UnicodeDecodeError, AttributeError):
+        caps = parse_capabilities(object_or_none(response.content) or {})
+    except (ValueError, AttributeError):
         return [CheckLine("fail", "server", f"{base}/metadata is not a CapabilityStatement: "
                           "this does not look like a FHIR server's base URL")]
     lines.append(CheckLine("ok", "server", f"reached {base}"
@@ -266,9 +265,8 @@ async def check_server(client: httpx.AsyncClient, base_url: str, *,
         answer = await client.get(f"{base}/.well-known/smart-configuration",
                                   headers={"Accept": "application/json"}, auth=None)
         if answer.status_code == 200:
-            body = json.loads(answer.content)
-            smart = body if isinstance(body, dict) else None
-    except (httpx.HTTPError, ValueError, UnicodeDecodeError):
+            smart = object_or_none(answer.content)
+    except httpx.HTTPError:
         smart = None
     lines.extend(assess(caps, smart))
 

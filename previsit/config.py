@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from previsit.errors import ConfigError
+from previsit.identifiers import DEFAULT_SYSTEM
 
 ENV_PREFIX = "PREVISIT_"
 
@@ -84,7 +85,7 @@ class RulesConfig(_Section):
 
 class OutputConfig(_Section):
     folder: Path = Path("out")
-    identifier_system: str = "urn:previsit:proposal"  # system of the idempotency identifiers
+    identifier_system: str = DEFAULT_SYSTEM  # system of the idempotency identifiers
     write_sheets: bool = False  # also store each sheet as a DocumentReference
 
 

@@ -16,12 +16,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.documentreference import DocumentReference
 
 from previsit.codes import LOINC
+from previsit.identifiers import sheet_identifier
 from previsit.plan import VisitPlan
-
-
-def sheet_identifier(appointment_id: str) -> str:
-    digest = hashlib.sha256(f"{appointment_id}\x1fplanning-sheet".encode()).hexdigest()
-    return f"pv-sheet-{digest[:32]}"
 
 
 def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,

@@ -18,7 +18,6 @@ What is NOT proposed:
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +30,11 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from previsit.codes import SNOMED
 from previsit.errors import ProposalError
+from previsit.identifiers import proposal_identifier
 from previsit.intervals import Duration
 from previsit.plan import Finding, Order, OrderCategory, ProposalOutcome, ProposalSummary, VisitPlan
 from previsit.record import MedicationOrder, OpenRequest, PatientRecord
 
-DEFAULT_IDENTIFIER_SYSTEM = "urn:previsit:proposal"
 ROLE_SYSTEM = "https://previsit.dev/fhir/CodeSystem/care-team-role"
 
 # FHIR R4 ServiceRequest category example value set (SNOMED CT); 33879002 is
@@ -50,16 +49,6 @@ _CATEGORY = {
 }
 
 
-
-
-def proposal_identifier(appointment_id: str, system: str, code: str) -> str:
-    """Deterministic identifier value for (appointment, action code).
-
-    Hashed so the value is a plain token (no '|' or ',' that would need escaping in a
-    search) and does not expose the appointment id in the order.
-    """
-    digest = hashlib.sha256(f"{appointment_id}\x1f{system}\x1f{code}".encode()).hexdigest()
-    return f"pv-{digest[:32]}"
 
 
 @dataclass

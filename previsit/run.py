@@ -9,7 +9,6 @@ and the exit code tells the scheduler.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -22,6 +21,8 @@ from typing import Any
 from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.filenames import safe_part
+from previsit.identifiers import DEFAULT_SYSTEM
+from previsit.jsonio import dumps
 from previsit.plan import DayPlan, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
@@ -35,7 +36,7 @@ log = logging.getLogger("previsit.run")
 class RunOptions:
     window: VisitWindow
     settings: Settings = field(default_factory=Settings)
-    identifier_system: str = "urn:previsit:proposal"
+    identifier_system: str = DEFAULT_SYSTEM
     as_of: date | None = None  # the authoredOn of proposals; default: the window start
     write_back: bool = False  # send transactions to the source (a server)
     concurrency: int = 8
@@ -211,5 +212,4 @@ def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
 
 
 def _dump(data: Any, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(dumps(data), encoding="utf-8")

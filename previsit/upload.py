@@ -7,21 +7,19 @@ leaves one copy. References by fullUrl (urn:uuid:…) are rewritten to Type/id f
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from previsit.errors import UploadError
+from previsit.sources.folder import read_folder
 
 # Written first so that references from later resources resolve on strict servers.
 _ORDER = {"Organization": 0, "Practitioner": 1, "Location": 2, "PractitionerRole": 3,
           "Patient": 4, "Medication": 5}
 
 
-
-
-def _rewrite(value: Any, aliases: dict[str, str]) -> Any:
+def _rewrite(value: Any, aliases: Mapping[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: (aliases.get(v, v) if k == "reference" and isinstance(v, str)
                     else _rewrite(v, aliases)) for k, v in value.items()}
@@ -33,30 +31,13 @@ def _rewrite(value: Any, aliases: dict[str, str]) -> Any:
 def read_resources(folder: Path) -> list[dict[str, Any]]:
     """Every resource in the folder's *.json and *.ndjson files, references made Type/id."""
     resources: list[dict[str, Any]] = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() == ".ndjson":
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        resources.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise UploadError(f"{path} line {number}: {exc.msg}") from None
-        elif path.suffix.lower() == ".json":
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise UploadError(f"{path}: {exc.msg} at line {exc.lineno}") from None
-            if not isinstance(data, dict) or "resourceType" not in data:
-                continue
-            if data["resourceType"] != "Bundle":
-                resources.append(data)
-                continue
-            entries = [e for e in data.get("entry") or () if isinstance(e, dict)
-                       and isinstance(e.get("resource"), dict)]
-            aliases = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}"
-                       for e in entries if isinstance(e.get("fullUrl"), str)
-                       and e["resource"].get("id")}
-            resources.extend(_rewrite(e["resource"], aliases) for e in entries)
+    for item in read_folder(folder):
+        if item.resource is None:
+            if item.foreign:
+                continue  # not FHIR (a package.json, say): nothing to upload
+            raise UploadError(f"{item.where}: {item.problem}")
+        resources.append(_rewrite(item.resource, item.aliases) if item.aliases
+                         else item.resource)
     missing = [r.get("resourceType", "?") for r in resources if not r.get("id")]
     if missing:
         kinds = ", ".join(sorted(set(missing)))

@@ -20,7 +20,7 @@ from builders import medication, observation, patient
 
 from previsit.capability import assess, parse_capabilities
 from previsit.errors import PatientReadError, SourceError, WriteError
-from previsit.outcome import describe_failure, outcome_issues, redacted_target
+from previsit.operation_outcome import describe_failure, outcome_issues, redacted_target
 from previsit.sources import VisitWindow
 from previsit.sources.http import (
     HttpSource,

@@ -13,8 +13,9 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from previsit.codes import LOINC, RXNORM
+from previsit.identifiers import proposal_identifier
 from previsit.plan import EvidenceRef, Finding, Kind, Order, Role, Status, Visit, VisitPlan
-from previsit.proposals import plan_proposals, proposal_identifier
+from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
 
 SYSTEM = "urn:previsit:proposal"

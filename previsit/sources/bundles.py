@@ -8,9 +8,8 @@ SourceProblem naming the file and position, and skipped: one bad file never stop
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from previsit.errors import AppointmentError, PatientReadError, RecordError, Sou
 from previsit.plan import Visit
 from previsit.record import PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
+from previsit.sources.folder import read_folder
 
 # Where each resource type points at its patient (FHIR R4 Patient compartment, the parts
 # previsit reads).
@@ -54,12 +54,6 @@ class BundleSource:
 
     # --- loading ---------------------------------------------------------------
 
-    def _files(self) -> Iterator[Path]:
-        for path in sorted(self.folder.rglob("*")):
-            if path.is_file() and path.suffix.lower() in (".json", ".ndjson") and \
-                    "node_modules" not in path.parts:
-                yield path
-
     def _problem(self, where: str, message: str, patient_id: str | None = None) -> None:
         self._problems.append(SourceProblem(where, message, patient_id))
 
@@ -69,64 +63,14 @@ class BundleSource:
             return
         if not self.folder.is_dir():
             raise SourceError(f"{self.folder}: bundle folder does not exist")
-        for path in self._files():
-            rel = str(path)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                self._problem(rel, f"cannot read file: {exc}")
-                continue
-            if path.suffix.lower() == ".ndjson":
-                for number, line in enumerate(text.splitlines(), start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        resource = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        self._problem(f"{rel} line {number}", f"not valid JSON: {exc.msg} "
-                                      f"(column {exc.colno})")
-                        continue
-                    self._add(resource, f"{rel} line {number}", {})
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                self._problem(rel, f"not valid JSON: {exc.msg} at line {exc.lineno} column "
-                              f"{exc.colno}; file skipped")
-                continue
-            self._add_document(data, rel)
+        for item in read_folder(self.folder):
+            if item.resource is None:
+                self._problem(item.where, item.problem or "unreadable")
+            else:
+                self._add(item.resource, item.where, item.aliases)
         self._loaded = True
 
-    def _add_document(self, data: Any, where: str) -> None:
-        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-            self._problem(where, "not a FHIR resource (no resourceType); file skipped")
-            return
-        if data["resourceType"] != "Bundle":
-            self._add(data, where, {})
-            return
-        entries = data.get("entry") or []
-        if not isinstance(entries, list):
-            self._problem(where, "Bundle.entry is not a list; file skipped")
-            return
-        # Transaction bundles (Synthea, EHR exports) refer to each other by fullUrl
-        # (urn:uuid:...); map those to Type/id so the patient link survives.
-        aliases: dict[str, str] = {}
-        for entry in entries:
-            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-                res = entry["resource"]
-                if isinstance(entry.get("fullUrl"), str) and res.get("id"):
-                    aliases[entry["fullUrl"]] = f"{res.get('resourceType')}/{res['id']}"
-        for index, entry in enumerate(entries):
-            at = f"{where} entry[{index}]"
-            if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-                self._problem(at, "entry has no resource; skipped")
-                continue
-            self._add(entry["resource"], at, aliases)
-
-    def _add(self, resource: Any, where: str, aliases: Mapping[str, str]) -> None:
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            self._problem(where, "not a FHIR resource (no resourceType); skipped")
-            return
+    def _add(self, resource: dict[str, Any], where: str, aliases: Mapping[str, str]) -> None:
         rtype = resource["resourceType"]
         rid = resource.get("id")
         if rid is not None and not isinstance(rid, str):

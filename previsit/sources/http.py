@@ -46,7 +46,8 @@ from previsit.errors import (
     SourceError,
     WriteError,
 )
-from previsit.outcome import describe_failure, describe_outcome, redacted_target
+from previsit.jsonio import object_or_none
+from previsit.operation_outcome import describe_failure, describe_outcome, redacted_target
 from previsit.plan import Visit
 from previsit.record import PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
@@ -650,11 +651,8 @@ def _relative(path: str, params: Sequence[tuple[str, str]]) -> str:
 
 
 def _json_object(response: httpx.Response, base: httpx.URL) -> dict[str, Any]:
-    try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
+    body = object_or_none(response.content)
+    if body is None:
         request = response.request
         content_type = response.headers.get("content-type", "no content type").split(";")[0]
         raise RequestFailed(f"{request.method} {redacted_target(request.url, base)} answered "

@@ -9,12 +9,13 @@ location. Query *values* are never shown (they may identify a patient — `patie
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from previsit.jsonio import object_or_none
 
 # Servers send an OperationOutcome with a single "All OK" information issue on success;
 # when describing a failure, issues at these severities are noise unless nothing else is there.
@@ -105,20 +106,13 @@ def describe_failure(response: httpx.Response, base_url: httpx.URL | str | None 
     request = response.request
     line = (f"HTTP {response.status_code} {response.reason_phrase} on {request.method} "
             f"{redacted_target(request.url, base_url)}".rstrip())
-    detail = describe_outcome(_json_or_none(response))
+    detail = describe_outcome(object_or_none(response.content))
     if detail:
         return f"{line}: {detail}"
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     if content_type and "json" not in content_type:
         return f"{line} (the server answered with {content_type}, not FHIR JSON)"
     return line
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _str(value: Any) -> str | None:

@@ -1,0 +1,99 @@
+"""Reading a folder of FHIR JSON: Bundles, single resources and NDJSON, in a stable order.
+
+Shared by the bundle source (which plans from the folder) and `previsit upload` (which
+loads it into a server). Every *.json (a Bundle of any type, or one resource) and *.ndjson
+(one resource per line) below the folder is read in sorted path order. What cannot be used
+is yielded as a problem with where it is (file, entry or line), never skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from previsit.jsonio import JsonError, loads
+
+
+@dataclass(frozen=True)
+class FolderItem:
+    """One resource read from the folder, or one problem (then `resource` is None)."""
+
+    where: str  # "folder/file.json entry[12]", "folder/file.ndjson line 4"
+    resource: dict[str, Any] | None = None
+    # Within a Bundle, fullUrl (urn:uuid:...) -> "Type/id", so references between its
+    # entries (Synthea, EHR exports) can be followed.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    problem: str | None = None
+    foreign: bool = False  # the problem is that it is not FHIR at all (a package.json)
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in (".json", ".ndjson") and \
+                "node_modules" not in path.parts:
+            yield path
+
+
+def read_folder(folder: Path) -> Iterator[FolderItem]:
+    """Every resource below `folder`, and every problem met on the way."""
+    for path in _files(folder):
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            yield FolderItem(where, problem=f"cannot read file: {exc}")
+            continue
+        if path.suffix.lower() == ".ndjson":
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    yield _item(line, f"{where} line {number}")
+            continue
+        try:
+            data = loads(text)
+        except JsonError as exc:
+            yield FolderItem(where, problem=f"{exc}; file skipped")
+            continue
+        yield from _document(data, where)
+
+
+def _item(line: str, where: str) -> FolderItem:
+    try:
+        resource = loads(line)
+    except JsonError as exc:
+        return FolderItem(where, problem=str(exc))
+    return _resource(resource, where, {})
+
+
+def _resource(resource: Any, where: str, aliases: Mapping[str, str]) -> FolderItem:
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return FolderItem(where, problem="not a FHIR resource (no resourceType); skipped",
+                          foreign=True)
+    return FolderItem(where, resource, aliases)
+
+
+def _document(data: Any, where: str) -> Iterator[FolderItem]:
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        yield FolderItem(where, problem="not a FHIR resource (no resourceType); file skipped",
+                         foreign=True)
+        return
+    if data["resourceType"] != "Bundle":
+        yield FolderItem(where, data)
+        return
+    entries = data.get("entry") or []
+    if not isinstance(entries, list):
+        yield FolderItem(where, problem="Bundle.entry is not a list; file skipped")
+        return
+    aliases: dict[str, str] = {}
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            res = entry["resource"]
+            if isinstance(entry.get("fullUrl"), str) and res.get("id"):
+                aliases[entry["fullUrl"]] = f"{res.get('resourceType')}/{res['id']}"
+    for index, entry in enumerate(entries):
+        at = f"{where} entry[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            yield FolderItem(at, problem="entry has no resource; skipped")
+            continue
+        yield _resource(entry["resource"], at, aliases)
