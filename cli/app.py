@@ -313,14 +313,11 @@ def explain(
         file_okay=False)] = None,
     fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
     rules_dir: RulesOpt = None,
-    timezone: Annotated[str | None, typer.Option(
-        help="Clinic time zone (IANA); accepted for symmetry with `run` (the visit date "
-             "given is already the clinic's local day).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every rule's outcome for one patient on a date, with the reason."""
-    overrides: dict[str, Any] = {"source__timezone": timezone}
-    config = _config(config_path, **overrides, **_source_overrides(source_dir, fhir_url))
+    """Every rule's outcome for one patient on a date (the clinic's local day), with the
+    reason."""
+    config = _config(config_path, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
     try:
         visit_day = date.fromisoformat(day)

@@ -16,11 +16,8 @@ from previsit.codes import Concept
 from previsit.errors import AppointmentError
 from previsit.intervals import parse_fhir_date, parse_fhir_datetime
 from previsit.plan import Ref, Visit
+from previsit.references import bare_id
 from previsit.sources import VisitWindow
-
-
-def _bare(reference: str) -> str:
-    return reference.rsplit("/", 1)[-1]
 
 
 def _participant(resource: Mapping[str, Any], prefix: str) -> Ref | None:
@@ -63,7 +60,7 @@ def visit_from_appointment(resource: Mapping[str, Any], timezone: str = "UTC") -
         break
     description = resource.get("description")
     return Visit(
-        appointment_id=rid, patient_id=_bare(patient.reference), start=start,
+        appointment_id=rid, patient_id=bare_id(patient.reference), start=start,
         status=str(resource.get("status") or ""),
         practitioner=_participant(resource, "Practitioner/") or
         _participant(resource, "PractitionerRole/"),
@@ -87,12 +84,12 @@ def in_window(resource: Mapping[str, Any], visit: Visit, window: VisitWindow) ->
     if not (window.start <= local_day < window.end):
         return False
     if window.practitioners:
-        wanted = {_bare(p) for p in window.practitioners}
-        if visit.practitioner is None or _bare(visit.practitioner.reference or "") not in wanted:
+        wanted = {bare_id(p) for p in window.practitioners}
+        if visit.practitioner is None or bare_id(visit.practitioner.reference or "") not in wanted:
             return False
     if window.locations:
-        wanted = {_bare(p) for p in window.locations}
-        if visit.location is None or _bare(visit.location.reference or "") not in wanted:
+        wanted = {bare_id(p) for p in window.locations}
+        if visit.location is None or bare_id(visit.location.reference or "") not in wanted:
             return False
     return not (window.service_types and not (_codes(resource) & set(window.service_types)))
 

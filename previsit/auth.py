@@ -110,7 +110,6 @@ class _ClientCredentialsAuth(httpx.Auth):
         self._token: _AccessToken | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self.token_requests = 0  # how many access tokens were asked for (run report)
 
     # --- what a subclass provides --------------------------------------------------
 
@@ -211,7 +210,6 @@ class _ClientCredentialsAuth(httpx.Auth):
         return token_url
 
     def _token_request(self, token_url: str) -> httpx.Request:
-        self.token_requests += 1
         fields, headers = self._client_authentication(token_url)
         form = {"grant_type": "client_credentials", "scope": self._scope, **fields}
         return httpx.Request("POST", token_url, data=form,

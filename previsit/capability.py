@@ -17,12 +17,12 @@ import httpx
 from previsit.errors import SourceError
 from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure
+from previsit.record import RECORD_SEARCHES
 
 Level = Literal["ok", "info", "warn", "fail"]
 
-# What previsit reads for one patient (previsit.sources.http.RECORD_SEARCHES) and writes.
-RECORD_TYPES = ("Condition", "MedicationRequest", "Observation", "Procedure", "Immunization",
-                "ServiceRequest")
+# What previsit reads for one patient, and writes.
+RECORD_TYPES = tuple(rtype for rtype, _ in RECORD_SEARCHES)
 WRITE_TYPES = ("ServiceRequest", "MedicationRequest")
 SHEET_TYPE = "DocumentReference"
 APPOINTMENT_REQUIRED = ("date", "status")

@@ -19,6 +19,17 @@ from previsit.intervals import parse_fhir_date
 
 JSON = Mapping[str, Any]
 
+# What a record is read from: the Patient, then these searches by `patient` (a search
+# parameter every one of these types defines in R4), with any extra parameters.
+RECORD_SEARCHES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Condition", ()),
+    ("MedicationRequest", (("_include", "MedicationRequest:medication"),)),
+    ("Observation", ()),
+    ("Procedure", ()),
+    ("Immunization", ()),
+    ("ServiceRequest", ()),
+)
+
 # The intents of a request that is an order (FHIR R4 request-intent: order and its
 # specialisations), not a proposal or plan.
 ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order",

@@ -8,7 +8,7 @@ server. Both answer the same questions, so every test of the engine holds for bo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,8 +46,6 @@ class WriteResult:
 
     created: tuple[str, ...] = ()  # references of resources created
     existing: tuple[str, ...] = ()  # conditional creates that matched an existing resource
-    location: str | None = None  # where the transaction was written (file or server)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 

@@ -49,7 +49,7 @@ from previsit.errors import (
 from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure, describe_outcome, redacted_target
 from previsit.plan import Visit
-from previsit.record import PatientRecord, build_record
+from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,6 @@ BATCH_REFUSED = frozenset({400, 404, 405, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
-
-# One patient's record: the Patient read, then these searches, each by `patient`
-# (a search parameter every one of these resources defines in R4).
-RECORD_SEARCHES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("Condition", ()),
-    ("MedicationRequest", (("_include", "MedicationRequest:medication"),)),
-    ("Observation", ()),
-    ("Procedure", ()),
-    ("Immunization", ()),
-    ("ServiceRequest", ()),
-)
 
 T = TypeVar("T")
 
@@ -190,7 +179,6 @@ class HttpSource:
         # the whole budget each, so a dead server fails the rest of the run in seconds, not
         # minutes. Cleared by the next answer.
         self._unreachable = False
-        self.retry_count = 0
 
     @classmethod
     def from_config(cls, source: SourceConfig, auth: AuthConfig, env: Mapping[str, str], *,
@@ -304,12 +292,10 @@ class HttpSource:
                              "transaction-response")
         created: list[str] = []
         existing: list[str] = []
-        entries: list[dict[str, Any]] = []
         for index, entry in enumerate(body.get("entry") or ()):
             answer = entry.get("response") if isinstance(entry, Mapping) else None
             status = _entry_status(answer)
             location = _location(answer, entry, self._base)
-            entries.append({"status": status, "location": location})
             if status == 201:
                 created.append(location or f"entry {index}")
             elif status == 200:
@@ -318,9 +304,7 @@ class HttpSource:
                 detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
                 raise WriteError(key, f"writing the transaction for {key}: entry {index} "
                                  f"answered {status or 'without a status'}: {detail}")
-        return WriteResult(created=tuple(created), existing=tuple(existing),
-                           location=self.base_url,
-                           extra={"http_status": response.status_code, "entries": entries})
+        return WriteResult(created=tuple(created), existing=tuple(existing))
 
     def problems(self) -> Sequence[SourceProblem]:
         return tuple(self._problems)
@@ -607,7 +591,6 @@ class HttpSource:
         return min(policy.max_delay, delay + random.uniform(0, policy.initial_delay))
 
     def _note_retry(self, state: RetryCallState) -> None:
-        self.retry_count += 1
         failure = state.outcome.exception() if state.outcome else None
         log.warning("%s; retry %d of %d in %.1f s", failure, state.attempt_number,
                     self._retry.max_attempts - 1, state.upcoming_sleep)
