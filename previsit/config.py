@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from previsit.errors import ConfigError
+from previsit.files import read_text
 from previsit.identifiers import DEFAULT_SYSTEM
 
 ENV_PREFIX = "PREVISIT_"
@@ -133,10 +134,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     data: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
+        text = read_text(path, ConfigError, "the configuration")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the configuration: {exc}") from exc
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         base = path.resolve().parent

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from previsit.codes import ValueSet
 from previsit.context import EvaluationContext, Truth, fmt
 from previsit.plan import EvidenceRef
 from previsit.record import ORDER_INTENTS, MedicationOrder
@@ -183,46 +184,53 @@ class ConditionCriterion(Criterion):
                      [EvidenceRef(cond.ref, cond.first_known, cond.code.label(), "reason")])
 
 
-@criterion("procedure")
-class ProcedureCriterion(Criterion):
-    procedure: ValueSetUrl
+class _OnRecord(Criterion):
+    """Something dated on the chart, in a value set, within the look-back: the latest one
+    decides, and is cited as the reason the rule applies or is excluded."""
+
     lookback: OptionalDuration = None
     label: str | None = None
 
+    def _within(self, ctx: EvaluationContext, day: date | None) -> bool:
+        since = self.lookback.before(ctx.day) if self.lookback else date.min
+        return day is not None and since < day <= ctx.day
+
+    def _latest(self, vs: ValueSet, hits: Sequence[tuple[date, str, EvidenceRef]]) -> Truth:
+        """From (date, reason, citation) of each hit."""
+        if not hits:
+            return Truth(False, f"no {self.label or vs.title} on record")
+        _, text, cited = max(hits, key=lambda hit: hit[0])
+        return Truth(True, text, [cited])
+
+
+@criterion("procedure")
+class ProcedureCriterion(_OnRecord):
+    procedure: ValueSetUrl
+
     def evaluate(self, ctx: EvaluationContext) -> Truth:
         vs = ctx.vs(self.procedure)
-        since = self.lookback.before(ctx.day) if self.lookback else date.min
-        hits = [p for p in ctx.procedures.matching(vs) if p.status == "completed"
-                and since < p.day <= ctx.day]
-        label = self.label or vs.title
-        if not hits:
-            return Truth(False, f"no {label} on record")
-        last = max(hits, key=lambda p: p.day)
-        return Truth(True, f"{last.code.label()} on {fmt(last.day)}",
-                     [EvidenceRef(last.ref, last.day, f"{last.code.label()}", "reason")])
+        return self._latest(vs, [
+            (p.day, f"{p.code.label()} on {fmt(p.day)}",
+             EvidenceRef(p.ref, p.day, p.code.label(), "reason"))
+            for p in ctx.procedures.matching(vs)
+            if p.status == "completed" and self._within(ctx, p.day)])
 
 
 @criterion("service_request")
-class ServiceRequestCriterion(Criterion):
+class ServiceRequestCriterion(_OnRecord):
     """An order on the chart (ServiceRequest, active or completed, intent order) in the set,
     authored within the look-back: the CMS Hospice library counts a hospice care order."""
 
     service_request: ValueSetUrl
-    lookback: OptionalDuration = None
-    label: str | None = None
 
     def evaluate(self, ctx: EvaluationContext) -> Truth:
         vs = ctx.vs(self.service_request)
-        since = self.lookback.before(ctx.day) if self.lookback else date.min
-        hits = [r for r in ctx.service_requests.matching(vs)
-                if r.status in _ORDER_STATUSES and r.intent in ORDER_INTENTS
-                and r.authored_on is not None and since < r.authored_on <= ctx.day]
-        label = self.label or vs.title
-        if not hits:
-            return Truth(False, f"no {label} on record")
-        last = max(hits, key=lambda r: r.authored_on or date.min)
-        text = f"{last.code.label()} ordered {fmt(last.authored_on)}"
-        return Truth(True, text, [EvidenceRef(last.ref, last.authored_on, text, "reason")])
+        return self._latest(vs, [
+            (day, text, EvidenceRef(r.ref, day, text, "reason"))
+            for r in ctx.service_requests.matching(vs)
+            if r.status in _ORDER_STATUSES and r.intent in ORDER_INTENTS
+            and (day := r.authored_on) is not None and self._within(ctx, day)
+            for text in (f"{r.code.label()} ordered {fmt(day)}",)])
 
 
 @criterion("medication")
@@ -333,32 +341,26 @@ class ObservationCriterion(Criterion):
 # --- logic -----------------------------------------------------------------------------------
 
 
+class Junction(Criterion):
+    """All or any of a list of criteria (the list is the field named by the key)."""
+
+    def parts(self) -> tuple[Criterion, ...]:
+        return tuple(getattr(self, self.key))
+
+    def evaluate(self, ctx: EvaluationContext) -> Truth:
+        combine = all_of if self.key == "all" else any_of
+        return combine([c.evaluate(ctx) for c in self.parts()])
+
+    @property
+    def undecidable(self) -> bool:
+        return any(c.undecidable for c in self.parts())
+
+
 @criterion("all")
-class AllCriterion(Criterion):
+class AllCriterion(Junction):
     all: tuple[Criterion, ...] = Field(min_length=1)
 
     _c = field_validator("all", mode="before")(lambda v: parse_criteria(v))
-
-    def evaluate(self, ctx: EvaluationContext) -> Truth:
-        return all_of([c.evaluate(ctx) for c in self.all])
-
-    @property
-    def undecidable(self) -> bool:
-        return any(c.undecidable for c in self.all)
-
-
-@criterion("any")
-class AnyCriterion(Criterion):
-    any: tuple[Criterion, ...] = Field(min_length=1)
-
-    _c = field_validator("any", mode="before")(lambda v: parse_criteria(v))
-
-    def evaluate(self, ctx: EvaluationContext) -> Truth:
-        return any_of([c.evaluate(ctx) for c in self.any])
-
-    @property
-    def undecidable(self) -> bool:
-        return any(c.undecidable for c in self.any)
 
 
 @criterion("not")
@@ -375,3 +377,10 @@ class NotCriterion(Criterion):
     @property
     def undecidable(self) -> bool:
         return self.not_.undecidable
+
+
+@criterion("any")
+class AnyCriterion(Junction):
+    any: tuple[Criterion, ...] = Field(min_length=1)
+
+    _c = field_validator("any", mode="before")(lambda v: parse_criteria(v))

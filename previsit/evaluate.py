@@ -12,6 +12,7 @@ an exclusion in the last year) use the same convention.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
 
@@ -111,8 +112,18 @@ def valid_through(ctx: EvaluationContext, ev: EvidenceSpec) -> tuple[date | None
         text = f"{text} and {other_text}"
     return through, decided, text
 
-def requirement_status(ctx: EvaluationContext, req: Requirement
-                       ) -> tuple[Status, date | None, str, list[Any], list[FindingFlag]]:
+@dataclass(frozen=True)
+class RequirementResult:
+    """One requirement of a rule for one visit."""
+
+    status: Status
+    through: date | None  # until when the best evidence satisfies it (exclusive)
+    text: str
+    items: tuple[Any, ...]  # the resources that decided it
+    flags: tuple[FindingFlag, ...]
+
+
+def requirement_status(ctx: EvaluationContext, req: Requirement) -> RequirementResult:
     best: tuple[date, list[Any], str] | None = None
     partial: list[str] = []
     partial_items: list[Any] = []
@@ -133,24 +144,20 @@ def requirement_status(ctx: EvaluationContext, req: Requirement
     if best is None:
         labels = " or ".join(dict.fromkeys(e.label for e in req.evidence))
         text = "; ".join(partial) if partial else f"no {labels} on record"
-        return Status.DUE, None, text, partial_items, flags
+        return RequirementResult(Status.DUE, None, text, tuple(partial_items), tuple(flags))
     through, items, text = best
     window = ctx.settings.due_soon
     if req.due_soon is not None and req.due_soon.after(ctx.day) < window.after(ctx.day):
         window = req.due_soon
-    window_end = window.after(ctx.day)
     if through <= ctx.day:
-        return Status.OVERDUE, through, f"last {text}; due since {fmt(through)}", items, \
-            flags
-    if through <= window_end:
-        return Status.DUE_SOON, through, (f"last {text}; falls due {fmt(through)}, within "
-                                          f"{window.words()} of the visit"), \
-            items, flags
-    due = "" if through == FOREVER else f"; next due {fmt(through)}"
-    return Status.SATISFIED, through, f"{text}{due}", items, flags
-
-
-# Orders of a chronic drug are renewed at least yearly; a longer gap between two orders
+        status, text = Status.OVERDUE, f"last {text}; due since {fmt(through)}"
+    elif through <= window.after(ctx.day):
+        status, text = Status.DUE_SOON, (f"last {text}; falls due {fmt(through)}, within "
+                                         f"{window.words()} of the visit")
+    else:
+        due = "" if through == FOREVER else f"; next due {fmt(through)}"
+        status, text = Status.SATISFIED, f"{text}{due}"
+    return RequirementResult(status, through, text, tuple(items), tuple(flags))
 
 
 def _order(rule: Rule, req: Requirement) -> Order | None:
@@ -160,6 +167,15 @@ def _order(rule: Rule, req: Requirement) -> Order | None:
     return Order(system=spec.system, code=spec.code, display=spec.display,
                  category=OrderCategory(spec.category), role=spec.role or rule.role,
                  before_visit=spec.before_visit, lead_days=spec.lead_days)
+
+
+def _cited(item: Observation | Procedure | Immunization, req: Requirement) -> EvidenceRef:
+    """A resource that decided a requirement, as the sheet cites it ("HbA1c 8.4 %")."""
+    label = getattr(item, "code", None) or getattr(item, "vaccine", None)
+    summary = label.label() if isinstance(label, Concept) else req.label
+    if isinstance(item, Observation) and item.value_text():
+        summary = f"{summary} {item.value_text()}"
+    return EvidenceRef(item.ref, item.day, summary, "result")
 
 
 def _citation(rule: Rule) -> str:
@@ -178,42 +194,25 @@ def evaluate_rule(ctx: EvaluationContext, rule: Rule) -> Finding:
     # An exclusion on record decides even when applicability cannot be (a known diabetic
     # with no BMI on record is excluded from diabetes screening, not "unknown").
     for exclusion in rule.excluded_when:
-        result = exclusion.when.evaluate(ctx)
-        if result.value:
-            what = f" ({result.reason})" if result.reason else ""
+        excluded = exclusion.when.evaluate(ctx)
+        if excluded.value:
+            what = f" ({excluded.reason})" if excluded.reason else ""
             return Finding(status=Status.EXCLUDED, explanation=f"excluded: {exclusion.reason}"
-                           f"{what}", evidence=tuple(result.evidence), **base)
+                           f"{what}", evidence=tuple(excluded.evidence), **base)
     if applies.value is None:
         return Finding(status=Status.UNKNOWN, explanation=applies.reason, **base)
-    reasons = list(applies.evidence)
-    statuses: list[Status] = []
-    texts: list[str] = []
-    results: list[EvidenceRef] = []
+    results = [requirement_status(ctx, req) for req in rule.requirements]
+    prefixed = len(rule.requirements) > 1
     orders: list[Order] = []
-    flags: list[FindingFlag] = []
-    due_dates: list[date] = []
-    for req in rule.requirements:
-        status, through, text, items, req_flags = requirement_status(ctx, req)
-        statuses.append(status)
-        flags += req_flags
-        prefix = f"{req.label}: " if len(rule.requirements) > 1 else ""
-        texts.append(prefix + text)
-        for item in items:
-            label = getattr(item, "code", None) or getattr(item, "vaccine", None)
-            summary = label.label() if isinstance(label, Concept) else req.label
-            if isinstance(item, Observation) and item.value_text():
-                summary = f"{summary} {item.value_text()}"
-            results.append(EvidenceRef(item.ref, item.day, summary, "result"))
-        if status.actionable:
-            order = _order(rule, req)
-            # Two requirements may propose the same thing (Td/Tdap booster and the
-            # once-in-a-lifetime Tdap): one order, the first requirement's.
-            if order and all((o.system, o.code) != (order.system, order.code)
-                             for o in orders):
-                orders.append(order)
-        if through and through != FOREVER:
-            due_dates.append(through)
-    status = max(statuses, key=lambda s: s.severity)
+    for req, met in zip(rule.requirements, results, strict=True):
+        order = _order(rule, req) if met.status.actionable else None
+        # Two requirements may propose the same thing (Td/Tdap booster and the
+        # once-in-a-lifetime Tdap): one order, the first requirement's.
+        if order and all((o.system, o.code) != (order.system, order.code) for o in orders):
+            orders.append(order)
+    flags = [flag for met in results for flag in met.flags]
+    due_dates = [r.through for r in results if r.through and r.through != FOREVER]
+    status = max((r.status for r in results), key=lambda s: s.severity)
     if rule.role == Role.PHYSICIAN and status.actionable:
         flags.append(FindingFlag.PHYSICIAN_REVIEW)
     if FindingFlag.ABNORMAL in flags:
@@ -222,8 +221,12 @@ def evaluate_rule(ctx: EvaluationContext, rule: Rule) -> Finding:
         # What the rule declares (shared decision-making for lung screening) matters when
         # the test is proposed; a clinician leads that conversation.
         flags += [FindingFlag.PHYSICIAN_REVIEW, *map(FindingFlag, rule.flags)]
+    texts = [f"{req.label}: {r.text}" if prefixed else r.text
+             for req, r in zip(rule.requirements, results, strict=True)]
+    decided = [_cited(item, req) for req, r in zip(rule.requirements, results, strict=True)
+               for item in r.items]
     return Finding(status=status, explanation="; ".join(texts),
-                   evidence=tuple(reasons + results), orders=tuple(orders),
+                   evidence=(*applies.evidence, *decided), orders=tuple(orders),
                    due_date=min(due_dates) if due_dates else None,
                    flags=tuple(dict.fromkeys(flags)), **base)
 

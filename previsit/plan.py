@@ -48,40 +48,33 @@ class Kind(StrEnum):
 
 class Role(StrEnum):
     """Who does a task (top-of-license work, CLINICAL.md "Roles"), in the order sheets list
-    them; each name a person reads is here and nowhere else."""
+    them; each name a person reads is here and nowhere else:
 
-    MA = "medical-assistant"
-    NURSE = "nurse"
-    PHARMACIST = "pharmacist"
-    PHYSICIAN = "physician"
+    - `label`: the short name in counts and lists ("MA");
+    - `heading`: the heading of the role's task list ("Medical assistant");
+    - `column`: the huddle table's narrow column heading ("Phys.");
+    - `performer`: ServiceRequest.performerType in a proposal ("Clinical pharmacist").
+    """
 
-    @property
-    def label(self) -> str:
-        """The short name in counts and lists: "MA"."""
-        return _ROLE_NAMES[self][0]
+    label: str
+    heading: str
+    column: str
+    performer: str
 
-    @property
-    def heading(self) -> str:
-        """The heading of the role's task list: "Medical assistant"."""
-        return _ROLE_NAMES[self][1]
+    # Defaults only so that a lookup by value, Role("nurse"), type-checks: the lookup never
+    # calls __new__.
+    def __new__(cls, value: str, label: str = "", heading: str = "", column: str = "",
+                performer: str = "") -> Role:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.label, member.heading, member.column, member.performer = \
+            label, heading, column, performer
+        return member
 
-    @property
-    def column(self) -> str:
-        """The huddle table's narrow column heading: "Phys."."""
-        return _ROLE_NAMES[self][2]
-
-    @property
-    def performer(self) -> str:
-        """ServiceRequest.performerType in a proposal: "Clinical pharmacist"."""
-        return _ROLE_NAMES[self][3]
-
-
-_ROLE_NAMES = {
-    Role.MA: ("MA", "Medical assistant", "MA", "Medical assistant"),
-    Role.NURSE: ("Nurse", "Nurse", "Nurse", "Nurse"),
-    Role.PHARMACIST: ("Pharmacist", "Pharmacist", "Pharm.", "Clinical pharmacist"),
-    Role.PHYSICIAN: ("Physician", "Physician", "Phys.", "Physician"),
-}
+    MA = ("medical-assistant", "MA", "Medical assistant", "MA", "Medical assistant")
+    NURSE = ("nurse", "Nurse", "Nurse", "Nurse", "Nurse")
+    PHARMACIST = ("pharmacist", "Pharmacist", "Pharmacist", "Pharm.", "Clinical pharmacist")
+    PHYSICIAN = ("physician", "Physician", "Physician", "Phys.", "Physician")
 
 
 class FindingFlag(StrEnum):

@@ -69,26 +69,6 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Timings:
-    """Seconds per stage; they vary run to run (tests compare everything else)."""
-
-    appointments_seconds: float = 0.0
-    records_seconds: float = 0.0
-    planning_seconds: float = 0.0
-    total_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class WriteCounts:
-    """What write-back did, as counted while it happened."""
-
-    created: int = 0
-    existing: int = 0
-    sheets_created: int = 0
-    sheets_updated: int = 0
-
-
-@dataclass(frozen=True)
 class RunReport:
     date: date
     days: int
@@ -102,7 +82,9 @@ class RunReport:
     source_problems: tuple[SourceProblem, ...]
     http_requests: int
     exit_code: int
-    timings: Timings = field(default_factory=Timings)
+    # Seconds per stage ("records_seconds", ...): they vary run to run, so tests compare
+    # everything but these.
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,17 +104,15 @@ class RunReport:
             "source_problems": [{"where": p.where, "message": p.message}
                                 for p in self.source_problems],
             "http_requests": self.http_requests,
-            "timings": {"appointments_seconds": self.timings.appointments_seconds,
-                        "records_seconds": self.timings.records_seconds,
-                        "planning_seconds": self.timings.planning_seconds,
-                        "total_seconds": self.timings.total_seconds},
+            "timings": dict(self.timings),
             "exit_code": self.exit_code,
         }
 
 
-def build_report(day: DayPlan, *, write_back: bool, writes: WriteCounts,
-                 problems: Iterable[SourceProblem], http_requests: int,
-                 timings: Timings) -> RunReport:
+def build_report(day: DayPlan, *, write_back: bool, created: int, already_present: int,
+                 sheets: SheetCounts, problems: Iterable[SourceProblem], http_requests: int,
+                 timings: Mapping[str, float]) -> RunReport:
+    """The report of a finished run: counts from the plans, and what the writes did."""
     statuses: Counter[Status] = Counter()
     actionable: Counter[Kind] = Counter()
     outcomes: Counter[ProposalOutcome] = Counter()
@@ -155,8 +135,8 @@ def build_report(day: DayPlan, *, write_back: bool, writes: WriteCounts,
         visits=VisitCounts(len(day.plans), planned, failed,
                            len({p.visit.patient_id for p in day.plans})),
         findings=dict(statuses), actionable_by_kind=dict(actionable),
-        proposals=ProposalCounts(dict(outcomes), writes.created, writes.existing),
-        sheets_stored=SheetCounts(writes.sheets_created, writes.sheets_updated),
+        proposals=ProposalCounts(dict(outcomes), created, already_present),
+        sheets_stored=sheets,
         failures=tuple(failures), source_problems=tuple(problems),
         http_requests=http_requests, timings=timings,
         exit_code=exit_code_for(planned, failed))

@@ -27,6 +27,7 @@ from pydantic import (
 from previsit.codes import ValueSet, ValueSetRegistry
 from previsit.criteria import Criterion, parse_criteria, parse_criterion
 from previsit.errors import RuleError, ValueSetError
+from previsit.files import read_text
 from previsit.intervals import Duration
 from previsit.plan import Kind, Role
 from previsit.ruleschema import (
@@ -241,10 +242,9 @@ def default_rules_dir() -> Path:
 
 
 def load_rule_file(path: Path) -> Rule:
+    text = read_text(path, RuleError, "the rule file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RuleError(f"{path}: cannot read: {exc}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RuleError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

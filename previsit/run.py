@@ -26,7 +26,7 @@ from previsit.jsonio import dumps
 from previsit.plan import DayPlan, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
-from previsit.report import RunReport, Timings, WriteCounts, build_report
+from previsit.report import RunReport, SheetCounts, build_report
 from previsit.ruleset import RuleSet
 from previsit.sources import Source, VisitWindow
 
@@ -160,15 +160,14 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                   days=(options.window.end - options.window.start).days, plans=tuple(plans),
                   ruleset=ruleset.describe())
     report = build_report(
-        day, write_back=options.write_back,
-        writes=WriteCounts(created=writes["created"], existing=writes["existing"],
-                           sheets_created=writes["sheets_created"],
-                           sheets_updated=writes["sheets_updated"]),
+        day, write_back=options.write_back, created=writes["created"],
+        already_present=writes["existing"],
+        sheets=SheetCounts(writes["sheets_created"], writes["sheets_updated"]),
         problems=source.problems(), http_requests=int(getattr(source, "request_count", 0)),
-        timings=Timings(appointments_seconds=round(read_done - started, 3),
-                        records_seconds=round(records_done - read_done, 3),
-                        planning_seconds=round(finished - records_done, 3),
-                        total_seconds=round(finished - started, 3)))
+        timings={"appointments_seconds": round(read_done - started, 3),
+                 "records_seconds": round(records_done - read_done, 3),
+                 "planning_seconds": round(finished - records_done, 3),
+                 "total_seconds": round(finished - started, 3)})
     log.info("planned %d of %d appointments", report.visits.planned, len(visits))
     return RunResult(day=day, bundles=bundles, report=report)
 
