@@ -1,0 +1,1 @@
+"""previsit serve: the SMART on FHIR app and the CDS Hooks services (foundations)."""
