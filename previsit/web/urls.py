@@ -15,8 +15,10 @@ from previsit.errors import PrevisitError
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class UrlError(PrevisitError):
-    """A URL that cannot be trusted for what it is used for (not https, wrong origin…)."""
+class UrlError(PrevisitError, ValueError):
+    """A URL that cannot be trusted for what it is used for (not https, wrong origin…).
+
+    A ValueError too, so that pydantic reports it as a configuration error."""
 
 
 def normalize_url(url: str) -> str:

@@ -76,8 +76,9 @@ class Signer:
         return public_jwk(self.key, self.kid, self.alg if with_alg else None)
 
     def sign(self, claims: dict[str, Any], **header: Any) -> str:
-        headers = {"kid": self.kid, "typ": "JWT", **header}
-        return jwt.encode(claims, self.key, algorithm=self.alg, headers=headers)
+        headers = {"kid": self.kid, "typ": "JWT", **header}  # a None value drops the member
+        return jwt.encode(claims, self.key, algorithm=self.alg,
+                          headers={k: v for k, v in headers.items() if v is not None})
 
 
 # One key per algorithm for the whole session: RSA generation is slow.
