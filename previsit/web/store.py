@@ -240,6 +240,10 @@ class Store:
             raise StoreError(f"{self._path}: cannot open the state database: {exc}") from None
         try:
             db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            # In WAL mode NORMAL never corrupts the file; a power cut may lose the last
+            # commits (a launch state, a session: the user launches again). It saves an
+            # fsync per write.
+            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         except sqlite3.Error as exc:
             raise StoreError(f"{self._path}: state database error: {exc}") from None
@@ -296,19 +300,20 @@ class Store:
                  launch.expires_at))
 
     def consume_launch_state(self, state: str) -> LaunchState:
-        """The launch a callback's `state` names, marked used in the same statement so two
-        callbacks with one state cannot both succeed. Raises LaunchStateError."""
+        """The launch a callback's `state` names, marked used in the same write transaction
+        (IMMEDIATE: no other connection can read-then-mark in between), so two callbacks
+        with one state cannot both succeed. Raises LaunchStateError."""
         key = _hash("state:" + state)
         now = self._clock()
         with self._write() as db:
             row = db.execute(
-                "UPDATE launch_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL "
-                "RETURNING issuer, mode, level, redirect_uri, scope, secrets, binder_hash, "
-                "created_at, expires_at", (now, key)).fetchone()
-            if row is None:
-                used = db.execute("SELECT 1 FROM launch_states WHERE state_hash = ?",
-                                  (key,)).fetchone()
-                raise LaunchStateError("used" if used else "unknown")
+                "SELECT issuer, mode, level, redirect_uri, scope, secrets, binder_hash, "
+                "created_at, expires_at, used_at FROM launch_states WHERE state_hash = ?",
+                (key,)).fetchone()
+            if row is None or row[-1] is not None:
+                raise LaunchStateError("unknown" if row is None else "used")
+            db.execute("UPDATE launch_states SET used_at = ? WHERE state_hash = ?", (now, key))
+        row = row[:-1]
         issuer, mode, level, redirect_uri, scope, sealed, binder, created, expires = row
         if now > expires:
             raise LaunchStateError("expired")

@@ -107,6 +107,31 @@ def test_concurrent_callbacks_with_one_state_let_exactly_one_through(
     assert sorted(outcomes) == ["ok"] + ["used"] * 7
 
 
+def test_workers_opening_a_new_database_at_once_all_get_the_same_schema(
+        tmp_path: Path, keyring: Keyring) -> None:
+    path = tmp_path / "fresh.sqlite3"
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        start.wait()
+        try:
+            Store(path, keyring).remember_jti("https://ehr.example", str(threading.get_ident()),
+                                              NOW)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM cds_jti").fetchone()[0] == 6
+    db.close()
+
+
 def test_the_state_and_verifier_are_not_stored_in_clear(tmp_path: Path, store: Store) -> None:
     store.save_launch_state("STATE-IN-THE-URL", launch_state())
     data = database_bytes(tmp_path / "state.sqlite3")
