@@ -150,12 +150,19 @@ def load_keyring(*, file: Path, env_name: str | None, env: Mapping[str, str]) ->
                                "keyring_env to use web.keyring_file")
         return Keyring.from_json(text, where=f"${env_name}")
     if not file.exists():
+        # Written whole under a private name, then published with link(), which fails if
+        # another worker published first: nobody ever reads a half-written keyring.
+        draft = file.with_name(f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
-            write_private_file(file, Keyring.generate().to_json().encode("utf-8"))
-        except KeyFileError:
-            if not file.exists():
-                raise KeyringError(f"{file}: cannot create the keyring (check the folder "
-                                   "exists and is writable)") from None
+            write_private_file(draft, Keyring.generate().to_json().encode("utf-8"))
+            os.link(draft, file)
+        except FileExistsError:
+            pass  # another worker's keyring won; use it
+        except (KeyFileError, OSError) as exc:
+            raise KeyringError(f"{file}: cannot create the keyring ({exc}); check the "
+                               "folder exists and is writable") from None
+        finally:
+            draft.unlink(missing_ok=True)
     return _read_keyring_file(file)
 
 

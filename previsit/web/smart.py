@@ -82,6 +82,7 @@ ACTION_PERMISSIONS: Mapping[str, str] = {"ServiceRequest": "cu", "MedicationRequ
                                          "Provenance": "c"}
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _PERMISSION_ORDER = "cruds"
+_BINDER = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _OAUTH_ERROR = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$")  # RFC 6749 error codes
 
 
@@ -451,18 +452,21 @@ class SmartApp:
         return found
 
     async def begin_ehr_launch(self, iss: str, launch: str, *,
-                               level: LaunchLevel = "patient") -> AuthorizeRedirect:
+                               level: LaunchLevel = "patient", binder: str | None = None
+                               ) -> AuthorizeRedirect:
+        """Start an EHR launch. `binder`: the launch cookie the browser already sent, if
+        any, so that two launches at once in one browser (two patient tabs) both work."""
         if not launch or len(launch) > 2048:
             raise SmartLaunchError("the EHR's launch request has no usable launch "
                                    "parameter")
-        return await self._begin(self.issuer(iss), "ehr", level, launch)
+        return await self._begin(self.issuer(iss), "ehr", level, launch, binder)
 
-    async def begin_standalone_launch(self, iss: str, *, level: LaunchLevel = "patient"
-                                      ) -> AuthorizeRedirect:
-        return await self._begin(self.issuer(iss), "standalone", level, None)
+    async def begin_standalone_launch(self, iss: str, *, level: LaunchLevel = "patient",
+                                      binder: str | None = None) -> AuthorizeRedirect:
+        return await self._begin(self.issuer(iss), "standalone", level, None, binder)
 
     async def _begin(self, issuer: SmartIssuer, mode: LaunchMode, level: LaunchLevel,
-                     launch: str | None) -> AuthorizeRedirect:
+                     launch: str | None, known_binder: str | None) -> AuthorizeRedirect:
         config = await self.discovery.configuration(issuer)
         wanted = "launch-ehr" if mode == "ehr" else "launch-standalone"
         if config.capabilities and wanted not in config.capabilities:
@@ -472,7 +476,10 @@ class SmartApp:
         scope = requested_scope(mode=mode, level=level, read_types=settings.read_types,
                                 actions=settings.enable_actions, refresh=settings.refresh)
         state = secrets.token_urlsafe(32)
-        binder = Secret(secrets.token_urlsafe(32))
+        # One binder per browser, reused while its cookie lives; only our own 256-bit
+        # tokens are reused, anything else is replaced.
+        binder = Secret(known_binder if known_binder and _BINDER.match(known_binder)
+                        else secrets.token_urlsafe(32))
         verifier = new_code_verifier()
         nonce = secrets.token_urlsafe(32) if settings.send_nonce else None
         now = self._clock()

@@ -4,6 +4,7 @@ others can read it."""
 from __future__ import annotations
 
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,25 @@ def test_a_keyring_is_created_0600_on_first_use_and_reused(tmp_path: Path) -> No
     sealed = first.encrypt(b"token", b"row-1")
     assert again.decrypt(sealed, b"row-1") == b"token"
     assert first.pseudonym("Patient/1") == again.pseudonym("Patient/1")
+
+
+def test_workers_starting_together_share_one_keyring(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    start = threading.Barrier(6)
+    loaded: list[Keyring] = []
+
+    def worker() -> None:
+        start.wait()
+        loaded.append(load_keyring(file=path, env_name=None, env={}))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 6
+    assert len({k.data_keys for k in loaded}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys"]  # no drafts left behind
 
 
 def test_a_keyring_readable_by_others_is_refused(tmp_path: Path) -> None:

@@ -288,6 +288,31 @@ def test_the_launch_cookie_binds_the_callback_to_the_browser(
         run(launch_and_return(app, ehr, binder=None))
 
 
+def test_two_launches_at_once_in_one_browser_both_complete(
+        ehr: FakeEhr, store: Store, clock: Clock) -> None:
+    app, _ = app_for(ehr, store, clock)
+
+    async def two_tabs() -> list[str | None]:
+        first = await app.begin_ehr_launch(ISS, "tab-1")
+        # the second tab's /launch request carries the cookie the first one set
+        second = await app.begin_ehr_launch(ISS, "tab-2", binder=first.binder.reveal())
+        assert second.binder == first.binder
+        cookie = second.binder.reveal()  # what the browser now holds
+        patients = []
+        for redirect in (first, second):
+            params = query(redirect.url)
+            ehr.nonce = params["nonce"][0]
+            _, session = await app.complete_launch(
+                {"code": "c", "state": params["state"][0]}, binder=cookie)
+            patients.append(session.patient)
+        # a cookie value previsit did not make is never adopted
+        forged = await app.begin_ehr_launch(ISS, "tab-3", binder="attacker-chosen")
+        assert forged.binder.reveal() != "attacker-chosen"
+        return patients
+
+    assert run(two_tabs()) == ["pat-1", "pat-1"]
+
+
 def test_an_error_answer_is_reported_and_consumes_the_state(
         ehr: FakeEhr, store: Store, clock: Clock) -> None:
     app, _ = app_for(ehr, store, clock)
