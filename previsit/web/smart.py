@@ -52,7 +52,7 @@ from previsit.auth import (
     Secret,
     SmartBackendAuth,
 )
-from previsit.auth import _secret as read_secret
+from previsit.auth import _secret as read_secret  # env var or file, never a value
 from previsit.errors import PrevisitError
 from previsit.keys import KeyFileError, load_private_key
 from previsit.web.jwks import JwksCache, JwtRejected, verified_claims
@@ -404,9 +404,9 @@ class _TokenClient:
 
 
 def _secret_from(issuer: SmartIssuer, env: Mapping[str, str], where: str) -> Secret:
-    return read_secret("client secret", env, issuer.client_secret_env, issuer.client_secret_file,
-                   env_key=f"{where}.client_secret_env",
-                   file_key=f"{where}.client_secret_file")
+    return read_secret("client secret", env, issuer.client_secret_env,
+                       issuer.client_secret_file, env_key=f"{where}.client_secret_env",
+                       file_key=f"{where}.client_secret_file")
 
 
 # --- the app's side of the launch ---------------------------------------------------------
