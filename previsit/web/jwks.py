@@ -14,18 +14,17 @@ tokens with made-up kids cannot make previsit hammer the EHR.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from previsit.auth import _json_object as json_object
 from previsit.errors import PrevisitError
+from previsit.web.cache import TtlCache
 from previsit.web.urls import UrlError, require_secure
 
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -44,12 +43,6 @@ class JwtRejected(PrevisitError):
         super().__init__(reason)
 
 
-@dataclass(frozen=True)
-class _KeySet:
-    keys: tuple[dict[str, Any], ...]
-    fetched_at: float
-
-
 class JwksCache:
     """JWK Sets by URL, fetched through the injected client and kept for `ttl` seconds."""
 
@@ -57,12 +50,13 @@ class JwksCache:
                  min_refetch_interval: float = MIN_REFETCH_INTERVAL_S,
                  clock: Callable[[], float] = time.time) -> None:
         self._http = http
-        self._ttl = ttl
         self._min_refetch = min_refetch_interval
         self._clock = clock
-        self._sets: dict[str, _KeySet] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.fetches = 0
+        self._sets: TtlCache[tuple[dict[str, Any], ...]] = TtlCache(ttl=ttl, clock=clock)
+
+    @property
+    def fetches(self) -> int:
+        return self._sets.fetches
 
     async def keys_for(self, jwks_url: str, kid: str | None, alg: str) -> list[Any]:
         """The public keys that may have signed a token with this header: the key with
@@ -71,11 +65,15 @@ class JwksCache:
             url = require_secure(jwks_url, "JWKS URL")
         except UrlError as exc:
             raise JwtRejected(str(exc)) from None
-        key_set = await self._key_set(url, refresh=False)
-        matches = _matching(key_set.keys, kid)
+
+        async def fetch() -> tuple[dict[str, Any], ...]:
+            return await self._fetch(url)
+
+        key_set = await self._sets.get(url, fetch)
+        matches = _matching(key_set.value, kid)
         if not matches and self._clock() - key_set.fetched_at >= self._min_refetch:
-            key_set = await self._key_set(url, refresh=True)  # the EHR may have rotated keys
-            matches = _matching(key_set.keys, kid)
+            key_set = await self._sets.get(url, fetch, refresh=True)  # keys may have rotated
+            matches = _matching(key_set.value, kid)
         if not matches:
             raise JwtRejected(f"no key with kid {kid!r} in {url}" if kid is not None
                               else f"the token has no kid and {url} has no key")
@@ -101,35 +99,18 @@ class JwksCache:
                               + "; ".join(problems))
         return fitting
 
-    async def _key_set(self, url: str, *, refresh: bool) -> _KeySet:
-        cached = self._sets.get(url)
-        if not refresh and cached and self._clock() - cached.fetched_at < self._ttl:
-            return cached
-        lock = self._locks.setdefault(url, asyncio.Lock())
-        async with lock:
-            current = self._sets.get(url)
-            if current is not cached and current is not None:
-                return current  # fetched by a concurrent caller while we waited
-            fetched = await self._fetch(url)
-            self._sets[url] = fetched
-            return fetched
-
-    async def _fetch(self, url: str) -> _KeySet:
-        self.fetches += 1
+    async def _fetch(self, url: str) -> tuple[dict[str, Any], ...]:
         try:
             response = await self._http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
             raise JwtRejected(f"cannot fetch the JWK Set {url}: {type(exc).__name__}") from None
         if response.status_code != 200:
             raise JwtRejected(f"the JWK Set {url} answered HTTP {response.status_code}")
-        try:
-            body = json.loads(response.content)
-        except ValueError:
-            raise JwtRejected(f"the JWK Set {url} is not JSON") from None
-        keys = body.get("keys") if isinstance(body, dict) else None
+        body = json_object(response)
+        keys = body.get("keys") if body is not None else None
         if not isinstance(keys, list):
-            raise JwtRejected(f"the JWK Set {url} has no `keys` array")
-        return _KeySet(tuple(k for k in keys if isinstance(k, dict)), self._clock())
+            raise JwtRejected(f"the JWK Set {url} is not a JSON object with a `keys` array")
+        return tuple(k for k in keys if isinstance(k, dict))
 
 
 def _matching(keys: Sequence[dict[str, Any]], kid: str | None) -> list[dict[str, Any]]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 import re
 import secrets
@@ -52,9 +51,11 @@ from previsit.auth import (
     Secret,
     SmartBackendAuth,
 )
+from previsit.auth import _json_object as json_object
 from previsit.auth import _secret as read_secret  # env var or file, never a value
 from previsit.errors import PrevisitError
 from previsit.keys import KeyFileError, load_private_key
+from previsit.web.cache import TtlCache
 from previsit.web.jwks import JwksCache, JwtRejected, verified_claims
 from previsit.web.settings import SmartIssuer, WebSettings
 from previsit.web.store import (
@@ -187,7 +188,6 @@ class SmartConfiguration:
     oidc_issuer: str | None  # the `issuer` member: what id tokens carry as `iss`
     capabilities: frozenset[str]
     code_challenge_methods: tuple[str, ...]
-    fetched_at: float
 
 
 class SmartDiscovery:
@@ -196,28 +196,21 @@ class SmartDiscovery:
     def __init__(self, http: httpx.AsyncClient, *, ttl: float = 3600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._http = http
-        self._ttl = ttl
         self._clock = clock
-        self._cache: dict[str, SmartConfiguration] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.fetches = 0
+        self._cache: TtlCache[SmartConfiguration] = TtlCache(ttl=ttl, clock=clock)
+
+    @property
+    def fetches(self) -> int:
+        return self._cache.fetches
 
     async def configuration(self, issuer: SmartIssuer) -> SmartConfiguration:
-        key = normalize_url(issuer.iss)
-        cached = self._cache.get(key)
-        if cached and self._clock() - cached.fetched_at < self._ttl:
-            return cached
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            current = self._cache.get(key)
-            if current is not cached and current is not None:
-                return current  # a concurrent launch fetched it meanwhile
-            fetched = await self._fetch(issuer)
-            self._cache[key] = fetched
-            return fetched
+        async def fetch() -> SmartConfiguration:
+            return await self._fetch(issuer)
+
+        return (await self._cache.get(normalize_url(issuer.iss), fetch)).value
 
     async def _fetch(self, issuer: SmartIssuer) -> SmartConfiguration:
         url = f"{issuer.iss.rstrip('/')}/.well-known/smart-configuration"
-        self.fetches += 1
         try:
             response = await self._http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
@@ -225,7 +218,7 @@ class SmartDiscovery:
         if response.status_code != 200:
             raise DiscoveryError(f"{url} answered HTTP {response.status_code}: the EHR does "
                                  "not publish its SMART configuration there")
-        body = _json_object(response)
+        body = json_object(response)
         if body is None:
             raise DiscoveryError(f"{url} did not answer with a JSON object")
         allowed = {origin_of(issuer.iss), *(origin_of(o) for o in issuer.endpoint_origins)}
@@ -259,8 +252,7 @@ class SmartDiscovery:
             capabilities=frozenset(c for c in capabilities if isinstance(c, str))
             if isinstance(capabilities, list) else frozenset(),
             code_challenge_methods=tuple(m for m in methods if isinstance(m, str))
-            if isinstance(methods, list) else (),
-            fetched_at=self._clock())
+            if isinstance(methods, list) else ())
 
 
 # --- token responses ----------------------------------------------------------------------
@@ -653,7 +645,7 @@ class SmartApp:
         except httpx.HTTPError as exc:
             raise TokenExchangeError(f"cannot reach the token endpoint {url} "
                                      f"({type(exc).__name__})") from None
-        body = _json_object(response)
+        body = json_object(response)
         if response.status_code != 200:
             reason = ""
             if body and isinstance(body.get("error"), str) and _OAUTH_ERROR.match(body["error"]):
@@ -664,10 +656,3 @@ class SmartApp:
             raise TokenExchangeError(f"the token endpoint {url} did not answer with JSON")
         return TokenResponse.parse(body, where=f"the token endpoint {url}")
 
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None

@@ -7,6 +7,7 @@ fhirUser relative and only in the id token, the id token's iss the server root.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -195,6 +196,22 @@ def test_discovery_is_cached_per_issuer_until_its_ttl(ehr: FakeEhr, store: Store
     clock.now += 2
     run(app.begin_ehr_launch(ISS, "l4"))
     assert ehr.discovery.call_count == 2
+
+
+def test_a_burst_of_launches_fetches_discovery_once(ehr: FakeEhr, store: Store,
+                                                    clock: Clock) -> None:
+    async def slow_network(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)  # every launch reaches the cache before the first answer
+        return ehr.router.handler(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(slow_network))
+    app = SmartApp(settings(), store, http, env={}, clock=clock)
+
+    async def burst() -> None:
+        await asyncio.gather(*(app.begin_ehr_launch(ISS, f"l{i}") for i in range(10)))
+
+    run(burst())
+    assert ehr.discovery.call_count == 1
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -601,6 +618,27 @@ def test_refresh_happens_only_when_the_access_token_is_about_to_expire(
     assert stored.scope_granted == "launch openid patient/Patient.rs"
     assert run(app.access_token(session_id)).reveal() == "access-renewed"
     assert len(ehr.token_requests) == 2
+
+
+def test_concurrent_requests_near_expiry_share_one_refresh(
+        ehr: FakeEhr, store: Store, clock: Clock) -> None:
+    async def slow_network(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)
+        return ehr.router.handler(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(slow_network))
+    app = SmartApp(settings(), store, http, env={}, clock=clock)
+    session_id, _ = run(launch_and_return(app, ehr))
+    clock.now += 3590
+
+    async def page_with_five_reads() -> set[str]:
+        tokens = await asyncio.gather(*(app.access_token(session_id) for _ in range(5)))
+        return {t.reveal() for t in tokens}
+
+    ehr.answer_token(access_token="access-once")
+    assert run(page_with_five_reads()) == {"access-once"}
+    assert [ehr.form(i)["grant_type"] for i in range(len(ehr.token_requests))] == \
+        ["authorization_code", "refresh_token"]
 
 
 def test_without_a_refresh_token_an_expired_session_asks_for_a_new_launch(
