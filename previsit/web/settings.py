@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from previsit.web.urls import UrlError, is_loopback, normalize_url, require_secure
+from previsit.web.urls import is_loopback, normalize_url, require_secure, same_url
 
 # What the planning engine reads for one patient (DESIGN.md, "PatientRecord"), as SMART
 # scopes ask for it: one type at a time, never `*` (Medplum lets a wildcard read override
@@ -226,22 +226,16 @@ class WebSettings(_Model):
         return self.public_url.startswith("https://")
 
     def issuer_for(self, iss: str) -> SmartIssuer | None:
-        """The configured issuer that `iss` names once both are normalised, if any."""
-        try:
-            key = normalize_url(iss)
-        except UrlError:
-            return None
-        for issuer in self.issuers:
-            if normalize_url(issuer.iss) == key:
-                return issuer
-        return None
+        """The configured SMART issuer that `iss` names once both are normalised, if any."""
+        return _named(self.issuers, iss)
 
     def cds_issuer_for(self, iss: str) -> CdsIssuer | None:
-        try:
-            key = normalize_url(iss)
-        except UrlError:
-            return None
-        for cds in self.cds_issuers:
-            if normalize_url(cds.iss) == key:
-                return cds
-        return None
+        """The configured CDS client that `iss` names once both are normalised, if any."""
+        return _named(self.cds_issuers, iss)
+
+
+_Issuer = TypeVar("_Issuer", SmartIssuer, CdsIssuer)
+
+
+def _named(candidates: tuple[_Issuer, ...], iss: str) -> _Issuer | None:
+    return next((c for c in candidates if same_url(c.iss, iss)), None)
