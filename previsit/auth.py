@@ -113,7 +113,7 @@ class _ClientCredentialsAuth(httpx.Auth):
 
     # --- what a subclass provides --------------------------------------------------
 
-    def _client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    def client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
         """(extra form fields, extra headers) that authenticate this client."""
         raise NotImplementedError
 
@@ -210,7 +210,7 @@ class _ClientCredentialsAuth(httpx.Auth):
         return token_url
 
     def _token_request(self, token_url: str) -> httpx.Request:
-        fields, headers = self._client_authentication(token_url)
+        fields, headers = self.client_authentication(token_url)
         form = {"grant_type": "client_credentials", "scope": self._scope, **fields}
         return httpx.Request("POST", token_url, data=form,
                              headers={"Accept": "application/json", **headers})
@@ -271,7 +271,7 @@ class SmartBackendAuth(_ClientCredentialsAuth):
         return jwt.encode(claims, self._key, algorithm=self._algorithm,
                           headers={"kid": self._kid, "typ": "JWT"})
 
-    def _client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    def client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
         return ({"client_assertion_type": CLIENT_ASSERTION_TYPE,
                  "client_assertion": self.client_assertion(token_url)}, {})
 
@@ -293,7 +293,7 @@ class ClientSecretBasic(_ClientCredentialsAuth):
         self._secret = client_secret if isinstance(client_secret, Secret) \
             else Secret(client_secret)
 
-    def _client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    def client_authentication(self, token_url: str) -> tuple[dict[str, str], dict[str, str]]:
         # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
         pair = f"{quote(self._client_id, safe='')}:{quote(self._secret.reveal(), safe='')}"
         encoded = base64.b64encode(pair.encode("utf-8")).decode("ascii")
@@ -315,7 +315,7 @@ def auth_from_config(config: AuthConfig, base_url: str | None,
     if config.method == "none":
         return None
     if config.method == "bearer":
-        token = _secret("bearer token", env, config.token_env, config.token_file,
+        token = read_secret("bearer token", env, config.token_env, config.token_file,
                         env_key="auth.token_env", file_key="auth.token_file")
         return BearerToken(token)
     if config.method == "smart-backend":
@@ -340,7 +340,7 @@ def auth_from_config(config: AuthConfig, base_url: str | None,
     if config.method == "client-secret":
         if not config.client_id:
             raise AuthError("auth.method is client-secret but auth.client_id is not set")
-        secret = _secret("client secret", env, config.client_secret_env,
+        secret = read_secret("client secret", env, config.client_secret_env,
                          config.client_secret_file, env_key="auth.client_secret_env",
                          file_key="auth.client_secret_file")
         return ClientSecretBasic(client_id=config.client_id, client_secret=secret,
@@ -349,8 +349,10 @@ def auth_from_config(config: AuthConfig, base_url: str | None,
     raise AuthError(f"unknown auth.method {config.method!r}")
 
 
-def _secret(what: str, env: Mapping[str, str], env_name: str | None, file: Path | None, *,
-            env_key: str, file_key: str) -> Secret:
+def read_secret(what: str, env: Mapping[str, str], env_name: str | None, file: Path | None,
+                *, env_key: str, file_key: str) -> Secret:
+    """A secret from the file named in the configuration, else the environment variable it
+    names — never from the configuration itself. AuthError names what to set."""
     if file is not None:
         _warn_if_readable_by_others(file)
         try:

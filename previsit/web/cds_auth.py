@@ -58,11 +58,11 @@ class CdsClient:
     """The authenticated caller of one CDS Hooks request."""
 
     issuer: str  # the configured issuer string
+    tenant: str | None
+    subject: str | None
     kid: str
     alg: str
     jti: str
-    tenant: str | None
-    subject: str | None
 
 
 @dataclass(frozen=True, repr=False)

@@ -22,8 +22,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from previsit.auth import _json_object as json_object
 from previsit.errors import PrevisitError
+from previsit.jsonio import object_or_none
 from previsit.web.cache import TtlCache
 from previsit.web.urls import UrlError, require_secure
 
@@ -106,7 +106,7 @@ class JwksCache:
             raise JwtRejected(f"cannot fetch the JWK Set {url}: {type(exc).__name__}") from None
         if response.status_code != 200:
             raise JwtRejected(f"the JWK Set {url} answered HTTP {response.status_code}")
-        body = json_object(response)
+        body = object_or_none(response.content)
         keys = body.get("keys") if body is not None else None
         if not isinstance(keys, list):
             raise JwtRejected(f"the JWK Set {url} is not a JSON object with a `keys` array")

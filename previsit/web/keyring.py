@@ -30,8 +30,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from previsit.errors import PrevisitError
-from previsit.keys import KeyFileError, write_private_file
+from previsit.errors import KeyFileError, PrevisitError
+from previsit.keys import write_private_file
 
 FORMAT = "previsit-web-keyring"
 _VERSION = 1

@@ -46,15 +46,14 @@ import httpx
 
 from previsit.auth import (
     REFRESH_MARGIN_S,
-    AuthError,
     ClientSecretBasic,
     Secret,
     SmartBackendAuth,
+    read_secret,
 )
-from previsit.auth import _json_object as json_object
-from previsit.auth import _secret as read_secret  # env var or file, never a value
-from previsit.errors import PrevisitError
-from previsit.keys import KeyFileError, load_private_key
+from previsit.errors import AuthError, KeyFileError, PrevisitError
+from previsit.jsonio import object_or_none
+from previsit.keys import load_private_key
 from previsit.web.cache import TtlCache
 from previsit.web.jwks import JwksCache, JwtRejected, verified_claims
 from previsit.web.settings import SmartIssuer, WebSettings
@@ -218,7 +217,7 @@ class SmartDiscovery:
         if response.status_code != 200:
             raise DiscoveryError(f"{url} answered HTTP {response.status_code}: the EHR does "
                                  "not publish its SMART configuration there")
-        body = json_object(response)
+        body = object_or_none(response.content)
         if body is None:
             raise DiscoveryError(f"{url} did not answer with a JSON object")
         allowed = {origin_of(issuer.iss), *(origin_of(o) for o in issuer.endpoint_origins)}
@@ -392,7 +391,7 @@ class _TokenClient:
         """(form fields, headers) that identify this client to `token_url`."""
         if self._auth is None:  # a public client names itself; PKCE proves the rest
             return {"client_id": self.issuer.client_id}, {}
-        return self._auth._client_authentication(token_url)
+        return self._auth.client_authentication(token_url)
 
 
 def _secret_from(issuer: SmartIssuer, env: Mapping[str, str], where: str) -> Secret:
@@ -645,7 +644,7 @@ class SmartApp:
         except httpx.HTTPError as exc:
             raise TokenExchangeError(f"cannot reach the token endpoint {url} "
                                      f"({type(exc).__name__})") from None
-        body = json_object(response)
+        body = object_or_none(response.content)
         if response.status_code != 200:
             reason = ""
             if body and isinstance(body.get("error"), str) and _OAUTH_ERROR.match(body["error"]):
