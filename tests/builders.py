@@ -13,7 +13,6 @@ from typing import Any
 
 from previsit.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
 from previsit.evaluate import Settings, evaluate
-from previsit.intervals import Duration
 from previsit.plan import Finding
 from previsit.record import PatientRecord, build_record
 from previsit.ruleset import RuleSet, load_ruleset
@@ -47,8 +46,13 @@ def birth_date_for(age: int, *, days: int = 0, visit: date = VISIT) -> str:
     birth_date_for(45) is 45 today (birthday on the visit date); days=1 means the 45th
     birthday is tomorrow, so the patient is still 44.
     """
-    born = Duration(-age, "y").after(visit) + timedelta(days=days)
-    return born.isoformat()
+    # Calendar years by the standard library, not the product's own arithmetic; a visit on
+    # 29 February falls back to the 28th in a common year.
+    try:
+        born = visit.replace(year=visit.year - age)
+    except ValueError:
+        born = visit.replace(year=visit.year - age, day=28)
+    return (born + timedelta(days=days)).isoformat()
 
 
 def patient(age: int | None = 50, sex: str | None = "female", *, days: int = 0,

@@ -7,6 +7,12 @@ engine does independently of the shipped clinical library. The visit is builders
 
 from __future__ import annotations
 
+import builtins
+import io
+import os
+import socket
+import sys
+import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -830,10 +836,36 @@ def _busy_record() -> Any:
                   rx("1049621", "oxycodone hydrochloride 5 MG Oral Tablet"))
 
 
-def test_evaluate_is_pure() -> None:
+# What "reading the clock" means in CPython: these builtins, whatever module calls them.
+_CLOCKS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
+           "localtime", "gmtime", "ctime", "datetime.now", "datetime.utcnow", "datetime.today",
+           "date.today"}
+
+
+def test_evaluate_reads_no_clock_and_does_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pure: everything evaluate needs is passed in. Opening a file or a socket raises, and
+    a profiler records every call of a clock, even one made from C."""
     rec = _busy_record()
-    first = evaluate(rec, RULES, VISIT)
-    second = evaluate(rec, RULES, VISIT)
+    clock_calls: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "c_call" and getattr(arg, "__qualname__", "") in _CLOCKS and \
+                getattr(arg, "__module__", "") in ("time", "datetime", None):
+            clock_calls.append(arg.__qualname__)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"evaluate did I/O: {args!r}")
+
+    for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (socket, "socket"),
+                         (socket, "create_connection"), (time, "time"), (time, "monotonic")):
+        monkeypatch.setattr(module, name, refuse)
+    sys.setprofile(profile)
+    try:
+        first = evaluate(rec, RULES, VISIT)
+        second = evaluate(rec, RULES, VISIT)
+    finally:
+        sys.setprofile(None)
+    assert clock_calls == []
     assert first == second
     assert len(first.findings) == len(RULES.rules) + 1  # renewals: one per drug
 

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from builders import (
     SNOMED,
-    VISIT,
     finding,
     observation,
     patient,
@@ -20,7 +19,6 @@ from builders import (
 )
 
 from previsit.errors import RuleError
-from previsit.intervals import Duration
 from previsit.plan import Status
 from previsit.ruleset import load_ruleset
 
@@ -65,7 +63,7 @@ def test_only_lung_screening_declares_shared_decision() -> None:
     assert declared == {LUNG: ("shared-decision",)}
 
 
-YEAR = (VISIT - Duration(1, "y").before(VISIT)).days
+YEAR = 365  # 2025-12-01, one year before the visit (2026-12-01)
 
 
 @pytest.mark.parametrize(("ldct_days_ago", "status", "flagged"), [

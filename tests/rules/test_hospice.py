@@ -16,7 +16,6 @@ from builders import (
     ICD10CM,
     LOINC,
     SNOMED,
-    VISIT,
     condition,
     day,
     finding,
@@ -25,11 +24,10 @@ from builders import (
     procedure,
 )
 
-from previsit.intervals import Duration
 from previsit.plan import Status
 
 CPT = "http://www.ama-assn.org/go/cpt"
-YEAR = (VISIT - Duration(1, "y").before(VISIT)).days  # days back to one year before the visit
+YEAR = 365  # 2025-12-01, one year before the visit (2026-12-01)
 _ids = itertools.count(1)
 
 SMOKER = [observation("72166-2", 10, value_code=(SNOMED, "449868002")),

@@ -8,7 +8,7 @@ orders, which must not count.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -27,27 +27,29 @@ from builders import (
 )
 
 from previsit.evaluate import evaluate
-from previsit.intervals import Duration
 from previsit.plan import Finding, Role, Status
 from previsit.proposals import merge_orders
 
 DIABETES = "44054006"  # SNOMED CT "Diabetes mellitus type 2", in the VSAC Diabetes set
 
 
+# Dates one look-back before the visit (2026-12-01), written out rather than computed with
+# the product's own calendar arithmetic (which these tests check).
+ONE_BEFORE_VISIT = {"1y": date(2025, 12, 1), "6mo": date(2026, 6, 1), "4mo": date(2026, 8, 1),
+                    "3mo": date(2026, 9, 1)}
+# The latest result date whose look-back still runs out within `after_visit` days of the
+# visit (2026-12-31 or 2027-01-30); one day later and it runs out after that.
+LATEST_FALLING_DUE = {("6mo", 30): date(2026, 6, 30), ("1y", 60): date(2026, 1, 30),
+                      ("3mo", 30): date(2026, 9, 30)}
+
+
 def days_ago(duration: str, *, extra: int = 0) -> int:
     """Days before the visit of the date one `duration` before it (+extra days earlier)."""
-    return (VISIT - Duration.parse(duration).before(VISIT)).days + extra
+    return (VISIT - ONE_BEFORE_VISIT[duration]).days + extra
 
 
 def days_ago_falling_due(lookback: str, after_visit: int) -> int:
-    """Days before the visit of the latest result still falling due at most `after_visit`
-    days after the visit (one day later and it falls due later than that)."""
-    limit = VISIT + timedelta(days=after_visit)
-    duration = Duration.parse(lookback)
-    days = 0
-    while duration.after(VISIT - timedelta(days=days)) > limit:
-        days += 1
-    return days
+    return (VISIT - LATEST_FALLING_DUE[(lookback, after_visit)]).days
 
 
 def order_codes(f: Finding) -> list[str]:

@@ -8,6 +8,7 @@ the visit has expired (overdue); one day later it still counts but falls due wit
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -24,16 +25,22 @@ from builders import (
     procedure,
 )
 
-from previsit.intervals import Duration
 from previsit.plan import Role, Status
 
 CPT = "http://www.ama-assn.org/go/cpt"
 HCPCS = "http://www.nlm.nih.gov/research/umls/hcpcs"
 
 
+# Dates one look-back before the visit (2026-12-01), written out rather than computed with
+# the product's own calendar arithmetic (which these tests check).
+ONE_BEFORE_VISIT = {"1y": date(2025, 12, 1), "2y": date(2024, 12, 1), "3y": date(2023, 12, 1),
+                    "5y": date(2021, 12, 1), "10y": date(2016, 12, 1),
+                    "15y": date(2011, 12, 1)}
+
+
 def days(lookback: str) -> int:
     """Days between the visit and the date exactly one look-back before it."""
-    return (VISIT - Duration.parse(lookback).before(VISIT)).days
+    return (VISIT - ONE_BEFORE_VISIT[lookback]).days
 
 
 def status(rule_id: str, *resources: dict[str, Any]) -> Status:
@@ -177,7 +184,7 @@ def test_due_soon_finding_carries_the_due_date() -> None:
     result = finding("colorectal-cancer-screening", patient(55, "male"),
                      observation("57905-2", days("1y") - 10, 12, "ng/mL"))
     assert result.status == Status.DUE_SOON
-    assert result.due_date == Duration(10, "d").after(VISIT)
+    assert result.due_date == date(2026, 12, 11)
     assert result.orders and result.orders[0].code == "29771-3"
 
 
@@ -437,13 +444,11 @@ def test_one_sided_mastectomy_does_not_exclude(evidence: dict[str, Any]) -> None
 
 
 def test_hpv_counts_only_when_done_at_30_or_older() -> None:
-    tested = Duration(1000, "d").before(VISIT)
-    hpv = observation("59420-0", 1000)
-    turned_30_that_day = Duration(30, "y").before(tested)
-    person = patient(birth=turned_30_that_day.isoformat(), sex="female")
+    hpv = observation("59420-0", 1000)  # 2024-03-06
+    person = patient(birth="1994-03-06", sex="female")  # 30 on the day of the test
     assert status("cervical-cancer-screening", person, hpv) == Status.SATISFIED
-    turned_30_next_day = Duration(1, "d").after(turned_30_that_day)
-    person = patient(birth=turned_30_next_day.isoformat(), sex="female")
+    person = patient(birth="1994-03-07", sex="female")  # 30 the day after
+
     assert status("cervical-cancer-screening", person, hpv) == Status.DUE
 
 
@@ -476,8 +481,8 @@ def pack_years(value: float, code: str = "8664-5", system: str = LOINC) -> dict[
 
 
 def quit_on(days_ago: int) -> dict[str, Any]:
-    return observation("74010-0", 10, value_date=Duration(days_ago, "d").before(VISIT)
-                       .isoformat())
+    return observation("74010-0", 10,
+                       value_date=(VISIT - timedelta(days=days_ago)).isoformat())
 
 
 def test_lung_current_smoker_with_20_pack_years() -> None:
