@@ -203,10 +203,15 @@ export class AuthServer {
 
   preauthorize(spec) {
     const user = spec.user ?? this.users[0]?.id;
-    if (spec.user !== undefined && !this.users.some((u) => u.id === spec.user)) {
+    if (spec.user != null && !this.users.some((u) => u.id === spec.user)) {
       throw new ClientRegistrationError(`unknown user ${JSON.stringify(spec.user)}`);
     }
-    this.preauthorizations.push({ clientId: spec.client_id, user, patient: spec.patient, deny: Boolean(spec.deny) });
+    this.preauthorizations.push({
+      clientId: spec.client_id ?? undefined,
+      user,
+      patient: spec.patient ?? undefined,
+      deny: Boolean(spec.deny),
+    });
   }
 
   reset({ tokens }) {

@@ -83,11 +83,13 @@ def mp(medplum: FhirTestServer) -> Iterator[httpx.Client]:
 
 # --- Medplum: transactions ----------------------------------------------------------------------
 
-STRICT_TOO_MANY = {
-    "resourceType": "OperationOutcome",
-    "issue": [{"severity": "error", "code": "invalid",
-               "details": {"text": "Transaction requires strict isolation but has too many entries"}}],
-}
+def invalid(text: str) -> dict[str, Any]:
+    """Medplum's 400 body: one error issue with the message in details.text."""
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "details": {"text": text}}]}
+
+
+STRICT_TOO_MANY = invalid("Transaction requires strict isolation but has too many entries")
 
 
 def test_medplum_refuses_a_transaction_of_nine_conditional_creates_whole(
@@ -139,11 +141,7 @@ def test_medplum_refuses_more_than_fifty_updates_in_a_transaction(mp: httpx.Clie
     response = mp.post("", json=bundle("transaction", entries))
 
     assert response.status_code == 400
-    assert response.json() == {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": "invalid",
-                   "details": {"text": "Transaction contains more update operations than allowed"}}],
-    }
+    assert response.json() == invalid("Transaction contains more update operations than allowed")
 
 
 def test_a_failed_entry_rolls_back_an_atomic_transaction(mp: httpx.Client) -> None:
@@ -186,6 +184,7 @@ def test_medplum_refuses_an_id_that_is_not_a_uuid(mp: httpx.Client) -> None:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "invalid", "details": {"text": "Invalid id"}}],
     }
+    assert response.json() == invalid("Invalid id")
 
 
 def test_medplum_refuses_to_create_by_put_but_assigns_a_uuid_on_post(mp: httpx.Client) -> None:
@@ -483,8 +482,9 @@ def test_hapi_errors_carry_diagnostics(hapi: httpx.Client) -> None:
         'HAPI-0524: Unknown search parameter "foo" for resource type "Patient". '
         "Valid search parameters for this search are: [")
     assert missing.status_code == 404
-    assert missing.json()["issue"] == [{"severity": "error", "code": "processing",
-                                        "diagnostics": "HAPI-2001: Resource Patient/999 is not known"}]
+    assert missing.json()["issue"] == [{
+        "severity": "error", "code": "processing",
+        "diagnostics": "HAPI-2001: Resource Patient/999 is not known"}]
 
 
 def test_hapi_entries_answer_with_their_own_status(hapi: httpx.Client) -> None:
