@@ -1,8 +1,9 @@
 // The test-only admin API under /__admin (outside the FHIR base, loopback callers only):
 //   GET    /__admin/stats          counters (see faults.mjs Stats) plus rate-limit usage
-//   POST   /__admin/reset          {"data": false, "tokens": false}: forget faults, counters, rate
-//                                  limit windows, paging searches, pending authorizations; with
-//                                  data also every stored resource, with tokens every token/code
+//   POST   /__admin/reset          {"data": false, "tokens": false}: forget faults, counters,
+//                                  rate-limit windows (FHIR and /oauth2), paging searches and
+//                                  pending authorizations; with data also every stored resource,
+//                                  with tokens every token, code and launch
 //   GET    /__admin/faults         scripted faults and how often each fired
 //   POST   /__admin/faults         one fault spec or a list (faults.mjs) -> {"ids": [...]}
 //   DELETE /__admin/faults         remove all faults
@@ -18,12 +19,13 @@ import { fhir, json } from './responses.mjs';
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
 export class AdminApi {
-  constructor(config, { stats, faults, fhirService, auth }) {
+  constructor(config, { stats, faults, fhirService, auth, authLimiter }) {
     this.config = config;
     this.stats = stats;
     this.faults = faults;
     this.fhirService = fhirService;
     this.auth = auth;
+    this.authLimiter = authLimiter;
   }
 
   async handle(req, url, bodyText) {
@@ -54,6 +56,7 @@ export class AdminApi {
         this.stats.reset();
         this.fhirService.reset(options);
         this.auth?.reset(options);
+        this.authLimiter?.reset();
         return json(200, { reset: options });
       }
       if (path === '/__admin/faults' && method === 'GET') {

@@ -97,8 +97,8 @@ try {
   process.exit(2);
 }
 const fhirService = new FhirService(config, { repo, stats, faults, auth, serialized });
-const admin = new AdminApi(config, { stats, faults, fhirService, auth });
 const authLimiter = config.authRateLimit > 0 ? new FixedWindowLimiter('auth', config.authRateLimit, AUTH_WINDOW_MS) : undefined;
+const admin = new AdminApi(config, { stats, faults, fhirService, auth, authLimiter });
 
 async function readBody(req) {
   const chunks = [];

@@ -272,12 +272,25 @@ def test_a_spent_budget_answers_429_with_medplums_body_and_recovers_after_the_wi
         assert client.get("Patient").status_code == 200
 
 
-def test_a_budget_spent_inside_a_batch_answers_429_per_entry_with_the_bundle_200() -> None:
-    with fhir_test_server(profile="medplum", rate_limit_points=250) as server, \
+def test_the_requests_budget_counts_http_requests() -> None:
+    with fhir_test_server(profile="medplum", rate_limit_requests=2) as server, \
+            httpx.Client(base_url=server.base_url) as client:
+        answers = [client.get("Patient/" + str(uuid.uuid4())) for _ in range(3)]
+
+        assert [a.status_code for a in answers] == [404, 404, 429]
+        assert answers[2].json()["limit"] == 2
+        assert ratelimit_headers(answers[2])[0] == '"requests";r=0;t=60'
+
+
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+def test_a_budget_spent_inside_a_bundle_answers_429_per_entry_with_the_bundle_200(
+        kind: str) -> None:
+    with fhir_test_server(profile="medplum", rate_limit_points=250,
+                          atomic_transactions=False) as server, \
             httpx.Client(base_url=server.base_url, headers=FHIR_JSON) as client:
         entries = [create_entry(f"k{i}", conditional=False) for i in range(4)]
 
-        response = client.post("", json=bundle("batch", entries))
+        response = client.post("", json=bundle(kind, entries))
 
         assert response.status_code == 200
         # Medplum stops the batch at the first refusal: the rest answer 429 too.
@@ -285,6 +298,18 @@ def test_a_budget_spent_inside_a_batch_answers_429_per_entry_with_the_bundle_200
         outcome = response.json()["entry"][2]["response"]["outcome"]
         assert outcome["issue"][0]["code"] == "throttled"
         assert count_of(client, "ServiceRequest", server.admin_token) == 2
+
+
+def test_a_budget_spent_inside_an_atomic_transaction_fails_it_whole_with_429() -> None:
+    with fhir_test_server(profile="medplum", rate_limit_points=250) as server, \
+            httpx.Client(base_url=server.base_url, headers=FHIR_JSON) as client:
+        entries = [create_entry(f"k{i}", conditional=False) for i in range(4)]
+
+        response = client.post("", json=bundle("transaction", entries))
+
+        assert response.status_code == 429
+        assert response.json()["_consumedPoints"] == 300
+        assert count_of(client, "ServiceRequest", server.admin_token) == 0
 
 
 def test_a_scripted_429_for_one_batch_entry(medplum: FhirTestServer, mp: httpx.Client) -> None:
@@ -501,11 +526,11 @@ def test_hapi_entries_answer_with_their_own_status(hapi: httpx.Client) -> None:
         "HAPI-2001: Resource Patient/999 is not known")
 
 
-# --- lenient (the default) stays as kind as before ----------------------------------------------
+# --- lenient (the default for now) stays as kind as before ----------------------------
 
 
-def test_the_lenient_default_keeps_todays_behaviour() -> None:
-    with fhir_test_server() as server, \
+def test_the_lenient_profile_keeps_todays_behaviour() -> None:
+    with fhir_test_server(profile="lenient") as server, \
             httpx.Client(base_url=server.base_url, headers=FHIR_JSON) as client:
         put = client.put("Patient/pat-maria-lopez", json=patient(id="pat-maria-lopez"))
         entries = [create_entry(f"k{i}", conditional=True) for i in range(9)]
