@@ -451,7 +451,7 @@ export class FhirService {
     const body = parseBody(bodyText, req.headers['content-type']);
     const [outcome, resource] = await this.serialized(() => this.processAs(ctx, method, relUrl, body, req.headers));
     this.decorate(resource, baseUrl, relUrl, body, paging);
-    let status = statusOf(outcome);
+    const status = statusOf(outcome);
     let answer;
     if (status === 429 && ctx.rateLimited) {
       answer = json(429, ctx.rateLimited); // Medplum's body: the limiter's own JSON, no Retry-After
@@ -461,7 +461,6 @@ export class FhirService {
     if (fault?.when === 'after') {
       answer = (await this.topLevelFault(ctx, fault, relPath)) ?? answer;
     }
-    status = answer.status;
     return this.withRateHeaders(ctx, answer);
   }
 
@@ -580,12 +579,14 @@ export class FhirService {
     }
     const snap = this.repo.snapshot();
     const [outcome, result] = await this.router.handleRequest(request(relUrl, body), this.repo);
-    const failed = isSuccess(outcome) ? result?.entry?.find((e) => e?.response?.outcome && !isSuccess(e.response.outcome)) : undefined;
-    const failedStatus = result?.entry?.find((e) => e?.response && !String(e.response.status).startsWith('2'));
-    if (!isSuccess(outcome) || failed || failedStatus) {
+    // An entry failed when its outcome says so (statuses set by withStatus included) or, lacking
+    // an outcome, when its status is not 2xx.
+    const failed = result?.entry?.find((e) =>
+      e?.response?.outcome ? !isSuccess(e.response.outcome) : !String(e?.response?.status).startsWith('2')
+    );
+    if (!isSuccess(outcome) || failed) {
       this.repo.restore(snap);
-      const why = failed?.response?.outcome ?? failedStatus?.response?.outcome;
-      return [why ?? (isSuccess(outcome) ? badRequest('Transaction failed') : outcome)];
+      return [failed?.response?.outcome ?? (isSuccess(outcome) ? badRequest('Transaction failed') : outcome)];
     }
     return [outcome, result];
   }
