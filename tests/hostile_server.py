@@ -26,7 +26,8 @@ API
     `.chart` (a `Chart`, editable between runs), `.behaviours` (a `Behaviours`, see there),
     `.requests` (every `RecordedRequest`, in arrival order), `.transactions` (every
     transaction Bundle POSTed, as parsed JSON), `.fault(...)` (below), `.requests_to(path)`,
-    `.reset(chart)` (new chart, no faults, no records, default behaviours).
+    `.asked_about(pid)` (requests that read, searched or batched for that patient),
+    `.connection_deadline` (settable), `.reset(chart)` (new chart, no faults, no records, default behaviours).
 
 What it serves at the base (enough for previsit's HttpSource): `GET metadata` (a
 CapabilityStatement listing batch and transaction, software name from the behaviours);
@@ -138,7 +139,7 @@ def deep_json(depth: int, *, inner: str = "0") -> str:
 # --- what was received ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class RecordedRequest:
     listener: str
     method: str
@@ -153,6 +154,12 @@ class RecordedRequest:
 
     def param(self, name: str) -> list[str]:
         return [v for k, v in self.query if k == name]
+
+    def __repr__(self) -> str:
+        auth = self.headers.get("authorization", "")
+        shown = f" authorization={auth.split(' ')[0]} …" if auth else ""
+        return (f"<{self.listener}: {self.method} {self.target[:100]}{shown} "
+                f"body={len(self.body)} B sent={self.bytes_sent} B>")
 
     def carries(self, secret: str) -> bool:
         """The secret anywhere in what was sent: target, headers, body, Basic credentials."""
@@ -462,8 +469,12 @@ class Behaviours:
     # Next links point at this base instead of the server's own (e.g. the Recorder).
     foreign_next: str | None = None
     max_count: int = 50  # the server's own page size limit
-    # Searches of this type for a patient never end: every page has another next link.
-    endless_search: str | None = None
+    # Answer an Appointment search with every appointment of the statuses asked for, whatever
+    # the dates (a server that ignores `date`, or one that compares differently).
+    ignore_date_filter: bool = False
+    # patient id -> resource type: that patient's searches of that type never end (every
+    # page has another next link, to a new offset).
+    endless_search: dict[str, str] = field(default_factory=dict)
     endless_page_bytes: int = 20_000
     batch: bool = True  # whether the CapabilityStatement lists batch (and batch is served)
 
@@ -741,6 +752,11 @@ class HostileFhirServer:
         return [r for r in self.requests if r.relative is not None
                 and r.relative.startswith(relative)]
 
+    def asked_about(self, pid: str) -> list[RecordedRequest]:
+        """Requests that read Patient/<pid>, searched by patient=<pid>, or batched either."""
+        return [r for r in self.requests if _concerns(
+            _Request(r.method, r.target, r.path, r.query, r.headers, r.body), r.relative, pid)]
+
     def fault(self, fault: Fault, *, method: str | None = None, path: str | None = None,
               patient: str | None = None, times: int | None = None) -> None:
         with self._lock:
@@ -841,11 +857,12 @@ class HostileFhirServer:
         pid = (params.get("patient") or params.get("subject") or [None])[0]
         if pid is not None and pid.startswith("Patient/"):
             pid = pid[len("Patient/"):]
-        if pid is not None and rtype == self.behaviours.endless_search:
+        if pid is not None and self.behaviours.endless_search.get(pid) == rtype:
             return self._endless_page(rtype, pid, query, offset, count)
         if rtype == "Appointment":
+            dates = [] if self.behaviours.ignore_date_filter else params.get("date", [])
             matches = [a for a in self.chart.of_type("Appointment") if _appointment_matches(
-                a, params.get("status", []), params.get("date", []))]
+                a, params.get("status", []), dates)]
         elif pid is not None:
             source = self.behaviours.swap_searches.get(pid, pid)
             matches = self.chart.of_patient(rtype, source)

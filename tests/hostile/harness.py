@@ -251,7 +251,7 @@ class Day:
     """Resources of a day, and which patient each appointment is for (the truth)."""
 
     resources: list[dict[str, Any]] = field(default_factory=list)
-    truth: dict[str, str] = field(default_factory=dict)  # appointment id -> patient id
+    truth: dict[str, str | None] = field(default_factory=dict)  # appointment -> patient|None
 
     def add(self, *resources: dict[str, Any]) -> Day:
         self.resources.extend(resources)
