@@ -45,12 +45,17 @@ TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u20
                              "\u2066-\u2069]")
 BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
-# A line of text a hostile server or chart wants on the operator's screen: SGR colour, an
-# OSC 8 hyperlink, a window-title OSC, a CR that rewrites the line, a forged log line after
-# CR LF, a one-byte C1 CSI, and a right-to-left override.
-HOSTILE_TEXT = ("\x1b[31mRED\x1b[0m \x1b]8;;https://evil.example/\x07click\x1b]8;;\x07 "
-                "\x1b]0;pwned\x07\rOVERWRITTEN\r\nFORGED LINE: all visits planned\n"
-                "\x9b2J \u202eevil\u202c")
+# previsit's own colours (typer.secho: one SGR parameter, then reset) are not data: a terminal
+# check removes exactly these before looking for control characters.
+OWN_STYLES = re.compile("\x1b\\[(?:0|1|3[0-7]|9[0-7])m")
+
+# A line of text a hostile server or chart wants on the operator's screen: blinking red (an SGR
+# previsit never emits itself), clear-screen, an OSC 8 hyperlink, a window-title OSC, a CR that
+# rewrites the line, a forged log line after CR LF, a one-byte C1 CSI, and a right-to-left
+# override.
+HOSTILE_TEXT = ("\x1b[5;41mBLINK\x1b[25;49m \x1b[2J \x1b]8;;https://evil.example/\x07click"
+                "\x1b]8;;\x07 \x1b]0;pwned\x07\rOVERWRITTEN\r\nFORGED LINE: all visits "
+                "planned\n\x9b2J \u202eevil\u202c")
 
 # Variables that would change a run from outside the test: configuration overrides, and
 # proxies (tests that want a proxy variable set it themselves).
@@ -85,8 +90,13 @@ class CliRun:
 
     @property
     def printed(self) -> str:
-        """Everything a terminal or a cron mail would show."""
+        """Everything a terminal would receive, byte for byte (colours included)."""
         return self.stdout + self.stderr + self.logs
+
+    @property
+    def error(self) -> str:
+        """stderr without previsit's own colours: what a person reads."""
+        return OWN_STYLES.sub("", self.stderr)
 
     @property
     def crashed(self) -> bool:
@@ -154,9 +164,10 @@ def run_cli(args: Sequence[str], *, out: Path | None = None,
             env: Mapping[str, str | None] | None = None) -> CliRun:
     """`previsit <args>` in-process, with `--out out` appended when given.
 
-    Log records at INFO and above are captured as the CLI's own handler would print them
-    (under pytest the root logger already has handlers, so the CLI's basicConfig is a no-op
-    and its lines would otherwise vanish from what a test checks).
+    Output is captured as a terminal receives it (`color=True`: click does not strip escape
+    sequences, as it does for a pipe). Log records at INFO and above are captured as the
+    CLI's own handler would print them (under pytest the root logger already has handlers,
+    so the CLI's basicConfig is a no-op and its lines would otherwise vanish).
     """
     argv = [str(a) for a in args]
     if out is not None:
@@ -169,7 +180,8 @@ def run_cli(args: Sequence[str], *, out: Path | None = None,
     root.setLevel(logging.INFO)
     started = time.monotonic()
     try:
-        result = runner.invoke(app, argv, env=clean_env(env), catch_exceptions=True)
+        result = runner.invoke(app, argv, env=clean_env(env), catch_exceptions=True,
+                               color=True)
     finally:
         elapsed = time.monotonic() - started
         root.removeHandler(handler)
@@ -369,6 +381,8 @@ def wrong_patient_orders(transactions: Mapping[str, Mapping[str, Any]],
 
 
 def unsafe_characters(text: str) -> list[str]:
-    """The terminal-unsafe characters in `text`, with a little context, for a message."""
+    """The terminal-unsafe characters in `text` (previsit's own colours aside), with a little
+    context, for a message."""
+    text = OWN_STYLES.sub("", text)
     return [repr(text[max(0, m.start() - 20):m.end() + 20])
             for m in TERMINAL_UNSAFE.finditer(text)][:5]

@@ -207,7 +207,7 @@ def test_server_appointment_search_nested_100k_deep_is_a_clean_exit_4(
 
     assert not run.crashed, run.explain()
     assert run.exit_code == 4, run.explain()
-    assert run.stderr.startswith("previsit: ") and "Traceback" not in run.printed
+    assert run.error.startswith("previsit: ") and "Traceback" not in run.printed
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])

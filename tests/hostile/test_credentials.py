@@ -54,7 +54,7 @@ def test_client_secret_is_not_sent_to_a_token_endpoint_on_another_host(
     assert other_host.requests == []
     assert not run.crashed, run.explain()
     assert run.exit_code == 4, run.explain()
-    assert re.search(assumed.not_accepted_words, run.stderr, re.IGNORECASE), run.explain()
+    assert re.search(assumed.not_accepted_words, run.error, re.IGNORECASE), run.explain()
 
 
 def test_token_endpoint_on_the_fhir_servers_own_origin_is_used(
@@ -92,7 +92,7 @@ def test_credentials_are_not_sent_over_plain_http_to_a_remote_host(
     assert leaked == []
     assert not run.crashed, run.explain()
     assert run.exit_code == 4, run.explain()
-    assert re.search(assumed.not_accepted_words, run.stderr, re.IGNORECASE), run.explain()
+    assert re.search(assumed.not_accepted_words, run.error, re.IGNORECASE), run.explain()
 
 
 @pytest.mark.xfail(strict=True, reason="issue 8: item 3 (HTTP_PROXY from the environment is "
@@ -125,4 +125,4 @@ def test_a_next_link_to_another_host_is_not_followed(
     assert other_host.requests == []
     assert not run.crashed, run.explain()
     assert run.exit_code == 4, run.explain()
-    assert "not followed" in run.stderr
+    assert "not followed" in run.error
