@@ -74,9 +74,10 @@ HOSTILE_IDS: dict[str, str] = {
     "unicode-id": "ид-\u202e1",
 }
 
-TERMINAL_ESCAPES = ("\x1b[31mred\x1b[0m", "\x1b]8;;https://evil.example/\x07link\x1b]8;;\x07",
-                    "\x1b]0;title\x07", "line\roverwritten", "a\r\nFORGED: ok", "\x9b2J",
-                    "bell\x07", "nul\x00byte")
+TERMINAL_ESCAPES = ("\x1b[5;41mblink\x1b[25;49m", "\x1b[2J",
+                    "\x1b]8;;https://evil.example/\x07link\x1b]8;;\x07", "\x1b]0;title\x07",
+                    "line\roverwritten", "a\r\nFORGED: ok", "\x9b2J", "bell\x07",
+                    "nul\x00byte")
 BIDI_TEXTS = ("\u202eevil\u202c", "12\u202e-31\u202c", "\u2067rtl\u2069", "\u200fmark")
 
 

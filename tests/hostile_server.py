@@ -27,7 +27,8 @@ API
     `.requests` (every `RecordedRequest`, in arrival order), `.transactions` (every
     transaction Bundle POSTed, as parsed JSON), `.fault(...)` (below), `.requests_to(path)`,
     `.asked_about(pid)` (requests that read, searched or batched for that patient),
-    `.connection_deadline` (settable), `.reset(chart)` (new chart, no faults, no records, default behaviours).
+    `.connection_deadline` (settable), `.reset(chart)` (new chart, no faults, no records,
+    default behaviours).
 
 What it serves at the base (enough for previsit's HttpSource): `GET metadata` (a
 CapabilityStatement listing batch and transaction, software name from the behaviours);
@@ -675,6 +676,9 @@ async def _write_reply(writer: asyncio.StreamWriter, reply: Reply,
         writer.write(piece)
         await writer.drain()
         sent(len(piece))
+        # drain() does not suspend while the socket takes everything; without a real
+        # suspension a fast reader would keep this loop from ever seeing its deadline.
+        await asyncio.sleep(0)
     if reply.chunked:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
