@@ -88,7 +88,7 @@ def printable_texts(max_size: int = 40) -> st.SearchStrategy[str]:
 
 def lone_surrogates() -> st.SearchStrategy[str]:
     return st.builds(lambda a, s, b: a + s + b, printable_texts(8),
-                     st.characters(categories=("Cs",)), printable_texts(8))
+                     st.characters(categories=["Cs"]), printable_texts(8))
 
 
 def edge_texts(long_sizes: tuple[int, ...] = (300, 10_000, 100_000)
@@ -176,7 +176,7 @@ def tagged(label: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[tupl
 
 def _set(resource: dict[str, Any], path: FieldPath, value: Any) -> dict[str, Any]:
     """A copy of `resource` with `path` set to `value` (or removed), creating objects."""
-    out = _copy(resource)
+    out: dict[str, Any] = _copy(resource)
     node: Any = out
     for key, following in itertools.pairwise(path):
         if isinstance(key, int):

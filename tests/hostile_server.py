@@ -858,7 +858,8 @@ class HostileFhirServer:
         count = min(_int(params.get("_count", ["50"])[0], 50), self.behaviours.max_count)
         count = max(count, 1)
         offset = max(_int(params.get("_offset", ["0"])[0], 0), 0)
-        pid = (params.get("patient") or params.get("subject") or [None])[0]
+        asked = params.get("patient") or params.get("subject") or []
+        pid: str | None = asked[0] if asked else None
         if pid is not None and pid.startswith("Patient/"):
             pid = pid[len("Patient/"):]
         if pid is not None and self.behaviours.endless_search.get(pid) == rtype:
@@ -960,7 +961,8 @@ class HostileFhirServer:
         for entry in bundle.get("entry") or ():
             request = entry.get("request") if isinstance(entry, Mapping) else None
             url = request.get("url") if isinstance(request, Mapping) else None
-            if not isinstance(url, str) or request.get("method") != "GET":
+            if not isinstance(request, Mapping) or not isinstance(url, str) \
+                    or request.get("method") != "GET":
                 entries.append({"response": {"status": "400 Bad Request", "outcome":
                                              operation_outcome("only GET in a batch")}})
                 continue

@@ -160,7 +160,7 @@ class _Lines(logging.Handler):
             self.buffer.write(repr(record.msg) + "\n")
 
 
-def run_cli(args: Sequence[str], *, out: Path | None = None,
+def run_cli(args: Sequence[str | Path], *, out: Path | None = None,
             env: Mapping[str, str | None] | None = None) -> CliRun:
     """`previsit <args>` in-process, with `--out out` appended when given.
 
@@ -190,7 +190,7 @@ def run_cli(args: Sequence[str], *, out: Path | None = None,
                   handler.buffer.getvalue(), result.exception, elapsed, out)
 
 
-def run_process(args: Sequence[str], *, out: Path | None = None,
+def run_process(args: Sequence[str | Path], *, out: Path | None = None,
                 env: Mapping[str, str | None] | None = None, memory_bytes: int = 2 << 30,
                 timeout: float = 60.0) -> CliRun:
     """`previsit <args>` as a child process limited to `memory_bytes` of address space.

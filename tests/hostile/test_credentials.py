@@ -74,6 +74,23 @@ def test_token_endpoint_on_the_fhir_servers_own_origin_is_used(
     assert other_host.requests == []
 
 
+def test_a_configured_token_endpoint_on_another_host_is_used(
+        hostile_server: HostileFhirServer, other_host: Recorder, tmp_path: Path) -> None:
+    """The control: the operator named the token endpoint (auth.token_url), so another origin
+    is what they want; only discovery must not choose it for them."""
+    server = day_on(hostile_server)
+    server.behaviours.require_token = "token-from-the-other-host"  # what the Recorder issues
+
+    run = run_cli(run_args(fhir_url=server.base_url), out=tmp_path / "out",
+                  env={**CLIENT_SECRET_AUTH, "PREVISIT_AUTH_TOKEN_URL": f"{other_host.url}/token"})
+
+    assert run.exit_code == 0, run.explain()
+    assert [r.path for r in other_host.requests] == ["/token"]
+    assert other_host.requests[0].carries(SECRET)
+    assert server.requests_to(".well-known") == []
+    assert not any(r.carries(SECRET) for r in server.requests)
+
+
 @pytest.mark.parametrize("auth", ["bearer", "client-secret"])
 @pytest.mark.xfail(strict=True, reason="issue 8: item 3 (credentials are sent over plain http "
                    "to a host that is not loopback)")

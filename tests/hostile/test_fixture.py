@@ -8,6 +8,7 @@ import json
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -82,7 +83,7 @@ def test_faults_match_by_patient_in_reads_searches_and_batches(server: HostileFh
     assert client.get("/Patient/p1").status_code == 200
     assert client.get("/Patient/p2").status_code == 500
     assert client.get("/Observation", params={"patient": "p2"}).status_code == 500
-    batch = {"resourceType": "Bundle", "type": "batch",
+    batch: dict[str, Any] = {"resourceType": "Bundle", "type": "batch",
              "entry": [{"request": {"method": "GET", "url": u}}
                        for u in ("Patient/p1", "Observation?patient=p1")]}
     answer = client.post("", json=batch).json()

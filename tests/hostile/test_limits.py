@@ -143,4 +143,3 @@ def test_a_body_shorter_than_its_content_length_fails_that_patient_only(
                   env={"PREVISIT_SOURCE_MAX_ATTEMPTS": "2"})
 
     assert_only_pat_2_failed(run, r"connection|closed|incomplete|failed")
-    assert len(server.asked_about("pat-2")) == 2  # one retry, then that patient failed
