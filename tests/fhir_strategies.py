@@ -430,8 +430,11 @@ class GeneratedAppointment:
 
 @st.composite
 def appointments(draw: st.DrawFn, aid: str, pid: str, quality: Quality = "valid",
-                 minute: int = 0) -> GeneratedAppointment:
-    """An appointment for `pid` at 09:00 + `minute` on DAY (valid), or a hostile one."""
+                 minute: int = 0, id_suffix: str = "") -> GeneratedAppointment:
+    """An appointment for `pid` at 09:00 + `minute` on DAY (valid), or a hostile one.
+
+    `id_suffix` keeps hostile ids of one day distinct (two "a/b" would be one appointment
+    twice, and the truth could not say whose it is)."""
     start = f"{DAY}T{9 + minute // 60:02d}:{minute % 60:02d}:00-06:00"
     base = appointment_resource(aid, f"Patient/{pid}", start)
     if quality == "valid":
@@ -447,7 +450,7 @@ def appointments(draw: st.DrawFn, aid: str, pid: str, quality: Quality = "valid"
         return GeneratedAppointment(_set(base, ("start",), value), frozenset({label}), pid)
     if kind == "id":
         label = draw(st.sampled_from(sorted(HOSTILE_IDS)))
-        return GeneratedAppointment(_set(base, ("id",), HOSTILE_IDS[label]),
+        return GeneratedAppointment(_set(base, ("id",), HOSTILE_IDS[label] + id_suffix),
                                     frozenset({label}), pid)
     if quality == "edge":
         label, text = draw(edge_texts())
@@ -564,7 +567,7 @@ def clinic_days(draw: st.DrawFn, *, files: bool = True) -> ClinicDay:
         pid, aid = f"target-{n}", f"appt-hostile-{n}"
         chart_file(pid, draw(_chart(pid, "valid")))
         made = draw(appointments(aid, pid, draw(st.sampled_from(["edge", "malformed"])),
-                                 minute))
+                                 minute, id_suffix=f"-{n}" if n else ""))
         minute += 20
         classes |= made.labels
         rid = made.resource.get("id")

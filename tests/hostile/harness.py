@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # reorder what is shown (U+202A-U+202E, U+2066-U+2069, plus LRM/RLM/ALM).
 TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
                              "\u2066-\u2069]")
-BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 # previsit's own colours (typer.secho: one SGR parameter, then reset) are not data: a terminal
 # check removes exactly these before looking for control characters.

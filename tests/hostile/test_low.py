@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,6 @@ from builders import observation, patient, tiny_rules
 from hostile_server import Chart, HostileFhirServer, Recorder, deep_json
 
 from hostile.harness import (
-    BIDI,
     DAY,
     chart,
     clinic_day,
@@ -38,6 +38,8 @@ from hostile.harness import (
 
 if TYPE_CHECKING:
     from hostile.conftest import AssumedInterface
+
+OVERRIDES = re.compile("[\u202a-\u202e]")
 
 
 def sheets_of(out: Path) -> dict[str, str]:
@@ -62,8 +64,10 @@ def test_bidi_controls_do_not_reach_the_sheets(tmp_path: Path) -> None:
     assert run.exit_code == 0, run.explain()
     sheets = sheets_of(tmp_path / "out")
     assert "visit-appt-1.html" in sheets
-    assert {name: BIDI.findall(html) for name, html in sheets.items()
-            if BIDI.search(html)} == {}
+    # the chart's embeddings and overrides (LRE RLE PDF LRO RLO) are gone; isolating a value
+    # (<bdi>, or FSI…PDI) is how a sheet may keep a right-to-left name readable
+    assert {name: OVERRIDES.findall(html) for name, html in sheets.items()
+            if OVERRIDES.search(html)} == {}
 
 
 @pytest.mark.xfail(strict=True, reason="issue 8: item 10 (no length cap on displayed values: "
@@ -118,10 +122,11 @@ def test_password_in_the_fhir_url_is_never_printed(hostile_server: HostileFhirSe
 
     run = run_cli(run_args(fhir_url=url), out=tmp_path / "out")
 
-    assert run.exit_code == 0, run.explain()
+    # planned (loopback may carry credentials), or refused because a URL must not carry them
+    assert run.exit_code in (0, 4), run.explain()
     assert "pw-7d3f9a" not in run.printed
-    for name in ("run-report.json", "plan.json"):
-        assert "pw-7d3f9a" not in (tmp_path / "out" / name).read_text(encoding="utf-8")
+    for path in (tmp_path / "out").glob("*.json"):
+        assert "pw-7d3f9a" not in path.read_text(encoding="utf-8"), path.name
 
 
 # --- 13: odd option values ------------------------------------------------------------------
