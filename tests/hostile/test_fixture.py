@@ -79,19 +79,19 @@ def test_lying_length_and_raw_bytes(server: HostileFhirServer) -> None:
 def test_faults_match_by_patient_in_reads_searches_and_batches(server: HostileFhirServer
                                                               ) -> None:
     server.fault(Fault.outcome(500, "boom"), patient="p2")
-    client = httpx.Client(base_url=server.base_url)
-    assert client.get("/Patient/p1").status_code == 200
-    assert client.get("/Patient/p2").status_code == 500
-    assert client.get("/Observation", params={"patient": "p2"}).status_code == 500
-    batch: dict[str, Any] = {"resourceType": "Bundle", "type": "batch",
-             "entry": [{"request": {"method": "GET", "url": u}}
-                       for u in ("Patient/p1", "Observation?patient=p1")]}
-    answer = client.post("", json=batch).json()
-    assert [e["response"]["status"] for e in answer["entry"]] == ["200 OK", "200 OK"]
-    assert answer["entry"][1]["resource"]["entry"][0]["resource"]["subject"] == {
-        "reference": "Patient/p1"}
-    batch["entry"][0]["request"]["url"] = "Patient/p2"
-    assert client.post("", json=batch).status_code == 500
+    with httpx.Client(base_url=server.base_url) as client:
+        assert client.get("/Patient/p1").status_code == 200
+        assert client.get("/Patient/p2").status_code == 500
+        assert client.get("/Observation", params={"patient": "p2"}).status_code == 500
+        batch: dict[str, Any] = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": u}}
+            for u in ("Patient/p1", "Observation?patient=p1")]}
+        answer = client.post("", json=batch).json()
+        assert [e["response"]["status"] for e in answer["entry"]] == ["200 OK", "200 OK"]
+        assert answer["entry"][1]["resource"]["entry"][0]["resource"]["subject"] == {
+            "reference": "Patient/p1"}
+        batch["entry"][0]["request"]["url"] = "Patient/p2"
+        assert client.post("", json=batch).status_code == 500
     assert len(server.asked_about("p2")) == 3
 
 
