@@ -120,8 +120,6 @@ def test_server_bad_value_fails_at_most_its_patient(label: str, tmp_path: Path,
     assert_one_patient_at_most(run, day)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 4 (a bundle file nested 100,000 deep "
-                   "raises RecursionError out of the run)")
 def test_bundle_file_nested_100k_deep_is_an_input_problem(tmp_path: Path) -> None:
     day = bad_day(None)
     folder = day.write(tmp_path / "day")
@@ -164,8 +162,6 @@ def test_appointment_starting_in_year_1_is_not_planned(source: str, tmp_path: Pa
     assert "appt-bad" not in run.planned
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 4 (a 300-character appointment id "
-                   "makes a file name the file system refuses: OSError out of the run)")
 def test_300_character_appointment_id_fails_at_most_that_visit(tmp_path: Path) -> None:
     day = bad_day(None)
     long_id = "a" * 300
@@ -196,8 +192,6 @@ def test_lone_surrogate_still_leaves_a_readable_plan(tmp_path: Path) -> None:
     assert not run.crashed, run.explain()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 4 (an appointment search nested 100,000 "
-                   "deep raises RecursionError out of the run)")
 def test_server_appointment_search_nested_100k_deep_is_a_clean_exit_4(
         hostile_server: HostileFhirServer, tmp_path: Path) -> None:
     hostile_server.chart = Chart(*clinic_day().resources)
@@ -211,8 +205,6 @@ def test_server_appointment_search_nested_100k_deep_is_a_clean_exit_4(
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
-@pytest.mark.xfail(strict=True, reason="issue 8: item 4 (one patient's read nested 100,000 "
-                   "deep raises RecursionError out of the run)")
 def test_server_patient_read_nested_100k_deep_fails_that_patient_only(
         batch: bool, hostile_server: HostileFhirServer, tmp_path: Path) -> None:
     day = clinic_day()

@@ -27,8 +27,6 @@ from hostile.harness import (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 6 (transaction files of a/b, a_b and a:b "
-                   "overwrite each other as a_b.json)")
 def test_look_alike_appointment_ids_keep_their_own_transactions(tmp_path: Path) -> None:
     day = Day()
     for n, name in enumerate(("Ana Able", "Ben Baker", "Cy Cole", "Di Dove"), start=1):

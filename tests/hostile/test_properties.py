@@ -132,9 +132,6 @@ def _server_day(server: HostileFhirServer) -> None:
     one()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: items 1, 4, 7 (the same days served by a "
-                   "FHIR server: deep nesting and huge numbers in a patient's read crash the "
-                   "run, a traversing reference plans for the wrong patient)")
 def test_property_any_server_day_completes_for_the_right_patients(
         shared_server: HostileFhirServer) -> None:
     _server_day(shared_server)
