@@ -1,12 +1,14 @@
 """Small builders for FHIR JSON in tests: patient(age=50, sex="female"), observation(...).
 
 Dates are given relative to a visit date (`days_ago`) so a test reads as the rule does:
-"HbA1c 8.1 % 91 days before the visit".
+"HbA1c 8.1 % 91 days before the visit". The one module test modules share builders
+through: a test module never imports another test module.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,42 @@ def medication(rxnorm: str, display: str, *, days_ago: int = 400, status: str = 
             "dispenseRequest": dispense}
 
 
+def appointment(aid: str, start: str, *, status: str = "booked", pid: str = "p1",
+                practitioner: str | None = "dr-a", location: str | None = "loc-main",
+                service: str | None = None) -> dict[str, Any]:
+    """An Appointment with a Patient, a practitioner and a location participant.
+
+    `practitioner` is a Practitioner id, or a whole reference ("PractitionerRole/r1");
+    None leaves that participant (or the location) out.
+    """
+    participants: list[dict[str, Any]] = [
+        {"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"}]
+    if practitioner is not None:
+        reference = practitioner if "/" in practitioner else f"Practitioner/{practitioner}"
+        participants.append({"actor": {"reference": reference, "display": "Dr A"},
+                             "status": "accepted"})
+    if location is not None:
+        participants.append({"actor": {"reference": f"Location/{location}",
+                                       "display": "Main"}, "status": "accepted"})
+    resource: dict[str, Any] = {"resourceType": "Appointment", "id": aid, "status": status,
+                                "start": start, "participant": participants}
+    if service:
+        resource["serviceType"] = [{"coding": [{"system": SNOMED, "code": service}]}]
+    return resource
+
+
+def bundle(*resources: dict[str, Any], kind: str = "collection") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind,
+            "entry": [{"resource": r} for r in resources]}
+
+
+def write(folder: Path, name: str, data: Any) -> None:
+    """Write `data` (JSON-encoded unless already text) to folder/name, making folders."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
 def record(*resources: dict[str, Any]) -> PatientRecord:
     return build_record(resources)
 
@@ -172,8 +210,6 @@ FIT_VS = "https://example.org/fhir/ValueSet/fit"
 def tiny_rules(folder: Path) -> RuleSet:
     """A one-rule library (FIT every year from 45) for tests that must not depend on the
     shipped clinical content."""
-    import json
-
     (folder / "valuesets").mkdir(parents=True, exist_ok=True)
     (folder / "valuesets" / "fit.json").write_text(json.dumps({
         "resourceType": "ValueSet", "url": FIT_VS, "title": "FIT",
