@@ -20,7 +20,6 @@ from builders import medication, observation, patient
 
 from previsit.capability import assess, parse_capabilities
 from previsit.errors import PatientReadError, SourceError, WriteError
-from previsit.operation_outcome import describe_failure, outcome_issues, redacted_target
 from previsit.sources import VisitWindow
 from previsit.sources.http import (
     HttpSource,
@@ -623,46 +622,6 @@ def test_conditional_transaction_detection() -> None:
     ("soon", None), (None, None), ("", None)])
 def test_retry_after_parsing(value: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(value, NOW) == seconds
-
-
-def test_redacted_target_keeps_names_and_drops_values() -> None:
-    assert redacted_target(f"{BASE}/Observation?patient=123&_count=100", BASE) == \
-        "Observation?patient=…&_count=…"
-    assert redacted_target(f"{BASE}/metadata", BASE) == "metadata"
-    assert redacted_target(BASE, BASE) == "(base)"
-    assert redacted_target(f"{BASE}/Patient/p1/_history/2", BASE) == "Patient/…/_history/…"
-    assert redacted_target(f"{BASE}/Patient/p1/$everything?_count=5", BASE) == \
-        "Patient/…/$everything?_count=…"
-
-
-def test_outcome_issues_prefer_errors_and_keep_text_and_diagnostics() -> None:
-    issues = outcome_issues({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "information", "code": "informational", "details": {"text": "All OK"}},
-        {"severity": "error", "code": "processing", "details": {"text": "Rejected"},
-         "diagnostics": "duplicate identifier", "expression": ["ServiceRequest.identifier"]}]})
-    assert issues[1].describe() == ("error (processing): Rejected — duplicate identifier "
-                                    "[at ServiceRequest.identifier]")
-    request = httpx.Request("POST", BASE)
-    response = httpx.Response(409, json={"resourceType": "OperationOutcome",
-                                         "issue": [issues_json(issues[0]), {
-                                             "severity": "error", "code": "conflict",
-                                             "diagnostics": "version conflict"}]},
-                              request=request)
-    assert describe_failure(response, BASE) == (
-        "HTTP 409 Conflict on POST (base): error (conflict): version conflict")
-
-
-def issues_json(issue: Any) -> dict[str, Any]:
-    return {"severity": issue.severity, "code": issue.code, "details": {"text": issue.text}}
-
-
-def test_a_non_fhir_error_page_is_summarised_not_quoted() -> None:
-    request = httpx.Request("GET", f"{BASE}/Patient/p1")
-    response = httpx.Response(502, content=b"<html>upstream p1 failed</html>",
-                              headers={"Content-Type": "text/html"}, request=request)
-    words = describe_failure(response, BASE)
-    assert words == ("HTTP 502 Bad Gateway on GET Patient/… (the server answered with "
-                     "text/html, not FHIR JSON)")
 
 
 # --- what the server can do -----------------------------------------------------------
