@@ -13,6 +13,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from previsit.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
 from previsit.evaluate import Settings, evaluate
 from previsit.plan import Finding
@@ -182,6 +184,30 @@ def write(folder: Path, name: str, data: Any) -> None:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def json_response(body: Any, status: int = 200, **headers: str) -> httpx.Response:
+    """A FHIR server's JSON answer, for respx routes."""
+    return httpx.Response(status, json=body, headers={"Content-Type": "application/fhir+json",
+                                                      **headers})
+
+
+def capability_statement(*, batch: bool = True, search_params: tuple[str, ...] = (
+        "date", "status", "practitioner", "location", "service-type", "patient"),
+        conditional: bool = True, version: str = "4.0.1") -> dict[str, Any]:
+    """A server's CapabilityStatement: by default it offers everything previsit uses
+    (read, search, create, conditional create/update on every type it reads or writes;
+    batch and transaction)."""
+    types = ("Appointment", "Patient", "Condition", "MedicationRequest", "Observation",
+             "Procedure", "Immunization", "ServiceRequest", "DocumentReference")
+    return {"resourceType": "CapabilityStatement", "fhirVersion": version, "rest": [{
+        "mode": "server",
+        "interaction": [{"code": "transaction"}] + ([{"code": "batch"}] if batch else []),
+        "resource": [{"type": t, "interaction": [{"code": c} for c in
+                                                 ("read", "search-type", "create", "update")],
+                      "conditionalCreate": conditional, "conditionalUpdate": conditional,
+                      "searchParam": [{"name": p, "type": "token"} for p in search_params]}
+                     for t in types]}]}
 
 
 def record(*resources: dict[str, Any]) -> PatientRecord:
