@@ -1,15 +1,19 @@
 """Small builders for FHIR JSON in tests: patient(age=50, sex="female"), observation(...).
 
 Dates are given relative to a visit date (`days_ago`) so a test reads as the rule does:
-"HbA1c 8.1 % 91 days before the visit".
+"HbA1c 8.1 % 91 days before the visit". The one module test modules share builders
+through: a test module never imports another test module.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from previsit.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
 from previsit.evaluate import Settings, evaluate
@@ -146,6 +150,66 @@ def medication(rxnorm: str, display: str, *, days_ago: int = 400, status: str = 
             "dispenseRequest": dispense}
 
 
+def appointment(aid: str, start: str, *, status: str = "booked", pid: str = "p1",
+                practitioner: str | None = "dr-a", location: str | None = "loc-main",
+                service: str | None = None) -> dict[str, Any]:
+    """An Appointment with a Patient, a practitioner and a location participant.
+
+    `practitioner` is a Practitioner id, or a whole reference ("PractitionerRole/r1");
+    None leaves that participant (or the location) out.
+    """
+    participants: list[dict[str, Any]] = [
+        {"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"}]
+    if practitioner is not None:
+        reference = practitioner if "/" in practitioner else f"Practitioner/{practitioner}"
+        participants.append({"actor": {"reference": reference, "display": "Dr A"},
+                             "status": "accepted"})
+    if location is not None:
+        participants.append({"actor": {"reference": f"Location/{location}",
+                                       "display": "Main"}, "status": "accepted"})
+    resource: dict[str, Any] = {"resourceType": "Appointment", "id": aid, "status": status,
+                                "start": start, "participant": participants}
+    if service:
+        resource["serviceType"] = [{"coding": [{"system": SNOMED, "code": service}]}]
+    return resource
+
+
+def bundle(*resources: dict[str, Any], kind: str = "collection") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind,
+            "entry": [{"resource": r} for r in resources]}
+
+
+def write(folder: Path, name: str, data: Any) -> None:
+    """Write `data` (JSON-encoded unless already text) to folder/name, making folders."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def json_response(body: Any, status: int = 200, **headers: str) -> httpx.Response:
+    """A FHIR server's JSON answer, for respx routes."""
+    return httpx.Response(status, json=body, headers={"Content-Type": "application/fhir+json",
+                                                      **headers})
+
+
+def capability_statement(*, batch: bool = True, search_params: tuple[str, ...] = (
+        "date", "status", "practitioner", "location", "service-type", "patient"),
+        conditional: bool = True, version: str = "4.0.1") -> dict[str, Any]:
+    """A server's CapabilityStatement: by default it offers everything previsit uses
+    (read, search, create, conditional create/update on every type it reads or writes;
+    batch and transaction)."""
+    types = ("Appointment", "Patient", "Condition", "MedicationRequest", "Observation",
+             "Procedure", "Immunization", "ServiceRequest", "DocumentReference")
+    return {"resourceType": "CapabilityStatement", "fhirVersion": version, "rest": [{
+        "mode": "server",
+        "interaction": [{"code": "transaction"}] + ([{"code": "batch"}] if batch else []),
+        "resource": [{"type": t, "interaction": [{"code": c} for c in
+                                                 ("read", "search-type", "create", "update")],
+                      "conditionalCreate": conditional, "conditionalUpdate": conditional,
+                      "searchParam": [{"name": p, "type": "token"} for p in search_params]}
+                     for t in types]}]}
+
+
 def record(*resources: dict[str, Any]) -> PatientRecord:
     return build_record(resources)
 
@@ -172,8 +236,6 @@ FIT_VS = "https://example.org/fhir/ValueSet/fit"
 def tiny_rules(folder: Path) -> RuleSet:
     """A one-rule library (FIT every year from 45) for tests that must not depend on the
     shipped clinical content."""
-    import json
-
     (folder / "valuesets").mkdir(parents=True, exist_ok=True)
     (folder / "valuesets" / "fit.json").write_text(json.dumps({
         "resourceType": "ValueSet", "url": FIT_VS, "title": "FIT",

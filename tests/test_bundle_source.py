@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import condition, observation, patient
+from builders import appointment, bundle, condition, observation, patient, write
 
 from previsit.errors import PatientReadError, SourceError
 from previsit.sources import VisitWindow
@@ -17,34 +17,6 @@ from previsit.sources.bundles import BundleSource
 
 DAY = date(2026, 12, 1)
 TZ = "America/Chicago"
-
-
-def appointment(aid: str, start: str, *, status: str = "booked", pid: str = "p1",
-                practitioner: str = "dr-a", location: str = "loc-main",
-                service: str | None = None) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "Appointment", "id": aid, "status": status, "start": start,
-        "participant": [
-            {"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"},
-            {"actor": {"reference": f"Practitioner/{practitioner}", "display": "Dr A"},
-             "status": "accepted"},
-            {"actor": {"reference": f"Location/{location}", "display": "Main"},
-             "status": "accepted"}]}
-    if service:
-        resource["serviceType"] = [{"coding": [{"system": "http://snomed.info/sct",
-                                                "code": service}]}]
-    return resource
-
-
-def bundle(*resources: dict[str, Any], kind: str = "collection") -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": kind,
-            "entry": [{"resource": r} for r in resources]}
-
-
-def write(folder: Path, name: str, data: Any) -> None:
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(data if isinstance(data, str) else json.dumps(data))
 
 
 def window(**kwargs: Any) -> VisitWindow:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import patient, tiny_rules
-from test_bundle_source import appointment, bundle, write
+from builders import appointment, bundle, patient, tiny_rules, write
 
 from previsit.errors import PatientReadError, SourceError
 from previsit.plan import ProposalOutcome, Visit
