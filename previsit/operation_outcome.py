@@ -104,8 +104,8 @@ def describe_failure(response: httpx.Response, base_url: httpx.URL | str | None 
     proxy) are summarised by their content type, never quoted: they can echo the request.
     """
     request = response.request
-    line = (f"HTTP {response.status_code} {response.reason_phrase} on {request.method} "
-            f"{redacted_target(request.url, base_url)}".rstrip())
+    status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    line = f"{status} on {request.method} {redacted_target(request.url, base_url)}".rstrip()
     detail = describe_outcome(object_or_none(response.content))
     if detail:
         return f"{line}: {detail}"

@@ -294,8 +294,6 @@ def test_a_failure_on_a_write_names_the_method_and_base() -> None:
         "failed — ServiceRequest.subject: minimum required = 1 [at ServiceRequest.subject]")
 
 
-@pytest.mark.xfail(strict=True, reason="a status httpx has no reason phrase for (520 from a "
-                   "CDN in front of the server) leaves two spaces in the line")
 def test_a_status_without_a_reason_phrase_reads_cleanly() -> None:
     assert describe_failure(failed(520, content_type=None), BASE) == \
         "HTTP 520 on GET Patient/…"

@@ -106,9 +106,6 @@ def test_an_empty_folder_has_nothing_to_upload(tmp_path: Path) -> None:
     assert read_resources(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="an NDJSON line or Bundle entry without resourceType "
-                   "is marked 'foreign' like a package.json and skipped silently, while an "
-                   "entry without a resource stops the upload")
 @pytest.mark.parametrize(("name", "data"), [
     ("obs.ndjson", ndjson(res("Observation", "o1"), {"id": "o2", "status": "final"})),
     ("day.json", {"resourceType": "Bundle", "type": "collection",

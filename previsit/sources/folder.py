@@ -68,8 +68,7 @@ def _item(line: str, where: str) -> FolderItem:
 
 def _resource(resource: Any, where: str, aliases: Mapping[str, str]) -> FolderItem:
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-        return FolderItem(where, problem="not a FHIR resource (no resourceType); skipped",
-                          foreign=True)
+        return FolderItem(where, problem="not a FHIR resource (no resourceType); skipped")
     return FolderItem(where, resource, aliases)
 
 
