@@ -4,12 +4,28 @@ Every read of FHIR JSON — a server's answer, a bundle file, a plan.json — go
 `loads` or `object_or_none`, so that limits on what a hostile or broken source can make
 previsit do (nesting depth, size, number parsing) are enforced in one place. Outputs are
 written by `dumps` with sorted keys, so the same run gives byte-identical files.
+
+Parsing is orjson first: fast, a fixed nesting limit, no recursion in Python. orjson also
+refuses two things that RFC 8259 allows and real exports contain — a lone surrogate escape
+(`"\\ud800"`) and a number too large for a double (`1e400`, a 400-digit integer) — and one
+such value must not cost a whole bundle file or a whole appointment search. Those texts
+are read again by the standard library, and what it returns is made safe: a lone surrogate
+becomes U+FFFD (it cannot be written as UTF-8 anywhere: a sheet, plan.json, a terminal),
+and a huge integer stays a Python int for `record.py` to set aside. NaN and Infinity are not
+JSON and are refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import orjson
+
+MAX_DEPTH = 1024  # orjson's own fixed limit: arrays and objects nested deeper are refused
+_BOM = "\ufeff"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JsonError(ValueError):
@@ -17,14 +33,26 @@ class JsonError(ValueError):
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON text; JsonError when it cannot be parsed."""
+    """Parse JSON text (a UTF-8 byte order mark is ignored); JsonError when it cannot be
+    parsed."""
+    data = _without_bom(data)
     try:
-        return json.loads(data)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            # Not retried: the standard library's parser recurses in C as deep as it is told.
+            raise JsonError(f"not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise JsonError(f"not valid JSON: {exc.msg} at line {exc.lineno} column "
                         f"{exc.colno}") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise JsonError(f"not valid JSON: {type(exc).__name__}") from None
+    except RecursionError:
+        raise JsonError(f"not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # e.g. an integer of more than 4,300 digits (Python refuses to convert it)
+        raise JsonError(f"not valid JSON: {type(exc).__name__}: {str(exc)[:100]}") from None
+    return _without_lone_surrogates(value)
 
 
 def object_or_none(data: bytes | str) -> dict[str, Any] | None:
@@ -39,3 +67,51 @@ def object_or_none(data: bytes | str) -> dict[str, Any] | None:
 def dumps(data: Any) -> str:
     """An output file's text: indented, keys sorted, UTF-8 as is, a final newline."""
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _without_bom(data: bytes | str) -> bytes | str:
+    # RFC 8259 §8.1: a parser MAY ignore a byte order mark; Windows tools write one.
+    if isinstance(data, str):
+        return data[1:] if data.startswith(_BOM) else data
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _clean(text: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD.
+
+    Iterative: the value may be nested as deep as the parser allowed, and the walk must not
+    be the thing that runs out of stack.
+    """
+    if isinstance(value, str):
+        return _clean(value)
+    if not isinstance(value, (dict, list)):
+        return value
+    pending: list[Any] = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key in list(node):
+                item = node[key]
+                if isinstance(item, str):
+                    item = _clean(item)
+                elif isinstance(item, (dict, list)):
+                    pending.append(item)
+                if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                    del node[key]
+                    key = _clean(key)
+                node[key] = item
+        else:
+            for index, item in enumerate(node):
+                if isinstance(item, str):
+                    node[index] = _clean(item)
+                elif isinstance(item, (dict, list)):
+                    pending.append(item)
+    return value
