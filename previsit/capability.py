@@ -80,22 +80,29 @@ class ServerCapabilities:
 
 
 def parse_capabilities(statement: Mapping[str, Any]) -> ServerCapabilities:
-    """Read the server-mode `rest` entry of a CapabilityStatement."""
-    if statement.get("resourceType") != "CapabilityStatement":
+    """Read the server-mode `rest` entry of a CapabilityStatement, as far as it goes: a
+    part of the wrong shape inside it (an interaction or a searchParam that is not a list)
+    reads as absent. ValueError when it is not a CapabilityStatement at all, or its `rest`
+    is not a list (nothing in it can be read: callers then treat it as no statement)."""
+    if not isinstance(statement, Mapping) or \
+            statement.get("resourceType") != "CapabilityStatement":
         raise ValueError("not a CapabilityStatement")
-    rest = next((r for r in statement.get("rest") or () if isinstance(r, Mapping)
+    if not isinstance(statement.get("rest", []), list):
+        raise ValueError("a CapabilityStatement whose rest is not a list")
+    rest = next((r for r in _list(statement.get("rest")) if isinstance(r, Mapping)
                  and r.get("mode", "server") == "server"), {})
     resources: dict[str, ResourceSupport] = {}
-    for entry in rest.get("resource") or ():
+    for entry in _list(rest.get("resource")):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str):
             continue
-        params = [p.get("name") for p in entry.get("searchParam") or () if isinstance(p, Mapping)]
+        params = [p.get("name") for p in _list(entry.get("searchParam"))
+                  if isinstance(p, Mapping)]
         resources[entry["type"]] = ResourceSupport(
             type=entry["type"],
             interactions=_codes(entry.get("interaction")),
             search_params=frozenset(p for p in params if isinstance(p, str)) or None,
             conditional_create=entry.get("conditionalCreate") is True,
-            search_include=frozenset(i for i in entry.get("searchInclude") or ()
+            search_include=frozenset(i for i in _list(entry.get("searchInclude"))
                                      if isinstance(i, str)),
             conditional_update=entry.get("conditionalUpdate") is True)
     software = statement.get("software")
@@ -106,6 +113,11 @@ def parse_capabilities(statement: Mapping[str, Any]) -> ServerCapabilities:
         isinstance(software.get("name"), str) else None,
         system_interactions=_codes(rest.get("interaction")),
         resources=resources)
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON array, or nothing: a server's `"rest": 5` lists no rest entries."""
+    return value if isinstance(value, list) else []
 
 
 @dataclass(frozen=True)
@@ -292,7 +304,7 @@ async def _probe(client: httpx.AsyncClient, base: str) -> CheckLine:
 
 
 def _codes(items: Any) -> frozenset[str]:
-    return frozenset(str(i["code"]) for i in items or () if isinstance(i, Mapping)
+    return frozenset(str(i["code"]) for i in _list(items) if isinstance(i, Mapping)
                      and isinstance(i.get("code"), str))
 
 

@@ -326,9 +326,6 @@ def test_record_is_read_with_one_batch_and_each_search_paged_to_the_end() -> Non
     assert h.source.request_count == 3  # metadata, batch, page 2
 
 
-@pytest.mark.xfail(strict=True, reason="parse_capabilities raises TypeError on a statement "
-                   "whose rest is not a list; _use_batch catches only SourceError and "
-                   "ValueError, so the record read (and the run) fails")
 def test_a_malformed_capability_statement_is_read_as_none_and_batch_tried() -> None:
     h = Harness()
     h.router.get("/metadata").mock(return_value=json_response(
