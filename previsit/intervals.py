@@ -17,6 +17,10 @@ from previsit.errors import DurationError
 _DURATION = re.compile(r"^\s*(\d+)\s*(y|mo|w|d)\s*$")
 _UNIT_WORDS = {"y": ("year", "years"), "mo": ("month", "months"), "w": ("week", "weeks"),
                "d": ("day", "days")}
+# The longest duration a rule may name, per unit: 200 years. Anything longer is a typo (a
+# look-back of 99999999999999999999y), and refusing it when the rule is loaded names the
+# file, where accepting it would fail at evaluation.
+MAX_AMOUNT = {"y": 200, "mo": 200 * 12, "w": 200 * 53, "d": 200 * 366}
 
 
 
@@ -36,7 +40,12 @@ class Duration:
                 f"{text!r} is not a duration; write a whole number followed by y, mo, w or d "
                 "(for example 10y, 27mo, 4w, 60d)"
             )
-        return cls(int(match.group(1)), match.group(2))
+        amount, unit = int(match.group(1)), match.group(2)
+        if amount > MAX_AMOUNT[unit]:
+            raise DurationError(
+                f"{text!r} is longer than any rule needs; at most {MAX_AMOUNT[unit]}{unit} "
+                "(200 years)")
+        return cls(amount, unit)
 
     def after(self, start: date) -> date:
         """The date this duration after `start`."""
@@ -55,16 +64,26 @@ class Duration:
 
 
 def add(start: date, duration: Duration) -> date:
-    """Add a duration to a date, clamping to the end of the month for y/mo units."""
+    """Add a duration to a date, clamping to the end of the month for y/mo units.
+
+    A result outside the calendar (before 0001-01-01, after 9999-12-31) is that calendar
+    end: a chart dated 9999-12-31, or a supply of 10**18 days, gives "never" rather than an
+    OverflowError out of the run.
+    """
     if duration.unit in ("y", "mo"):
         months = duration.amount * (12 if duration.unit == "y" else 1)
         index = start.year * 12 + (start.month - 1) + months
         year, month = divmod(index, 12)
+        if year < date.min.year:
+            return date.min
+        if year > date.max.year:
+            return date.max
         month += 1
         day = min(start.day, calendar.monthrange(year, month)[1])
         return date(year, month, day)
     days = duration.amount * (7 if duration.unit == "w" else 1)
-    return date.fromordinal(start.toordinal() + days)
+    ordinal = start.toordinal() + days
+    return date.fromordinal(min(max(ordinal, 1), date.max.toordinal()))
 
 
 def age_on(birth_date: date, on: date) -> int:

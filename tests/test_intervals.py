@@ -172,3 +172,34 @@ def test_season_starts_on_the_first_of_august() -> None:
 def test_season_start_month_is_configurable() -> None:
     assert influenza_season_start(date(2026, 8, 31), start_month=9) == date(2025, 9, 1)
     assert influenza_season_start(date(2026, 9, 1), start_month=9) == date(2026, 9, 1)
+
+
+# --- the ends of the calendar ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("start", "duration", "expected"), [
+    (date(9999, 12, 31), Duration(30, "d"), date(9999, 12, 31)),
+    (date(9999, 12, 31), Duration(1, "mo"), date(9999, 12, 31)),
+    (date(2026, 12, 1), Duration(10**18, "d"), date(9999, 12, 31)),
+    (date(2026, 12, 1), Duration(10**18, "y"), date(9999, 12, 31)),
+    (date(1, 1, 1), Duration(-1, "d"), date(1, 1, 1)),
+    (date(2026, 12, 1), Duration(-10**9, "w"), date(1, 1, 1)),
+    (date(2026, 12, 1), Duration(-3000, "y"), date(1, 1, 1)),
+])
+def test_a_date_past_the_calendar_is_its_end_not_an_overflow(start: date, duration: Duration,
+                                                             expected: date) -> None:
+    assert add(start, duration) == expected
+
+
+@pytest.mark.parametrize(("text", "limit"), [
+    ("99999999999999999999y", "200y"), ("201y", "200y"), ("2401mo", "2400mo"),
+    ("10601w", "10600w"), ("73201d", "73200d"),
+])
+def test_parse_refuses_a_duration_longer_than_any_rule_needs(text: str, limit: str) -> None:
+    with pytest.raises(DurationError, match=f"longer than any rule needs; at most {limit}"):
+        Duration.parse(text)
+
+
+def test_parse_accepts_the_longest_durations() -> None:
+    assert [Duration.parse(t) for t in ("200y", "2400mo", "10600w", "73200d")] == [
+        Duration(200, "y"), Duration(2400, "mo"), Duration(10600, "w"), Duration(73200, "d")]
