@@ -8,8 +8,9 @@ as a `DataIssue` on the record, with the resource it came from, instead of being
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -210,10 +211,21 @@ def _status_code(concept: Any) -> str:
     return c.codings[0].code if c.codings else ""
 
 
+def _finite(value: Any) -> float | None:
+    """A JSON number as a float, or None: not a number, or beyond a double (10**400, 1e400)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _quantity(value: Any) -> Quantity | None:
-    if isinstance(value, dict) and isinstance(value.get("value"), (int, float)) \
-            and not isinstance(value.get("value"), bool):
-        return Quantity(float(value["value"]), _str(value.get("unit")) or _str(value.get("code")))
+    number = _finite(value.get("value")) if isinstance(value, dict) else None
+    if number is not None:
+        return Quantity(number, _str(value.get("unit")) or _str(value.get("code")))
     return None
 
 
@@ -291,20 +303,39 @@ def _medication_concept(resource: JSON, medications: Mapping[str, JSON]) -> Conc
     return Concept(text=display if isinstance(display, str) else None)
 
 
-def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -> MedicationOrder:
+# Beyond these a supply or a number of refills is not a prescription but a data error (an
+# expectedSupplyDuration of 1e308 months, 10**18 refills): set aside, never computed with.
+MAX_SUPPLY_DAYS = 3660
+MAX_REPEATS = 1000
+
+
+def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON],
+                              issues: list[DataIssue]) -> MedicationOrder:
     contained = {f"#{c.get('id')}": c for c in resource.get("contained") or ()
                  if isinstance(c, dict) and c.get("resourceType") == "Medication"}
     dispense = resource.get("dispenseRequest") or {}
     validity = dispense.get("validityPeriod") or {}
     supply = dispense.get("expectedSupplyDuration") or {}
     supply_days = None
-    if isinstance(supply.get("value"), (int, float)):
+    value = supply.get("value")
+    amount = _finite(value)
+    if amount is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        amount = math.inf  # a number, but beyond a double (10**400): implausible, said so
+    if amount is not None:
         unit = (supply.get("code") or supply.get("unit") or "d").lower()
         factor = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30,
                   "month": 30, "months": 30}.get(unit)
         if factor is not None:
-            supply_days = round(supply["value"] * factor)
+            supply_days = round(min(amount * factor, MAX_SUPPLY_DAYS + 1.0))
+            if not 0 <= supply_days <= MAX_SUPPLY_DAYS:
+                issues.append(DataIssue(_ref(resource), f"expectedSupplyDuration {amount:g} "
+                                        f"{unit} is not a plausible supply; not used"))
+                supply_days = None
     repeats = dispense.get("numberOfRepeatsAllowed")
+    if isinstance(repeats, int) and not 0 <= repeats <= MAX_REPEATS:
+        issues.append(DataIssue(_ref(resource), f"numberOfRepeatsAllowed {str(repeats)[:20]} "
+                                "is not a plausible number of refills; not used"))
+        repeats = None
     return MedicationOrder(
         ref=_ref(resource),
         medication=_medication_concept(resource, {**medications, **contained}),
@@ -408,15 +439,15 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                     intent=_str(resource.get("intent")) or "",
                     identifiers=_identifiers(resource),
                     authored_on=parse_fhir_date(resource.get("authoredOn"))))
-        except (AttributeError, TypeError, ValueError) as exc:
+        except (AttributeError, TypeError, ValueError, ArithmeticError) as exc:
             issues.append(DataIssue(ref, f"could not be read ({exc.__class__.__name__}: {exc})"))
 
     if patient is None:
         raise RecordError("no Patient resource among the resources")
     for resource in med_requests:
         try:
-            order = _parse_medication_request(resource, medications)
-        except (AttributeError, TypeError, ValueError) as exc:
+            order = _parse_medication_request(resource, medications, issues)
+        except (AttributeError, TypeError, ValueError, ArithmeticError) as exc:
             issues.append(DataIssue(_ref(resource), f"could not be read "
                                                     f"({exc.__class__.__name__}: {exc})"))
             continue
@@ -432,3 +463,26 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                          observations=tuple(observations), procedures=tuple(procedures),
                          immunizations=tuple(immunizations), requests=tuple(requests),
                          issues=tuple(issues))
+
+
+# Older than anyone has lived (122 years) with a margin: a birth date before this is an
+# entry error (0001-01-01 gives an age of 2025), as is one after the visit day.
+MAX_AGE_YEARS = 130
+
+
+def with_plausible_birth_date(record: PatientRecord, on: date) -> PatientRecord:
+    """The record as of a visit day: a birth date after that day, or more than
+    MAX_AGE_YEARS before it, is set aside as a DataIssue (the age is then unknown and the
+    rules that need it say so) instead of giving an age of -4 or 2025."""
+    birth = record.patient.birth_date
+    if birth is None:
+        return record
+    if birth > on:
+        problem = f"birth date {birth.isoformat()} is after the visit day; age unknown"
+    elif on.year - birth.year > MAX_AGE_YEARS:
+        problem = (f"birth date {birth.isoformat()} is more than {MAX_AGE_YEARS} years "
+                   "before the visit day; age unknown")
+    else:
+        return record
+    return replace(record, patient=replace(record.patient, birth_date=None),
+                   issues=(*record.issues, DataIssue(f"Patient/{record.patient.id}", problem)))

@@ -422,3 +422,72 @@ def test_deceased_and_partial_birth_date() -> None:
 
 def test_builders_visit_is_what_these_dates_assume() -> None:
     assert date(2026, 12, 1) == VISIT
+
+
+# --- numbers and dates a chart cannot mean --------------------------------------------------
+
+
+def test_a_value_beyond_a_double_is_not_a_value() -> None:
+    huge = observation("4548-4", 30, 7.0, "%")
+    huge["valueQuantity"]["value"] = 10**400
+    infinite = observation("2823-3", 30, 4.0, "mmol/L")
+    infinite["valueQuantity"]["value"] = float("inf")
+    rec = build_record([patient(), huge, infinite])
+    assert [o.value_quantity for o in rec.observations] == [None, None]
+    assert rec.issues == ()
+
+
+@pytest.mark.parametrize(("supply", "message"), [
+    ({"value": 1e308, "unit": "months", "code": "mo"},
+     "expectedSupplyDuration 1e+308 mo is not a plausible supply; not used"),
+    ({"value": 10**400, "unit": "days", "code": "d"},
+     "expectedSupplyDuration inf d is not a plausible supply; not used"),
+    ({"value": -30, "unit": "days", "code": "d"},
+     "expectedSupplyDuration -30 d is not a plausible supply; not used"),
+])
+def test_an_impossible_supply_is_set_aside(supply: dict[str, Any], message: str) -> None:
+    order = medication("314076", "lisinopril 10 mg tablet")
+    order["dispenseRequest"]["expectedSupplyDuration"] = supply
+    rec = build_record([patient(), order])
+    assert rec.medications[0].supply_days is None
+    assert [(i.resource, i.message) for i in rec.issues] == [(rec.medications[0].ref, message)]
+
+
+def test_the_longest_plausible_supply_is_kept() -> None:
+    order = medication("314076", "lisinopril 10 mg tablet")
+    order["dispenseRequest"]["expectedSupplyDuration"] = {"value": 122, "code": "mo"}
+    assert build_record([patient(), order]).medications[0].supply_days == 3660
+
+
+def test_an_impossible_number_of_refills_is_set_aside() -> None:
+    order = medication("314076", "lisinopril 10 mg tablet")
+    order["dispenseRequest"]["numberOfRepeatsAllowed"] = 10**18
+    rec = build_record([patient(), order])
+    assert rec.medications[0].repeats is None
+    assert [i.message for i in rec.issues] == [
+        "numberOfRepeatsAllowed 1000000000000000000 is not a plausible number of refills; "
+        "not used"]
+
+
+@pytest.mark.parametrize(("birth", "message"), [
+    ("2030-06-01", "birth date 2030-06-01 is after the visit day; age unknown"),
+    ("2026-12-02", "birth date 2026-12-02 is after the visit day; age unknown"),
+    ("0001-01-01", "birth date 0001-01-01 is more than 130 years before the visit day; "
+                   "age unknown"),
+])
+def test_an_impossible_birth_date_is_set_aside_on_the_visit_day(birth: str,
+                                                                message: str) -> None:
+    from previsit.record import with_plausible_birth_date
+
+    rec = with_plausible_birth_date(build_record([patient(pid="p1", birth=birth)]),
+                                    date(2026, 12, 1))
+    assert rec.patient.birth_date is None
+    assert [(i.resource, i.message) for i in rec.issues] == [("Patient/p1", message)]
+
+
+@pytest.mark.parametrize("birth", ["2026-12-01", "1896-12-02", "1990-05-05"])
+def test_a_possible_birth_date_is_kept(birth: str) -> None:
+    from previsit.record import with_plausible_birth_date
+
+    rec = build_record([patient(pid="p1", birth=birth)])
+    assert with_plausible_birth_date(rec, date(2026, 12, 1)) is rec
