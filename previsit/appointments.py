@@ -16,7 +16,7 @@ from previsit.codes import Concept
 from previsit.errors import AppointmentError
 from previsit.intervals import parse_fhir_date, parse_fhir_datetime
 from previsit.plan import Ref, Visit
-from previsit.references import bare_id
+from previsit.references import bare_id, patient_id
 from previsit.sources import VisitWindow
 
 
@@ -31,23 +31,39 @@ def _participant(resource: Mapping[str, Any], prefix: str) -> Ref | None:
     return None
 
 
-def visit_from_appointment(resource: Mapping[str, Any], timezone: str = "UTC") -> Visit:
-    """A Visit, with the start converted to the clinic's time zone."""
+def visit_from_appointment(resource: Mapping[str, Any], timezone: str = "UTC", *,
+                           base_url: str | None = None) -> Visit:
+    """A Visit, with the start converted to the clinic's time zone.
+
+    The patient is read from a `Patient/<id>` reference only (`base_url`: the server's own
+    base, which may prefix it); an appointment naming its patient any other way is not
+    planned for anyone. Anything in the Appointment that cannot be read is an
+    AppointmentError: one bad appointment is an input problem, never the end of the run.
+    """
     rid = resource.get("id")
     if not isinstance(rid, str):
         raise AppointmentError("Appointment has no id")
+    try:
+        return _visit(resource, rid, timezone, base_url)
+    except AppointmentError:
+        raise
+    except Exception as exc:  # a wrong type anywhere: this appointment only
+        raise AppointmentError(f"Appointment/{rid} cannot be read "
+                               f"({type(exc).__name__})") from None
+
+
+def _visit(resource: Mapping[str, Any], rid: str, timezone: str, base_url: str | None
+           ) -> Visit:
     patient = _participant(resource, "Patient/")
     if patient is None or patient.reference is None:
         raise AppointmentError(f"Appointment/{rid} has no Patient participant")
-    start = parse_fhir_datetime(resource.get("start"))
+    pid = patient_id(patient.reference, base_url)
+    if pid is None:
+        raise AppointmentError(f"Appointment/{rid}: its patient reference is not "
+                               "Patient/<id> on this server; not planned for anyone")
+    start = _start(resource.get("start"), timezone)
     if start is None:
-        day = parse_fhir_date(resource.get("start"))
-        if day is None:
-            raise AppointmentError(f"Appointment/{rid} has no readable start")
-        start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(timezone))
-    elif start.tzinfo is None:
-        start = start.replace(tzinfo=ZoneInfo(timezone))
-    start = start.astimezone(ZoneInfo(timezone))
+        raise AppointmentError(f"Appointment/{rid} has no readable start")
     service = None
     for concept in resource.get("serviceType") or ():
         service = Concept.from_json(concept).label()
@@ -60,12 +76,33 @@ def visit_from_appointment(resource: Mapping[str, Any], timezone: str = "UTC") -
         break
     description = resource.get("description")
     return Visit(
-        appointment_id=rid, patient_id=bare_id(patient.reference), start=start,
+        appointment_id=rid, patient_id=pid, start=start,
         status=str(resource.get("status") or ""),
         practitioner=_participant(resource, "Practitioner/") or
         _participant(resource, "PractitionerRole/"),
         location=_participant(resource, "Location/"), service_type=service, reason=reason,
         description=description if isinstance(description, str) else None)
+
+
+def _start(value: Any, timezone: str) -> datetime | None:
+    """Appointment.start in the clinic's zone: an instant, or (leniently) a whole date.
+
+    A year or a month alone ("2026-12") is not a time of day on any day: it is refused
+    rather than planned on the 1st. A start the calendar cannot hold in the clinic's zone
+    (0001-01-01T00:00+14:00 is the year 0 in UTC) is unreadable, not an OverflowError.
+    """
+    zone = ZoneInfo(timezone)
+    start = parse_fhir_datetime(value)
+    try:
+        if start is None:
+            day = parse_fhir_date(value) if isinstance(value, str) and len(value) == 10 \
+                else None
+            return datetime(day.year, day.month, day.day, tzinfo=zone) if day else None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=zone)
+        return start.astimezone(zone)
+    except (OverflowError, ValueError):
+        return None
 
 
 def _codes(resource: Mapping[str, Any]) -> set[str]:
