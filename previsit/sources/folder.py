@@ -41,7 +41,7 @@ def read_folder(folder: Path) -> Iterator[FolderItem]:
     for path in _files(folder):
         where = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not data
         except (OSError, UnicodeDecodeError) as exc:
             yield FolderItem(where, problem=f"cannot read file: {exc}")
             continue
