@@ -40,6 +40,16 @@ class SourceConfig(_Section):
     max_retry_seconds: float = Field(default=120.0, gt=0)  # total backoff budget per request
     page_size: int = Field(default=100, ge=1, le=1000)
     use_batch: bool = True  # read each record with one batch Bundle when the server can
+    # Bounds on what a server can make a run read (a hostile or broken server: a 1 GiB body,
+    # a gzip bomb, a byte every few seconds, next links that never end). What exceeds them
+    # fails that patient; the defaults are far above any real record.
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # one body, inflated
+    max_search_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # one search, all pages
+    request_deadline_seconds: float = Field(default=120.0, gt=0)  # one request, to its last byte
+    deadline_seconds: float = Field(default=3600.0, gt=0)  # all reading in a run
+    # An HTTP(S) proxy, used only when set here: HTTP_PROXY and friends in the environment
+    # are ignored (a proxy sees every request, credentials included).
+    proxy: str | None = None
 
     @field_validator("timezone")
     @classmethod

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
+import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -24,12 +27,17 @@ WINDOW = VisitWindow(start=date(2026, 12, 1), end=date(2026, 12, 2), timezone="A
 
 
 class Breaking(BundleSource):
-    """A bundle source whose reads or writes fail for chosen patients / appointments."""
+    """A bundle source whose reads or writes fail for chosen patients / appointments: with
+    a SourceError, with an error nobody foresaw (`broken`, `unwritable_oddly`), or by never
+    answering (`hanging`)."""
 
     def __init__(self, folder: Path, *, unreadable: Sequence[str] = (),
-                 unwritable: Sequence[str] = (), down: bool = False) -> None:
+                 unwritable: Sequence[str] = (), down: bool = False,
+                 broken: Sequence[str] = (), unwritable_oddly: Sequence[str] = (),
+                 hanging: Sequence[str] = ()) -> None:
         super().__init__(folder)
         self.unreadable, self.unwritable, self.down = set(unreadable), set(unwritable), down
+        self.broken, self.oddly, self.hanging = set(broken), set(unwritable_oddly), set(hanging)
 
     async def appointments(self, window: VisitWindow) -> Sequence[Visit]:
         if self.down:
@@ -39,11 +47,17 @@ class Breaking(BundleSource):
     async def patient_record(self, patient_id: str) -> PatientRecord:
         if patient_id in self.unreadable:
             raise PatientReadError(patient_id, "HTTP 503 after 5 attempts")
+        if patient_id in self.broken:
+            raise OverflowError("Ana Able's value 1e999 does not fit")  # names the patient
+        if patient_id in self.hanging:
+            await asyncio.sleep(3600)
         return await super().patient_record(patient_id)
 
     async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> WriteResult:
         if key in self.unwritable:
             raise SourceError("HTTP 500 on transaction")
+        if key in self.oddly:
+            raise KeyError("entry")
         return await super().write_transaction(bundle, key=key)
 
 
@@ -59,9 +73,11 @@ def day(tmp_path: Path) -> Path:
     return folder
 
 
-def run(source: BundleSource, tmp_path: Path, write_back: bool = True) -> Any:
+def run(source: BundleSource, tmp_path: Path, write_back: bool = True,
+        deadline: float | None = None) -> Any:
     rules = tiny_rules(tmp_path / "rules")
-    return asyncio.run(run_day(source, rules, RunOptions(window=WINDOW, write_back=write_back)))
+    return asyncio.run(run_day(source, rules, RunOptions(window=WINDOW, write_back=write_back,
+                                                         read_deadline_seconds=deadline)))
 
 
 def test_all_planned(day: Path, tmp_path: Path) -> None:
@@ -143,3 +159,64 @@ def test_outputs_are_byte_identical_on_a_rerun(day: Path, tmp_path: Path) -> Non
             (tmp_path / "out2/transactions" / name).read_bytes()
     report = json.loads(first["report"].read_text())
     assert report["exit_code"] == 0 and "timings" in report
+
+
+# --- the per-patient boundary and the deadline ----------------------------------------------
+
+
+def test_an_unforeseen_error_reading_one_patient_fails_only_their_visits(
+        day: Path, tmp_path: Path) -> None:
+    result = run(Breaking(day, broken=["p2"]), tmp_path)
+    assert result.exit_code == EXIT_PARTIAL
+    failed = {p.visit.appointment_id: p.failed for p in result.day.plans if p.failed}
+    reason = ("record could not be read: unexpected OverflowError (a bug, or data previsit "
+              "cannot read; details with --verbose)")
+    assert failed == {"a2": reason, "a2b": reason}  # the message (a name) is not repeated
+    assert sorted(result.bundles) == ["a1", "a3"]
+
+
+def test_an_unforeseen_error_planning_one_visit_fails_only_that_visit(
+        day: Path, tmp_path: Path) -> None:
+    result = run(Breaking(day, unwritable_oddly=["a1"]), tmp_path)
+    assert result.exit_code == EXIT_PARTIAL
+    assert {p.visit.appointment_id: p.failed for p in result.day.plans if p.failed} == {
+        "a1": "could not be planned: unexpected KeyError (a bug, or data previsit cannot "
+              "read; details with --verbose)"}
+
+
+def test_reading_stops_at_the_runs_deadline(day: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run(Breaking(day, hanging=["p3"]), tmp_path, deadline=0.5)
+    assert time.monotonic() - started < 5
+    assert result.exit_code == EXIT_PARTIAL
+    assert {p.visit.appointment_id: p.failed for p in result.day.plans if p.failed} == {
+        "a3": "record not read within the run's deadline (source.deadline_seconds)"}
+
+
+def test_appointments_not_read_by_the_deadline_are_nothing_done(day: Path,
+                                                                tmp_path: Path) -> None:
+    class Slow(BundleSource):
+        async def appointments(self, window: VisitWindow) -> Sequence[Visit]:
+            await asyncio.sleep(3600)
+            return []
+
+    with pytest.raises(SourceError, match=r"^the appointments were not read within the "
+                       r"run's deadline of 0.2 s \(source.deadline_seconds\)$"):
+        run(Slow(day), tmp_path, deadline=0.2)
+
+
+def test_outputs_are_private_and_replace_the_last_ones_whole(day: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"
+    previous = os.umask(0)  # the most permissive umask: the modes must not depend on it
+    try:
+        paths = write_outputs(run(BundleSource(day), tmp_path), out)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode))
+             for p in [tmp_path / "new", *sorted((tmp_path / "new").rglob("*"))]}
+    assert modes == {"new": "0o700", "new/out": "0o700", "new/out/plan.json": "0o600",
+                     "new/out/run-report.json": "0o600", "new/out/transactions": "0o700",
+                     "new/out/transactions/a1.json": "0o600",
+                     "new/out/transactions/a2.json": "0o600",
+                     "new/out/transactions/a3.json": "0o600"}
+    assert json.loads(paths["plan"].read_text())["resourceType"] == "previsit-plan"
