@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Coroutine
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -651,3 +652,165 @@ def test_from_config_needs_a_base_url() -> None:
 
     with pytest.raises(SourceError, match=r"source\.base_url is not set"):
         HttpSource.from_config(SourceConfig(kind="fhir"), AuthConfig(), {})
+
+
+# --- bounded reads: size, decompression, pages, time --------------------------------------
+
+
+class Chunks(httpx.AsyncByteStream):
+    """A body as a server streams it, piece by piece (respx's own responses arrive read)."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
+        self.sent = 0
+
+    async def __aiter__(self) -> Any:
+        for piece in self.pieces:
+            self.sent += len(piece)
+            yield piece
+
+
+def streamed(body: bytes, *, gzip: bool = False, piece: int = 65536,
+             length: bool = True) -> tuple[httpx.Response, Chunks]:
+    import zlib
+
+    data = body
+    headers = {"Content-Type": "application/fhir+json"}
+    if gzip:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        data = packer.compress(body) + packer.flush()
+        headers["Content-Encoding"] = "gzip"
+    if length:
+        headers["Content-Length"] = str(len(data))
+    stream = Chunks(*(data[i:i + piece] for i in range(0, len(data), piece)))
+    return httpx.Response(200, headers=headers, stream=stream), stream
+
+
+def padded_searchset(size: int) -> bytes:
+    head = b'{"resourceType":"Bundle","type":"searchset","entry":[]'
+    return head + b" " * (size - len(head) - 1) + b"}"
+
+
+def test_a_body_within_the_cap_is_read_and_decompressed() -> None:
+    h = Harness(max_response_bytes=10_000)
+    response, _ = streamed(json.dumps(searchset(appointment(
+        "a1", "2026-12-01T09:00:00-06:00"))).encode(), gzip=True, piece=7)
+    h.router.get("/Appointment").mock(return_value=response)
+    assert [v.appointment_id for v in run(h.source.appointments(WINDOW))] == ["a1"]
+    assert h.router.calls.last.request.headers["Accept-Encoding"] == "gzip, deflate"
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading() -> None:
+    h = Harness(max_response_bytes=10_000)
+    response, stream = streamed(padded_searchset(1_000_000))
+    route = h.router.get("/Appointment").mock(return_value=response)
+    with pytest.raises(SourceError, match=r"^reading appointments: GET Appointment\?date=…&"
+                       r"date=…&status=…&_count=…: the answer is larger than "
+                       r"source.max_response_bytes \(10,000 bytes\); not read$"):
+        run(h.source.appointments(WINDOW))
+    assert stream.sent == 0 and route.call_count == 1  # not read, not retried
+
+
+@pytest.mark.parametrize("gzip", [True, False], ids=["gzip bomb", "no length"])
+def test_a_body_growing_past_the_cap_is_cut_there(gzip: bool) -> None:
+    h = Harness(max_response_bytes=100_000)
+    response, stream = streamed(padded_searchset(50_000_000), gzip=gzip, length=False)
+    h.router.get("/Appointment").mock(return_value=response)
+    with pytest.raises(SourceError, match=r"larger than source.max_response_bytes "
+                       r"\(100,000 bytes\); not read$"):
+        run(h.source.appointments(WINDOW))
+    assert stream.sent < (1_000_000 if not gzip else 100_000)
+
+
+@pytest.mark.parametrize(("encoding", "body", "words"), [
+    ("br", b"...", "the answer is encoded as 'br'; previsit asks for gzip, deflate only"),
+    ("gzip", b"not gzip at all", "the answer is not valid compressed data"),
+])
+def test_a_body_that_cannot_be_decoded_is_refused(encoding: str, body: bytes,
+                                                  words: str) -> None:
+    h = Harness()
+    h.router.get("/Appointment").mock(return_value=httpx.Response(
+        200, headers={"Content-Encoding": encoding}, stream=Chunks(body)))
+    with pytest.raises(SourceError, match=re.escape(words)):
+        run(h.source.appointments(WINDOW))
+
+
+def test_a_search_over_its_byte_budget_stops_paging() -> None:
+    h = Harness(max_search_bytes=3_000, use_batch=False)
+    for n in range(1, 20):
+        h.router.get("/Condition", params={"page": str(n)}).mock(return_value=json_response(
+            searchset(next_url=f"{BASE}/Condition?patient=p1&page={n + 1}")
+            | {"padding": "x" * 900}))
+    h.router.get("/Patient/p1").mock(return_value=json_response(patient(pid="p1")))
+    h.router.get("/Condition").mock(return_value=json_response(
+        searchset(next_url=f"{BASE}/Condition?patient=p1&page=1")))
+    for rtype in ("MedicationRequest", "Observation", "Procedure", "Immunization",
+                  "ServiceRequest"):
+        h.router.get(f"/{rtype}").mock(return_value=json_response(searchset()))
+    with pytest.raises(PatientReadError, match=r"reading Condition: the search is larger than "
+                       r"source.max_search_bytes \(3,000 bytes\) after 4 pages; not read "
+                       r"further"):
+        run(h.source.patient_record("p1"))
+
+
+def test_a_request_with_no_complete_answer_by_its_deadline_is_retried_then_fails() -> None:
+    h = Harness(request_deadline_seconds=0.05, retry={"max_attempts": 2})
+
+    asked: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        await asyncio.sleep(5)
+        return json_response(searchset())
+
+    h.router.get("/Appointment").mock(side_effect=slow)
+    with pytest.raises(SourceError, match=r"no complete answer within "
+                       r"source.request_deadline_seconds \(0.05 s\) \(gave up after 2 attempts"):
+        run(h.source.appointments(WINDOW))
+    assert asked == ["/fhir/R4/Appointment"] * 2
+
+
+# --- the answer checked against the question ------------------------------------------------
+
+
+@pytest.mark.parametrize(("clinical", "words"), [
+    ([patient(pid="p2")], "the server answered the read of this patient with another patient"),
+    ([observation("4548-4", 10, 7.0, "%", pid="p2")],
+     "the server returned a Observation whose subject is not the patient asked for"),
+    ([{**observation("4548-4", 10, 7.0, "%"), "subject": {"reference": "Patient/p1/x"}}],
+     "the server returned a Observation whose subject is not the patient asked for"),
+    ([{**observation("4548-4", 10, 7.0, "%"), "subject": None}],
+     "the server returned a Observation whose subject is not the patient asked for"),
+    ([{"resourceType": "Immunization", "id": "i1", "status": "completed",
+       "patient": {"reference": "https://other.example/fhir/Patient/p1"},
+       "occurrenceDateTime": "2026-01-01"}],
+     "the server returned a Immunization whose patient is not the patient asked for"),
+])
+def test_a_record_holding_another_patients_data_is_not_used(clinical: list[dict[str, Any]],
+                                                            words: str) -> None:
+    h = Harness()
+    h.capability()
+    answer = record_batch(*[r for r in clinical if r["resourceType"] != "Patient"])
+    if clinical[0]["resourceType"] == "Patient":
+        answer["entry"][0]["resource"] = clinical[0]
+    h.router.post(BASE).mock(return_value=json_response(answer))
+    with pytest.raises(PatientReadError, match=re.escape(
+            f"Patient/p1: {words}; this record is not used (another patient's data must never "
+            "be planned)")):
+        run(h.source.patient_record("p1"))
+
+
+def test_subjects_under_the_servers_own_base_and_included_medications_are_the_patients(
+        ) -> None:
+    h = Harness()
+    h.capability()
+    mine = {**observation("4548-4", 10, 7.0, "%"),
+            "subject": {"reference": f"{BASE}/Patient/p1"}}
+    versioned = {**observation("2823-3", 10, 4.0, "mmol/L"),
+                 "subject": {"reference": "Patient/p1/_history/3"}}
+    drug = {"resourceType": "Medication", "id": "m1", "code": {"text": "lisinopril"}}
+    answer = record_batch(mine, versioned)
+    answer["entry"][2]["resource"]["entry"].append({"resource": drug,
+                                                    "search": {"mode": "include"}})
+    h.router.post(BASE).mock(return_value=json_response(answer))
+    assert len(run(h.source.patient_record("p1")).observations) == 2

@@ -13,6 +13,15 @@ attempts and a bounded total wait; a write is retried only when it is conditiona
 
 Errors a person reads name the request as "GET Observation?patient=…": parameter names,
 never values (DESIGN: no patient identifiers at INFO).
+
+What a server sends is bounded: every body is streamed and read up to
+`max_response_bytes` (counted after gzip/deflate is undone, which is done here with a cap,
+so a gzip bomb inflates no further than the cap), a search's pages up to
+`max_search_bytes` together, and one request from sending to its last byte within
+`request_deadline_seconds` (a server dripping a byte at a time never trips a read
+timeout). And what it answers is checked against the question: the Patient read must be
+that patient, and every Condition, Observation, … a record's searches return must have that
+patient as its subject; anything else fails that patient ("never the wrong chart").
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import random
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +60,7 @@ from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure, describe_outcome, redacted_target
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
+from previsit.references import patient_id as patient_of_reference
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,12 @@ BATCH_REFUSED = frozenset({400, 404, 405, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
+# The content codings previsit asks for and undoes itself (with a cap): gzip and deflate.
+ACCEPT_ENCODING = "gzip, deflate"
+_DEFAULTS = SourceConfig()
+# The searches of a record, and the field that names the patient in each (FHIR R4).
+_SUBJECT_FIELD = {rtype: "patient" if rtype == "Immunization" else "subject"
+                  for rtype, _ in RECORD_SEARCHES}
 
 T = TypeVar("T")
 
@@ -150,10 +167,17 @@ class HttpSource:
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, *, concurrency: int = 8,
                  page_size: int = 100, use_batch: bool = True,
-                 retry: RetryPolicy | None = None, owns_client: bool = False) -> None:
+                 retry: RetryPolicy | None = None, owns_client: bool = False,
+                 max_response_bytes: int = _DEFAULTS.max_response_bytes,
+                 max_search_bytes: int = _DEFAULTS.max_search_bytes,
+                 request_deadline_seconds: float = _DEFAULTS.request_deadline_seconds
+                 ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._client = client
+        self._max_response_bytes = max_response_bytes
+        self._max_search_bytes = max_search_bytes
+        self._request_deadline = request_deadline_seconds
         self.base_url = base_url.rstrip("/")
         self._base = httpx.URL(self.base_url + "/")  # for joining relative paths
         self._root = httpx.URL(self.base_url)  # batch and transaction go to [base] itself
@@ -198,7 +222,9 @@ class HttpSource:
                    page_size=source.page_size, use_batch=source.use_batch,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
                                      max_retry_seconds=source.max_retry_seconds),
-                   owns_client=True)
+                   owns_client=True, max_response_bytes=source.max_response_bytes,
+                   max_search_bytes=source.max_search_bytes,
+                   request_deadline_seconds=source.request_deadline_seconds)
         made._new_client = new_client
         return made
 
@@ -239,7 +265,8 @@ class HttpSource:
             if resource.get("resourceType") != "Appointment":
                 continue  # included resources, OperationOutcome entries
             try:
-                visit = visit_from_appointment(resource, window.timezone)
+                visit = visit_from_appointment(resource, window.timezone,
+                                               base_url=self.base_url)
             except AppointmentError as exc:
                 self._problems.append(SourceProblem(
                     f"Appointment/{resource.get('id', '?')}", str(exc)))
@@ -356,6 +383,10 @@ class HttpSource:
                 resources = await self._read_one_by_one(patient_id)
         except SourceError as exc:
             raise PatientReadError(patient_id, f"{where}: {exc}") from None
+        foreign = _not_of_patient(resources, patient_id, self.base_url)
+        if foreign is not None:
+            raise PatientReadError(patient_id, f"{where}: {foreign}; this record is not used "
+                                   "(another patient's data must never be planned)")
         try:
             return build_record(resources)
         except RecordError as exc:
@@ -456,11 +487,13 @@ class HttpSource:
         response = await self._request("GET", self._base.join(resource_type), params=params,
                                        step=step)
         first = _json_object(response, self._base)
-        return await self._pages(first, step, first=_relative(resource_type, params))
+        return await self._pages(first, step, first=_relative(resource_type, params),
+                                 spent=len(response.content))
 
-    async def _pages(self, bundle: Mapping[str, Any], step: str, *, first: str
-                     ) -> list[Mapping[str, Any]]:
-        """The resources of a searchset and of every page its next links lead to."""
+    async def _pages(self, bundle: Mapping[str, Any], step: str, *, first: str,
+                     spent: int = 0) -> list[Mapping[str, Any]]:
+        """The resources of a searchset and of every page its next links lead to, at most
+        `max_search_bytes` of pages (`spent`: the first page's size, when known)."""
         resources: list[Mapping[str, Any]] = []
         seen = {first}
         page = 1
@@ -490,6 +523,12 @@ class HttpSource:
             seen.add(str(url))
             page += 1
             response = await self._request("GET", url, step=f"{step}, page {page}")
+            spent += len(response.content)
+            if spent > self._max_search_bytes:
+                # Every page is kept until the record is built: the bound on memory.
+                raise RequestFailed(f"{step}: the search is larger than "
+                                    f"source.max_search_bytes ({self._max_search_bytes:,} "
+                                    f"bytes) after {page} pages; not read further")
             bundle = _json_object(response, self._base)
 
     # --- one request, with retries --------------------------------------------------------
@@ -552,12 +591,18 @@ class HttpSource:
                     ) -> httpx.Response:
         started = time.monotonic()
         self._bind_loop()
+        request = self._client.build_request(
+            method, url, params=tuple(params) if params else None,
+            headers={**headers, "Accept-Encoding": ACCEPT_ENCODING}, content=content)
         try:
             async with self._gate:
                 self.request_count += 1
-                response = await self._client.request(
-                    method, url, params=tuple(params) if params else None, headers=headers,
-                    content=content)
+                async with asyncio.timeout(self._request_deadline):
+                    response = await self._read(request, target)
+        except TimeoutError:
+            raise _Retry(f"{method} {target}: no complete answer within "
+                         f"source.request_deadline_seconds ({self._request_deadline:g} s)") \
+                from None
         except httpx.ConnectError as exc:
             words = f"{method} {target}: {_transport_words(exc, url)}"
             if not self._answered:
@@ -576,6 +621,45 @@ class HttpSource:
         if response.status_code in RETRY_STATUSES:
             raise _Retry(f"{method} {target}: HTTP {response.status_code}", response=response)
         return response
+
+    async def _read(self, request: httpx.Request, target: str) -> httpx.Response:
+        """Send `request` and read its body, at most `max_response_bytes` of it once
+        decoded; the response returned holds the decoded body (and no Content-Encoding)."""
+        cap = self._max_response_bytes
+        response = await self._client.send(request, stream=True)
+        try:
+            too_large = f"{request.method} {target}: the answer is larger than " \
+                f"source.max_response_bytes ({cap:,} bytes); not read"
+            inflate = _Inflater(response.headers.get("content-encoding", ""),
+                                f"{request.method} {target}")
+            declared = response.headers.get("content-length", "")
+            if inflate.identity and declared.isdigit() and int(declared) > cap:
+                raise RequestFailed(too_large)
+            parts: list[bytes] = []
+            size = 0
+            if response.is_stream_consumed:
+                # A response built in memory (a mock transport) arrives read and decoded.
+                parts.append(response.content)
+                size = len(response.content)
+            else:
+                async for chunk in response.aiter_raw():
+                    data = inflate.feed(chunk, cap - size + 1)
+                    size += len(data)
+                    if size > cap:
+                        break
+                    parts.append(data)
+                else:
+                    data = inflate.finish(cap - size + 1)
+                    size += len(data)
+                    parts.append(data)
+            if size > cap:
+                raise RequestFailed(too_large)
+        finally:
+            await response.aclose()
+        kept = [(k, v) for k, v in response.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=kept, content=b"".join(parts),
+                              request=response.request, extensions=response.extensions)
 
     def _wait(self, state: RetryCallState) -> float:
         failure = state.outcome.exception() if state.outcome else None
@@ -601,9 +685,13 @@ def build_client(source: SourceConfig, auth: httpx.Auth | None, *,
     """An httpx client as the configuration asks (timeouts, pool size, auth)."""
     return httpx.AsyncClient(
         auth=auth, timeout=httpx.Timeout(source.timeout_seconds),
-        headers={"Accept": FHIR_JSON, "User-Agent": "previsit"},
+        headers={"Accept": FHIR_JSON, "User-Agent": "previsit",
+                 "Accept-Encoding": ACCEPT_ENCODING},
         limits=httpx.Limits(max_connections=source.concurrency * 2,
                             max_keepalive_connections=source.concurrency),
+        # No proxy, .netrc or certificate settings from the environment: a proxy sees every
+        # request and its credentials, so it is used only when configured (source.proxy).
+        trust_env=False, proxy=source.proxy,
         transport=transport)
 
 
@@ -643,6 +731,69 @@ def _json_object(response: httpx.Response, base: httpx.URL) -> dict[str, Any]:
                             f"object ({content_type}, {len(response.content)} bytes)",
                             status=response.status_code)
     return body
+
+
+class _Inflater:
+    """Undoes a response's Content-Encoding (gzip or deflate) a piece at a time, never
+    producing more than asked: a 2 GB gzip bomb yields only the bytes under the cap."""
+
+    def __init__(self, header: str, what: str) -> None:
+        codings = [c.strip().lower() for c in header.split(",")
+                   if c.strip() and c.strip().lower() != "identity"]
+        self.identity = not codings
+        self._what = what
+        self._inflater: Any = None
+        if codings in (["gzip"], ["x-gzip"]):
+            self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        elif codings == ["deflate"]:
+            self._inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS)
+        elif codings:
+            raise RequestFailed(f"{what}: the answer is encoded as {header!r}; previsit asks "
+                                f"for {ACCEPT_ENCODING} only")
+
+    def feed(self, chunk: bytes, limit: int) -> bytes:
+        """The decoded bytes of `chunk`, at most `limit` of them."""
+        if self._inflater is None:
+            return chunk
+        try:
+            return bytes(self._inflater.decompress(chunk, limit))
+        except zlib.error:
+            raise RequestFailed(f"{self._what}: the answer is not valid compressed data") \
+                from None
+
+    def finish(self, limit: int) -> bytes:
+        """What is left once the body has ended (at most `limit` bytes); a stream that
+        ends early is an error, as httpx would make it."""
+        if self._inflater is None:
+            return b""
+        if not self._inflater.eof:
+            raise RequestFailed(f"{self._what}: the compressed answer ended early")
+        return bytes(self._inflater.decompress(self._inflater.unconsumed_tail, limit))
+
+
+def _not_of_patient(resources: Sequence[Mapping[str, Any]], patient_id: str,
+                    base_url: str) -> str | None:
+    """Why `resources` (read for one patient) are not all that patient's, or None.
+
+    The Patient must be the one asked for, and every resource of a record search must name
+    that patient in its subject (Immunization: patient), as `Patient/<id>` or under this
+    server's base. Included Medications and OperationOutcomes name no patient. Said without
+    ids: the reason is printed.
+    """
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        if rtype == "Patient":
+            if resource.get("id") != patient_id:
+                return "the server answered the read of this patient with another patient"
+        elif rtype in _SUBJECT_FIELD:
+            name = _SUBJECT_FIELD[str(rtype)]
+            ref = resource.get(name)
+            reference = ref.get("reference") if isinstance(ref, Mapping) else None
+            if not isinstance(reference, str) or \
+                    patient_of_reference(reference, base_url) != patient_id:
+                return (f"the server returned a {rtype} whose {name} is not the patient asked "
+                        "for")
+    return None
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
