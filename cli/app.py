@@ -6,9 +6,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -19,13 +21,17 @@ from typer.core import TyperGroup
 from previsit.config import Config, load_config
 from previsit.errors import ConfigError, PrevisitError, RuleError, SourceError
 from previsit.evaluate import Settings, evaluate
+from previsit.files import private_folder, write_text
 from previsit.intervals import Duration
+from previsit.jsonio import loads
 from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
+from previsit.record import with_plausible_birth_date
 from previsit.report import EXIT_NOTHING
 from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
 from previsit.sources import Source, VisitWindow
 from previsit.sources.bundles import BundleSource
+from previsit.text import terminal_safe
 
 
 class _Guarded(TyperGroup):
@@ -37,7 +43,8 @@ class _Guarded(TyperGroup):
         try:
             return super().invoke(ctx)
         except PrevisitError as exc:
-            raise fail(str(exc)) from None
+            # A source's message carries a server's words: never lines of their own.
+            raise fail(str(exc), keep_newlines=not isinstance(exc, SourceError)) from None
 
 
 app = typer.Typer(help="Pre-visit planning from FHIR: labs, screenings, immunizations and "
@@ -61,16 +68,38 @@ RulesOpt = Annotated[Path | None, typer.Option(
     exists=True, file_okay=False)]
 
 
-def fail(message: str, code: int = EXIT_NOTHING) -> typer.Exit:
-    typer.secho(f"previsit: {message}", fg=typer.colors.RED, err=True)
+def fail(message: str, code: int = EXIT_NOTHING, *, keep_newlines: bool = False) -> typer.Exit:
+    """The red line (and exit code) of a command that cannot go on. Only previsit's own
+    multi-line messages (configuration, rules) keep their line breaks."""
+    typer.secho(f"previsit: {terminal_safe(message, keep_newlines=keep_newlines)}",
+                fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+def say(text: object = "", *, err: bool = False) -> None:
+    """Print one line that may carry a server's or a chart's text (an OperationOutcome, a
+    software name, a medication): control and bidi characters out, a URL's password hidden,
+    so nothing printed can redraw the terminal or forge a line in the cron mail."""
+    typer.echo(terminal_safe(text), err=err)
+
+
+class _SafeLogText(logging.Filter):
+    """The same for log lines: the message is rendered once, made safe, and kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: show its parts instead
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg, record.args = terminal_safe(message), ()
+        return True
 
 
 def _config(path: Path | None, **overrides: Any) -> Config:
     try:
         return load_config(path, **overrides)
     except ConfigError as exc:
-        raise fail(f"configuration: {exc}") from None
+        raise fail(f"configuration: {exc}", keep_newlines=True) from None
 
 
 def _source_overrides(source_dir: Path | None, fhir_url: str | None) -> dict[str, Any]:
@@ -89,7 +118,7 @@ def _ruleset(config: Config, rules_dir: Path | None = None) -> RuleSet:
                             extra_valuesets=config.rules.valuesets,
                             disabled=config.rules.disabled)
     except RuleError as exc:
-        raise fail(f"the rule library cannot be used:\n{exc}") from None
+        raise fail(f"the rule library cannot be used:\n{exc}", keep_newlines=True) from None
 
 
 def _settings(config: Config) -> Settings:
@@ -131,10 +160,32 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
                         stream=sys.stderr)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # On the handlers, not a logger: a logger's filter misses its children's records. Every
+    # handler that prints this process's log lines gets it (once).
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _SafeLogText) for f in handler.filters):
+            handler.addFilter(_SafeLogText())
 
 
 def _default_date(config: Config) -> date:
     return datetime.now(ZoneInfo(config.source.timezone)).date() + timedelta(days=1)
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day_option(value: str, days: int = 1) -> date:
+    """--date as a calendar day whose window (value + days) the calendar can hold; else a
+    usage error (exit 2). An empty --date is an error, not tomorrow."""
+    try:
+        if not _DAY.fullmatch(value):
+            raise ValueError(value)
+        day = date.fromisoformat(value)
+        day + timedelta(days=days + 1)  # the window's end, and the day after it
+    except (ValueError, OverflowError):
+        raise fail(f"--date {value!r} is not a day previsit can plan (YYYY-MM-DD, before "
+                   "9999-12-30)", 2) from None
+    return day
 
 
 @app.command()
@@ -176,10 +227,8 @@ def run(
                                  "output__write_sheets": write_sheets}
     config = _config(config_path, **overrides, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
-    try:
-        start = date.fromisoformat(day) if day else _default_date(config)
-    except ValueError:
-        raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
+    start = _day_option(day, config.planning.days) if day is not None \
+        else _default_date(config)
     window = VisitWindow(
         start=start, end=start + timedelta(days=config.planning.days),
         timezone=config.source.timezone, statuses=config.planning.statuses,
@@ -198,14 +247,15 @@ def run(
                          identifier_system=config.output.identifier_system,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
-                         render_sheet=render_visit_sheet if store_sheets else None)
+                         render_sheet=render_visit_sheet if store_sheets else None,
+                         read_deadline_seconds=config.source.deadline_seconds)
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
     sheet_paths = _write_sheets(result.day, out_dir, config)
     if not quiet:
         _print_summary(result, config, paths, sheet_paths, write_back, local,
-                       store_sheets and write_back)
+                       store_sheets and write_back, verbose)
     raise typer.Exit(result.exit_code)
 
 
@@ -235,33 +285,46 @@ def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
 
 
 def _write_sheets(day: DayPlan, out_dir: Path, config: Config) -> list[Path]:
+    """Every visit's sheet, visits.html and huddle.html. A sheet that cannot be rendered is
+    left out with a warning: plan.json and the report are already written."""
     from previsit import sheets
 
-    folder = out_dir / "sheets"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(out_dir / "sheets")
     for stale in folder.glob("*.html"):
         stale.unlink()
     written = []
     for plan in day.plans:
         path = folder / sheets.visit_sheet_filename(plan)
-        path.write_text(sheets.render_visit_sheet(plan), encoding="utf-8")
-        written.append(path)
+        if _write_sheet(path, partial(sheets.render_visit_sheet, plan)):
+            written.append(path)
     every = out_dir / "visits.html"
-    every.write_text(sheets.render_visit_sheets(day), encoding="utf-8")
+    _write_sheet(every, lambda: sheets.render_visit_sheets(day))
     written.append(every)
     huddle = out_dir / "huddle.html"
-    huddle.write_text(sheets.render_huddle(day, minutes_saved=config.sheets.minutes_saved),
-                      encoding="utf-8")
+    _write_sheet(huddle, lambda: sheets.render_huddle(
+        day, minutes_saved=config.sheets.minutes_saved))
     written.append(huddle)
     return written
 
 
+def _write_sheet(path: Path, render: Callable[[], str]) -> bool:
+    try:
+        html = render()
+    except Exception as exc:  # one sheet: the others and the plan are still written
+        logging.getLogger("previsit.sheets").warning(
+            "a sheet could not be rendered (%s): %s left out", type(exc).__name__, path.name)
+        logging.getLogger("previsit.sheets").debug("rendering %s", path, exc_info=True)
+        return False
+    write_text(path, html)
+    return True
+
+
 def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
                    sheet_paths: list[Path], write_back: bool, local: bool,
-                   stored_sheets: bool) -> None:
+                   stored_sheets: bool, verbose: bool = False) -> None:
     report = result.report
     visits = report.visits
-    echo = typer.echo
+    echo = say
     where = (f"bundles in {config.source.path}" if local
              else f"FHIR server {config.source.base_url}")
     echo(f"previsit: {report.date.isoformat()} (+{report.days - 1} days), {where}, "
@@ -292,8 +355,15 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
     if stored_sheets:
         stored = report.sheets_stored
         echo(f"  sheets stored on the server: {stored.created} new, {stored.updated} replaced")
-    for failure in report.failures:
-        echo(f"  FAILED appointment {failure.appointment}: {failure.reason}")
+    plans = result.day.plans
+    for position, plan in enumerate(plans, start=1):
+        if plan.failed:
+            # stdout goes to cron mail: the appointment by position and id; the patient's id
+            # only with --verbose (and in run-report.json)
+            reason = plan.failed if verbose else _without_id(plan.failed, plan.visit.patient_id)
+            when = f", {plan.visit.start:%H:%M}" if plan.visit.start else ""
+            echo(f"  FAILED appointment {position} of {len(plans)} "
+                 f"({plan.visit.appointment_id}{when}): {reason}")
     if report.source_problems:
         echo(f"  input problems: {len(report.source_problems)} (see run-report.json)")
     visit_sheets = sheet_paths[:-2]
@@ -301,6 +371,14 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
          f"({len(result.bundles)} bundles), {sheet_paths[-1]} (huddle), {sheet_paths[-2]} "
          f"(all visits, one per page), {len(visit_sheets)} visit sheets in "
          f"{visit_sheets[0].parent if visit_sheets else '-'}/")
+
+
+def _without_id(text: str, identifier: str) -> str:
+    """`text` with `identifier` (a patient id) replaced by "…" wherever it stands alone."""
+    if not identifier:
+        return text
+    return re.sub(rf"(?<![A-Za-z0-9.-]){re.escape(identifier)}(?![A-Za-z0-9-]|\.[A-Za-z0-9])",
+                  "…", text)
 
 
 @app.command()
@@ -319,28 +397,26 @@ def explain(
     reason."""
     config = _config(config_path, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
-    try:
-        visit_day = date.fromisoformat(day)
-    except ValueError:
-        raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
+    visit_day = _day_option(day)
     try:
         record = _with_source(config, lambda source: source.patient_record(patient))
     except SourceError as exc:
         raise fail(f"patient {patient}: {exc}") from None
-    plan = evaluate(record, ruleset, visit_day, _settings(config))
+    plan = evaluate(with_plausible_birth_date(record, visit_day), ruleset, visit_day,
+                    _settings(config))
     if as_json:
         from previsit.plan import to_json
 
         typer.echo(json.dumps(to_json(plan), indent=2, sort_keys=True))
         return
     age = plan.patient_age if plan.patient_age is not None else "age unknown"
-    typer.echo(f"Patient/{patient} on {visit_day}: {age}, {plan.patient_sex or 'sex unknown'}")
+    say(f"Patient/{patient} on {visit_day}: {age}, {plan.patient_sex or 'sex unknown'}")
     width = max(len(f.rule_id) for f in plan.findings) if plan.findings else 10
     for f in plan.findings:
         flags = f" [{', '.join(f.flags)}]" if f.flags else ""
-        typer.echo(f"  {f.status.value:<15} {f.rule_id:<{width}}  {f.explanation}{flags}")
+        say(f"  {f.status.value:<15} {f.rule_id:<{width}}  {f.explanation}{flags}")
     for issue in plan.issues:
-        typer.echo(f"  data issue: {issue}")
+        say(f"  data issue: {issue}")
 
 
 @rules_app.command("list")
@@ -351,9 +427,9 @@ def rules_list(config_path: ConfigOpt = None, rules_dir: RulesOpt = None) -> Non
     active = {r.id for r in ruleset.active}
     for rule in ruleset.rules:
         state = "on " if rule.id in active else "off"
-        typer.echo(f"{state} {rule.id:<32} {rule.kind.value:<13} {rule.role.label:<10} "
+        say(f"{state} {rule.id:<32} {rule.kind.value:<13} {rule.role.label:<10} "
                    f"{rule.measure or '-'}")
-    typer.echo(f"{len(active)} of {len(ruleset.rules)} rules on; value sets: "
+    say(f"{len(active)} of {len(ruleset.rules)} rules on; value sets: "
                f"{len(ruleset.valuesets)}; from {', '.join(ruleset.sources)}")
 
 
@@ -366,7 +442,7 @@ def rules_validate(
     """Check every rule file and value set; on error, name the file and the field."""
     config = _config(config_path)
     ruleset = _ruleset(config, folder)
-    typer.echo(f"ok: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets in "
+    say(f"ok: {len(ruleset.rules)} rules, {len(ruleset.valuesets)} value sets in "
                f"{folder or config.rules.folder or 'the shipped library'}")
 
 
@@ -392,14 +468,14 @@ def config_check(
         overrides.update(source__kind="fhir", source__base_url=fhir_url)
     config = _config(config_path, **overrides)
     ruleset = _ruleset(config)
-    typer.echo(f"[ok] configuration: time zone {config.source.timezone}, "
+    say(f"[ok] configuration: time zone {config.source.timezone}, "
                f"{len(ruleset.active)} of {len(ruleset.rules)} rules on, output to "
                f"{config.output.folder}")
     if config.source.timezone == "UTC":
-        typer.echo("[warn] time zone: UTC — 'tomorrow' and the day's window are UTC days; "
+        say("[warn] time zone: UTC — 'tomorrow' and the day's window are UTC days; "
                    "set source.timezone to the clinic's (e.g. America/Chicago)")
     if config.source.kind != "fhir":
-        typer.echo(f"[info] source: bundle folder {config.source.path} (no server to check; "
+        say(f"[info] source: bundle folder {config.source.path} (no server to check; "
                    "set source.kind = \"fhir\" and source.base_url)")
         raise typer.Exit(0)
     base_url = config.source.base_url
@@ -417,10 +493,10 @@ def config_check(
 
     lines = asyncio.run(check())
     for line in lines:
-        typer.echo(str(line))
+        say(str(line))
     failed = [line for line in lines if line.level == "fail"]
     if failed:
-        typer.echo(f"{len(failed)} problem(s) above stop a run or the write-back", err=True)
+        say(f"{len(failed)} problem(s) above stop a run or the write-back", err=True)
     unusable = any(line.level == "fail" and line.topic in ("server", "credentials",
                                                            "appointments", "FHIR version")
                    for line in lines)
@@ -454,11 +530,16 @@ def sheet(
     size: sheets.Paper = "a4" if paper == "a4" else "letter"
     config = _config(config_path)
     try:
-        day = DayPlan.from_json(json.loads(plan_file.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise fail(f"{plan_file}: not a usable plan.json ({exc})") from None
+        data = loads(plan_file.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        day = DayPlan.from_json(data)
+    except OSError as exc:
+        raise fail(f"{plan_file}: cannot be read ({exc.strerror})") from None
+    except Exception as exc:  # whatever the file holds: a line, never a traceback
+        raise fail(f"{plan_file}: not a usable plan.json ({type(exc).__name__}: "
+                   f"{str(exc)[:200]})") from None
     folder = out or plan_file.parent
-    folder.mkdir(parents=True, exist_ok=True)
     outputs: list[tuple[Path, str]] = []
     if visit is not None:
         chosen = [p for p in day.plans if p.visit.appointment_id == visit]
@@ -481,11 +562,11 @@ def sheet(
                                      minutes_saved=config.sheets.minutes_saved,
                                      paper=size)))
     for path, html in outputs:
-        path.write_text(html, encoding="utf-8")
-        typer.echo(str(path))
+        write_text(path, html)
+        say(str(path))
         if pdf:
             write_pdf(html, path.with_suffix(".pdf"))
-            typer.echo(str(path.with_suffix(".pdf")))
+            say(str(path.with_suffix(".pdf")))
 
 
 @keys_app.command("generate")
@@ -552,7 +633,7 @@ def upload(
         count = _with_source(config, send)
     except SourceError as exc:
         raise fail(f"upload failed: {exc}") from None
-    typer.echo(f"uploaded {count} resources from {folder} to {config.source.base_url}")
+    say(f"uploaded {count} resources from {folder} to {config.source.base_url}")
 
 
 def main() -> None:
