@@ -112,8 +112,6 @@ def test_credentials_are_not_sent_over_plain_http_to_a_remote_host(
     assert re.search(assumed.not_accepted_words, run.error, re.IGNORECASE), run.explain()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 3 (HTTP_PROXY from the environment is "
-                   "used silently and receives the bearer token)")
 def test_a_proxy_from_the_environment_is_not_used(
         hostile_server: HostileFhirServer, other_host: Recorder, tmp_path: Path) -> None:
     server = day_on(hostile_server)

@@ -113,8 +113,6 @@ def test_pdf_blocks_every_fetch_and_is_still_written(tmp_path: Path,
 # --- 12: secrets in options -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 12 (--fhir-url http://user:pass@host is "
-                   "printed with the password)")
 def test_password_in_the_fhir_url_is_never_printed(hostile_server: HostileFhirServer,
                                                    tmp_path: Path) -> None:
     hostile_server.chart = Chart(*clinic_day().resources)
@@ -133,10 +131,8 @@ def test_password_in_the_fhir_url_is_never_printed(hostile_server: HostileFhirSe
 
 
 @pytest.mark.parametrize("value", [
-    pytest.param("9999-12-31", marks=pytest.mark.xfail(
-        strict=True, reason="issue 8: item 13 (--date 9999-12-31: OverflowError)")),
-    pytest.param("", marks=pytest.mark.xfail(
-        strict=True, reason="issue 8: item 13 (--date '' plans tomorrow silently)")),
+    "9999-12-31",
+    "",
     "2026-13-01",
     "tomorrow",
 ])
@@ -152,8 +148,6 @@ def test_a_date_that_cannot_be_planned_is_a_usage_error(value: str, tmp_path: Pa
     assert not (tmp_path / "out" / "plan.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 13 (lookback 99999999999999999999y is "
-                   "accepted and overflows when a visit is evaluated)")
 def test_an_impossible_lookback_is_refused_with_the_rule_file(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     tiny_rules(rules)
@@ -176,11 +170,8 @@ def test_an_impossible_lookback_is_refused_with_the_rule_file(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("content", [
-    pytest.param("[]", id="a list", marks=pytest.mark.xfail(
-        strict=True, reason="issue 8: item 14 (previsit sheet on [] raises AttributeError)")),
-    pytest.param(deep_json(100_000), id="100k deep", marks=pytest.mark.xfail(
-        strict=True, reason="issue 8: item 14 (previsit sheet on deep JSON raises "
-                            "RecursionError)")),
+    pytest.param("[]", id="a list"),
+    pytest.param(deep_json(100_000), id="100k deep"),
     pytest.param('{"resourceType": "previsit-plan"}', id="no visits"),
     pytest.param("{", id="truncated"),
 ])
@@ -198,8 +189,6 @@ def test_sheet_on_a_broken_plan_file_is_a_clean_error(content: str, tmp_path: Pa
 # --- 15: a birth date in the future ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 15 (a future birthDate gives age -4, "
-                   "silently)")
 def test_a_future_birth_date_gives_no_negative_age(tmp_path: Path) -> None:
     day = clinic_day()
     day.resources[0] = patient(pid="pat-1", sex="female", name="Ana Able", birth="2030-06-01")
@@ -231,8 +220,6 @@ def test_keys_generate_overwrite_does_not_follow_a_symlink(tmp_path: Path) -> No
     assert victim.read_text() == "precious\n"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 16 (a bundle file starting with a UTF-8 "
-                   "BOM is rejected)")
 def test_a_bundle_file_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
     day = clinic_day()
     folder = day.write(tmp_path / "day")
@@ -266,8 +253,6 @@ def test_100k_duplicate_ids_do_not_make_a_100k_line_report(tmp_path: Path,
     assert "zz-duplicates.json" in json.dumps(run.report["source_problems"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 16 (FAILED lines on the console name "
-                   "the patient's id)")
 def test_failed_lines_name_the_appointment_not_the_patient(hostile_server: HostileFhirServer,
                                                            tmp_path: Path) -> None:
     day = clinic_day()

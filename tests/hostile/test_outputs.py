@@ -14,8 +14,6 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from hostile.harness import (
     Day,
     appointments_named,
@@ -46,8 +44,6 @@ def test_look_alike_appointment_ids_keep_their_own_transactions(tmp_path: Path) 
     assert wrong_patient_orders(transactions, day.truth) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 8 (outputs are created world-readable: "
-                   "0644 files, 0755 folders)")
 def test_outputs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     day = clinic_day()
     out = tmp_path / "out"

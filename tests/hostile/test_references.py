@@ -34,8 +34,6 @@ REFERENCES: dict[str, tuple[str, str | None]] = {
     "traversing": ("Patient/../../metadata", None),
     "foreign": ("https://other-ehr/fhir/Patient/123", None),
 }
-XFAIL_REFERENCE = pytest.mark.xfail(strict=True, reason="issue 8: item 1 (the last path "
-                                    "segment of a patient reference is taken as the id)")
 
 
 def day_with(reference: str, expected: str | None) -> Day:
@@ -69,7 +67,6 @@ def assert_reference_handled(run: CliRun, day: Day, expected: str | None) -> Non
 
 
 @pytest.mark.parametrize("label", sorted(REFERENCES))
-@XFAIL_REFERENCE
 def test_server_appointment_reference_names_exactly_one_local_patient(
         label: str, hostile_server: HostileFhirServer, tmp_path: Path) -> None:
     reference, expected = REFERENCES[label]
@@ -85,7 +82,6 @@ def test_server_appointment_reference_names_exactly_one_local_patient(
 
 
 @pytest.mark.parametrize("label", ["versioned", "traversing", "foreign"])
-@XFAIL_REFERENCE
 def test_bundle_appointment_reference_names_exactly_one_patient(label: str,
                                                                 tmp_path: Path) -> None:
     reference, expected = REFERENCES[label]

@@ -26,9 +26,6 @@ from hostile.harness import (
     unsafe_characters,
 )
 
-XFAIL_RAW = pytest.mark.xfail(strict=True, reason="issue 8: item 7 (server and chart text "
-                              "is printed raw: escape sequences, CR LF, bidi)")
-
 
 def assert_inert(run: CliRun) -> None:
     assert not run.crashed, run.explain()
@@ -38,7 +35,7 @@ def assert_inert(run: CliRun) -> None:
 
 
 @pytest.mark.parametrize("quiet", [
-    pytest.param(False, id="summary", marks=XFAIL_RAW),
+    pytest.param(False, id="summary"),
     pytest.param(True, id="quiet-cron"),
 ])
 def test_operation_outcome_text_is_printed_inert(quiet: bool,
@@ -54,7 +51,6 @@ def test_operation_outcome_text_is_printed_inert(quiet: bool,
     assert_inert(run)
 
 
-@XFAIL_RAW
 def test_capability_statement_software_name_is_printed_inert(
         hostile_server: HostileFhirServer) -> None:
     hostile_server.behaviours.software_name = HOSTILE_TEXT
@@ -65,7 +61,6 @@ def test_capability_statement_software_name_is_printed_inert(
     assert_inert(run)
 
 
-@XFAIL_RAW
 def test_medication_text_is_printed_inert(hostile_server: HostileFhirServer) -> None:
     day = clinic_day()
     day.add(medication("860975", HOSTILE_TEXT, days_ago=100, pid="pat-1"))

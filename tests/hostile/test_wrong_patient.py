@@ -39,8 +39,6 @@ LIES = {
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
 @pytest.mark.parametrize("lie", sorted(LIES))
-@pytest.mark.xfail(strict=True, reason="issue 8: item 2 (resources returned for another "
-                   "patient are used as the asked-for patient's chart)")
 def test_another_patients_chart_fails_that_visit_only(
         lie: str, batch: bool, hostile_server: HostileFhirServer, tmp_path: Path,
         assumed: AssumedInterface) -> None:
