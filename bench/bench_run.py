@@ -112,10 +112,22 @@ class Measured:
     wall_seconds: float
     peak_rss_mb: float
     cpu_seconds: float  # user + system
+    machine_cpu_seconds: float  # CPU time the whole machine spent meanwhile (/proc/stat)
 
     @property
     def finished(self) -> bool:
         return self.outcome == "ok" or self.outcome.startswith("exit ")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat), 0 when unknown."""
+    try:
+        fields = Path("/proc/stat").read_text(encoding="utf-8").splitlines()[0].split()
+    except (OSError, IndexError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal: all but idle and iowait are busy
+    busy = sum(int(v) for i, v in enumerate(fields[1:9]) if i not in (3, 4))
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -127,24 +139,31 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
                     timeout: float, max_rss_mb: float) -> Measured:
     """Run `command`, reap it with wait4 (its own rusage, not the server's), cap it."""
     with log.open("wb") as out:
+        busy_before = machine_busy_seconds()
         started = time.perf_counter()
         process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
                                    start_new_session=True)
         stopped_for: str | None = None
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if stopped_for is None:
-                if time.perf_counter() - started > timeout:
-                    stopped_for = "timeout"
-                elif max_rss_mb and _rss_mb(process.pid) > max_rss_mb:
-                    stopped_for = "memory cap"
-                if stopped_for is not None:
-                    os.killpg(process.pid, signal.SIGKILL)
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                if stopped_for is None:
+                    if time.perf_counter() - started > timeout:
+                        stopped_for = "timeout"
+                    elif max_rss_mb and _rss_mb(process.pid) > max_rss_mb:
+                        stopped_for = "memory cap"
+                    if stopped_for is not None:
+                        os.killpg(process.pid, signal.SIGKILL)
+                time.sleep(0.05)
+        except BaseException:  # interrupted: do not leave the run behind
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         wall = time.perf_counter() - started
+        machine_cpu = machine_busy_seconds() - busy_before
     code = os.waitstatus_to_exitcode(status)
     process.returncode = code  # reaped here; Popen must not wait for it again
     if stopped_for is not None:
@@ -154,7 +173,7 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
     else:
         outcome = "ok" if code == 0 else f"exit {code}"
     return Measured(outcome, code if code >= 0 else None, wall, usage.ru_maxrss / 1024,
-                    usage.ru_utime + usage.ru_stime)
+                    usage.ru_utime + usage.ru_stime, machine_cpu)
 
 
 # --- runs --------------------------------------------------------------------------------
@@ -176,6 +195,17 @@ class Row:
     note: str = ""
 
     @property
+    def others_cpu_seconds(self) -> float:
+        """CPU the machine spent on anything but previsit and the server during the run.
+
+        Other work on a 2-core machine slows the run down: a large value marks a noisy
+        figure (the benchmark's own polling is a few tenths of a second).
+        """
+        m = self.measured
+        return max(0.0, m.machine_cpu_seconds - m.cpu_seconds -
+                   (self.server_cpu_seconds or 0.0))
+
+    @property
     def seconds_per_appointment(self) -> float | None:
         if not self.measured.finished or not self.appointments:
             return None
@@ -188,6 +218,7 @@ class Row:
         data = asdict(self)
         data["reads_per_appointment"] = self.per_appointment(self.reads)
         data["transactions_per_appointment"] = self.per_appointment(self.transactions)
+        data["others_cpu_seconds"] = round(self.others_cpu_seconds, 2)
         return data
 
 
@@ -329,7 +360,7 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 HEADER = (f"{'size':>6} {'source':<6} {'mode':<10} {'appts':>6} {'wall s':>8} "
           f"{'peak RSS MB':>11} {'CPU s':>7} {'reads/appt':>10} {'tx/appt':>7} "
-          f"{'appts/s':>8} {'server CPU s':>12} {'result':<10}")
+          f"{'appts/s':>8} {'server CPU s':>12} {'others CPU s':>12} {'result':<10}")
 
 
 def format_row(row: Row) -> str:
@@ -341,7 +372,8 @@ def format_row(row: Row) -> str:
             f"{_num(m.peak_rss_mb, 0):>11} {_num(m.cpu_seconds):>7} "
             f"{_num(row.per_appointment(row.reads), 2):>10} "
             f"{_num(row.per_appointment(row.transactions), 2):>7} {_num(rate):>8} "
-            f"{_num(row.server_cpu_seconds):>12} {result:<10}")
+            f"{_num(row.server_cpu_seconds):>12} {_num(row.others_cpu_seconds):>12} "
+            f"{result:<10}")
 
 
 def format_timings(row: Row) -> str:
@@ -610,7 +642,12 @@ def _short(filename: str) -> str:
 # --- main ----------------------------------------------------------------------------------
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # run the clean-ups: child, server
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000],
                         help="patients per run (default: 1000 5000 10000)")
@@ -663,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: Synthea replicas from {settings.synthea}, {settings.visits_per_patient} "
           f"appointment(s) per patient on {settings.day} ({settings.timezone}); HTTP: "
           f"benchmark server, {settings.latency_ms:g} ms per response; cap {settings.timeout:g} "
-          f"s and {settings.max_rss_mb:g} MB per run; work dir {settings.work_dir}\n",
+          f"s and {settings.max_rss_mb:g} MB per run; work dir {settings.work_dir}")
+    print("others CPU s: CPU time the machine spent on anything but previsit and the "
+          "benchmark server during the run (other work slows the run: a noisy figure)\n",
           flush=True)
     templates = load_templates(settings.synthea)
     rows: list[Row] = []
