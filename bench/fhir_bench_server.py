@@ -608,7 +608,7 @@ class HttpFront:
                 keep_alive = await self._one(head, reader, writer)
                 if not keep_alive:
                     return
-        except (ConnectionError, asyncio.LimitOverrunError):
+        except (ConnectionError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             return
         finally:
             writer.close()
