@@ -178,12 +178,33 @@ def build_template(template: Template, base_url: str) -> PatientTemplate:
 
 
 @dataclass(frozen=True)
+class AppointmentFacts:
+    """What the Appointment search parameters filter on."""
+
+    status: str
+    actors: frozenset[str]  # every participant as Type/id and as the bare id
+    service_types: frozenset[str]  # every serviceType as code and as system|code
+
+
+@dataclass(frozen=True)
 class AppointmentIndex:
     """The day's appointments in start order, each as its search entry."""
 
     starts: tuple[float, ...]  # POSIX seconds, ascending
-    resources: tuple[Mapping[str, Any], ...]
+    facts: tuple[AppointmentFacts, ...]
     entries: tuple[bytes, ...]
+
+
+def _facts(appointment: Mapping[str, Any]) -> AppointmentFacts:
+    actors = [str(p["actor"]["reference"]) for p in appointment["participant"]]
+    codes = [(str(c.get("system", "")), str(c["code"]))
+             for concept in appointment.get("serviceType") or ()
+             for c in concept.get("coding") or ()]
+    return AppointmentFacts(
+        status=str(appointment["status"]),
+        actors=frozenset(actors) | {a.rsplit("/", 1)[-1] for a in actors},
+        service_types=frozenset(code for _, code in codes) |
+        {f"{system}|{code}" for system, code in codes})
 
 
 def build_appointments(spec: DaySpec, templates: Sequence[Template], base_url: str
@@ -193,11 +214,8 @@ def build_appointments(spec: DaySpec, templates: Sequence[Template], base_url: s
         start = datetime.fromisoformat(str(appointment["start"])).timestamp()
         rows.append((start, str(appointment["id"]), appointment))
     rows.sort(key=lambda row: (row[0], row[1]))
-    slim = [{"status": r["status"], "serviceType": r.get("serviceType", []),
-             "actors": tuple(p["actor"]["reference"] for p in r["participant"])}
-            for _, _, r in rows]
     return AppointmentIndex(
-        starts=tuple(row[0] for row in rows), resources=tuple(slim),
+        starts=tuple(row[0] for row in rows), facts=tuple(_facts(r) for _, _, r in rows),
         entries=tuple(_dumps({"fullUrl": f"{base_url}/Appointment/{r['id']}", "resource": r,
                               "search": {"mode": "match"}}) for _, _, r in rows))
 
@@ -383,19 +401,14 @@ class BenchFhir:
                 lists.setdefault(key, set()).update(v for v in value.split(",") if v)
         out = []
         for i in range(low, high):
-            row = index.resources[i]
-            if "status" in lists and row["status"] not in lists["status"]:
+            facts = index.facts[i]
+            if "status" in lists and facts.status not in lists["status"]:
                 continue
-            actors = row["actors"]
-            bare = {a.rsplit("/", 1)[-1] for a in actors}
-            if any(key in lists and not (lists[key] & (set(actors) | bare))
+            if any(key in lists and not lists[key] & facts.actors
                    for key in ("practitioner", "location", "actor", "patient")):
                 continue
-            if "service-type" in lists:
-                codes = {c for concept in row["serviceType"] for coding in concept["coding"]
-                         for c in (coding["code"], f"{coding['system']}|{coding['code']}")}
-                if not lists["service-type"] & codes:
-                    continue
+            if "service-type" in lists and not lists["service-type"] & facts.service_types:
+                continue
             out.append(i)
         return tuple(out)
 
