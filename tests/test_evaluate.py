@@ -8,7 +8,6 @@ engine does independently of the shipped clinical library. The visit is builders
 from __future__ import annotations
 
 import builtins
-import gc
 import io
 import os
 import socket
@@ -865,17 +864,12 @@ def test_evaluate_reads_no_clock_and_does_no_io(monkeypatch: pytest.MonkeyPatch)
     for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (socket, "socket"),
                          (socket, "create_connection"), (time, "time"), (time, "monotonic")):
         monkeypatch.setattr(module, name, refuse)
-    # A garbage collection during evaluate runs other libraries' gc callbacks (Hypothesis
-    # times its own with perf_counter once any property test has run): not evaluate's clock.
-    gc.collect()
-    gc.disable()
     sys.setprofile(profile)
     try:
         first = evaluate(rec, RULES, VISIT)
         second = evaluate(rec, RULES, VISIT)
     finally:
         sys.setprofile(None)
-        gc.enable()
     assert clock_calls == []
     assert first == second
     assert len(first.findings) == len(RULES.rules) + 1  # renewals: one per drug
