@@ -10,6 +10,12 @@ Token flows cache the access token until shortly before `expires_in` runs out, a
 the FHIR server answers 401 they fetch a new token once and send the request again (the
 generator-based flow httpx's own DigestAuth uses). Under asyncio, concurrent requests share
 one token fetch. Secrets and tokens never appear in logs, reprs or exception messages.
+
+Credentials go only where they were meant to go (`require_secure`): over https, or to this
+machine (loopback, for tests and local servers) — checked when the configuration is read
+and again on every request that carries them; a token endpoint is the configured
+`auth.token_url`, or one on the FHIR server's own origin (discovery naming another host is
+refused: the client secret would go wherever the server says).
 Spec: hl7.org/fhir/smart-app-launch/backend-services.html and
 client-confidential-asymmetric.html (SMART App Launch 2.x).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import stat
 import time
@@ -46,6 +53,39 @@ ASSERTION_LIFETIME_S = 240
 REFRESH_MARGIN_S = 60.0
 
 
+
+
+def is_loopback(url: httpx.URL | str) -> bool:
+    """Whether `url` names this machine: `localhost`, or an IP literal in 127.0.0.0/8 or ::1.
+    Decided from the URL alone, never from DNS (a name can resolve anywhere)."""
+    host = httpx.URL(str(url)).host.lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secure(url: httpx.URL | str, what: str) -> None:
+    """AuthError unless credentials may be sent to `url`: https, or plain http to this
+    machine. `what` names the setting, for the message."""
+    target = httpx.URL(str(url))
+    if target.scheme == "https" or (target.scheme == "http" and is_loopback(target)):
+        return
+    raise AuthError(f"{what} {target.scheme}://{target.host}{_port(target)} is not https: "
+                    "credentials (tokens, client secrets, a password in the URL) are sent only "
+                    "over https, or over plain http to this machine; refused")
+
+
+def same_origin(a: httpx.URL | str, b: httpx.URL | str) -> bool:
+    first, second = httpx.URL(str(a)), httpx.URL(str(b))
+    return (first.scheme, first.host.lower(), first.port) == \
+        (second.scheme, second.host.lower(), second.port)
+
+
+def _port(url: httpx.URL) -> str:
+    return f":{url.port}" if url.port else ""
 
 
 class Secret:
@@ -80,6 +120,7 @@ class BearerToken(httpx.Auth):
             raise AuthError("the bearer token is empty")
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        require_secure(request.url, "the request to")
         request.headers["Authorization"] = f"Bearer {self._token.reveal().strip()}"
         yield request
 
@@ -143,6 +184,7 @@ class _ClientCredentialsAuth(httpx.Auth):
 
     @staticmethod
     def _authorized(request: httpx.Request, token: _AccessToken) -> httpx.Request:
+        require_secure(request.url, "the request to")
         request.headers["Authorization"] = f"Bearer {token.value.reveal()}"
         return request
 
@@ -207,9 +249,20 @@ class _ClientCredentialsAuth(httpx.Auth):
         token_url = body.get("token_endpoint") if body else None
         if not isinstance(token_url, str) or not token_url.startswith(("https://", "http://")):
             raise AuthError(f"{where} has no token_endpoint; set auth.token_url")
+        assert self._base_url is not None
+        if not same_origin(token_url, self._base_url):
+            found = httpx.URL(token_url)
+            raise AuthError(f"the token endpoint {found.scheme}://{found.host}{_port(found)} "
+                            f"named by {where} is not on the FHIR server's origin; not used "
+                            "(the client's credentials would go to whatever host the server "
+                            "names): if it is your EHR's, set auth.token_url to it")
         return token_url
 
     def _token_request(self, token_url: str) -> httpx.Request:
+        require_secure(token_url, "the token endpoint")
+        return self._client_request(token_url)
+
+    def _client_request(self, token_url: str) -> httpx.Request:
         fields, headers = self.client_authentication(token_url)
         form = {"grant_type": "client_credentials", "scope": self._scope, **fields}
         return httpx.Request("POST", token_url, data=form,
@@ -310,8 +363,13 @@ def auth_from_config(config: AuthConfig, base_url: str | None,
                      env: Mapping[str, str]) -> httpx.Auth | None:
     """The auth flow the configuration asks for; secrets from files or environment only.
 
-    Raises AuthError naming the variable or file to set when a secret is missing.
+    Raises AuthError naming the variable or file to set when a secret is missing, or when
+    the credentials would travel over plain http to another machine.
     """
+    if base_url and (httpx.URL(base_url).username or config.method != "none"):
+        require_secure(base_url, "the FHIR base URL")
+    if config.token_url and config.method in ("smart-backend", "client-secret"):
+        require_secure(config.token_url, "auth.token_url")
     if config.method == "none":
         return None
     if config.method == "bearer":

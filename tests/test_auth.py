@@ -39,7 +39,7 @@ from previsit.sources import VisitWindow
 from previsit.sources.http import HttpSource, RetryPolicy
 
 BASE = "https://ehr.example/fhir/R4"
-TOKEN_URL = "https://auth.example/oauth2/token"
+TOKEN_URL = "https://ehr.example/oauth2/token"  # the FHIR server's own origin
 SCOPE = "system/Appointment.rs system/Observation.rs"
 T = TypeVar("T")
 WINDOW = VisitWindow(date(2026, 12, 1), date(2026, 12, 2))
@@ -258,8 +258,10 @@ async def _no_sleep(seconds: float) -> None:
 
 def test_a_token_endpoint_that_is_down_is_a_source_error() -> None:
     server = TokenServer()
-    server.token.side_effect = httpx.ConnectError("[Errno 111] Connection refused")
-    source = HttpSource(server.client(smart()), BASE,
+    elsewhere = "https://auth.example/oauth2/token"  # configured: another host is fine
+    server.router.post(elsewhere).mock(
+        side_effect=httpx.ConnectError("[Errno 111] Connection refused"))
+    source = HttpSource(server.client(smart(token_url=elsewhere)), BASE,
                         retry=RetryPolicy(max_attempts=2, sleep=_no_sleep))
     with pytest.raises(SourceError) as caught:
         run(source.appointments(WINDOW))
@@ -413,3 +415,86 @@ def test_token_response_must_carry_a_bearer_token() -> None:
 
     with pytest.raises(AuthError, match="only bearer tokens"):
         run(go())
+
+
+# --- where credentials may go -----------------------------------------------------------
+
+
+def test_a_token_endpoint_discovered_on_another_origin_is_refused_before_any_secret() -> None:
+    server = TokenServer()
+    server.discovery.return_value = httpx.Response(200, json={
+        "token_endpoint": "https://attacker.example:8443/token"})
+    sent = server.router.post("https://attacker.example:8443/token").mock(
+        return_value=httpx.Response(200, json={"access_token": "x", "token_type": "bearer"}))
+    auth = ClientSecretBasic(client_id="nightly", client_secret="hunter2-secret", scope=SCOPE,
+                             base_url=BASE)
+
+    async def go() -> None:
+        async with server.client(auth) as client:
+            await get(client)
+
+    with pytest.raises(AuthError, match=r"^the token endpoint https://attacker.example:8443 "
+                       r"named by https://ehr.example/fhir/R4/.well-known/smart-configuration "
+                       r"is not on the FHIR server's origin; not used .*set auth.token_url"):
+        run(go())
+    assert sent.call_count == 0 and server.fhir.call_count == 0
+
+
+@pytest.mark.parametrize("token_endpoint", [
+    "http://ehr.example/oauth2/token",  # another scheme is another origin
+    "https://ehr.example:8443/oauth2/token",
+    "https://sub.ehr.example/oauth2/token",
+])
+def test_only_the_very_same_origin_counts(token_endpoint: str) -> None:
+    server = TokenServer()
+    server.discovery.return_value = httpx.Response(200, json={"token_endpoint": token_endpoint})
+
+    async def go() -> None:
+        async with server.client(smart()) as client:
+            await get(client)
+
+    with pytest.raises(AuthError, match="is not on the FHIR server's origin"):
+        run(go())
+
+
+@pytest.mark.parametrize("config", [
+    AuthConfig(method="bearer"),
+    AuthConfig(method="client-secret", client_id="c"),
+])
+def test_credentials_are_refused_for_a_plain_http_server_on_another_machine(
+        config: AuthConfig) -> None:
+    env = {"PREVISIT_TOKEN": "t", "PREVISIT_CLIENT_SECRET": "s"}
+    with pytest.raises(AuthError, match=r"^the FHIR base URL http://ehr.example is not https: "
+                       r"credentials .* are sent only over https, or over plain http to this "
+                       r"machine; refused$"):
+        auth_from_config(config, "http://ehr.example/fhir", env)
+    for local in ("http://127.0.0.1:8103/fhir", "http://localhost/fhir", "http://[::1]:80/f",
+                  "http://127.200.0.9/fhir", "https://ehr.example/fhir"):
+        assert auth_from_config(config, local, env) is not None
+
+
+def test_a_configured_token_url_must_be_https_or_local_too() -> None:
+    config = AuthConfig(method="client-secret", client_id="c",
+                        token_url="http://auth.example/token")
+    with pytest.raises(AuthError, match=r"^auth.token_url http://auth.example is not https"):
+        auth_from_config(config, BASE, {"PREVISIT_CLIENT_SECRET": "s"})
+
+
+def test_a_password_in_a_plain_http_url_to_another_machine_is_refused() -> None:
+    with pytest.raises(AuthError, match=r"the FHIR base URL http://ehr\.example is not https"):
+        auth_from_config(AuthConfig(), "http://nightly:pw@ehr.example/fhir", {})
+    assert auth_from_config(AuthConfig(), "http://nightly:pw@127.0.0.1/fhir", {}) is None
+
+
+def test_a_bearer_token_never_leaves_for_plain_http_elsewhere() -> None:
+    router = respx.MockRouter(assert_all_called=False)
+    route = router.get("http://ehr.example/fhir/Patient").mock(return_value=httpx.Response(200))
+
+    async def go() -> None:
+        async with httpx.AsyncClient(auth=BearerToken("tok-123"), transport=httpx.MockTransport(
+                router.async_handler)) as client:
+            await client.get("http://ehr.example/fhir/Patient")
+
+    with pytest.raises(AuthError, match=r"the request to http://ehr\.example is not https"):
+        run(go())
+    assert route.call_count == 0

@@ -40,8 +40,6 @@ def day_on(server: HostileFhirServer) -> HostileFhirServer:
     return server
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 3 (the client secret is sent to a token "
-                   "endpoint on another host named by .well-known/smart-configuration)")
 def test_client_secret_is_not_sent_to_a_token_endpoint_on_another_host(
         hostile_server: HostileFhirServer, other_host: Recorder, tmp_path: Path,
         assumed: AssumedInterface) -> None:
@@ -92,8 +90,6 @@ def test_a_configured_token_endpoint_on_another_host_is_used(
 
 
 @pytest.mark.parametrize("auth", ["bearer", "client-secret"])
-@pytest.mark.xfail(strict=True, reason="issue 8: item 3 (credentials are sent over plain http "
-                   "to a host that is not loopback)")
 def test_credentials_are_not_sent_over_plain_http_to_a_remote_host(
         auth: str, hostile_server: HostileFhirServer, hostile_dns: str, tmp_path: Path,
         assumed: AssumedInterface) -> None:
@@ -126,6 +122,20 @@ def test_a_proxy_from_the_environment_is_not_used(
     assert other_host.requests == []
     assert run.exit_code == 0, run.explain()
     assert run.planned == {"appt-1": "pat-1", "appt-2": "pat-2", "appt-3": "pat-3"}
+
+
+def test_a_configured_proxy_is_used(hostile_server: HostileFhirServer, other_host: Recorder,
+                                    tmp_path: Path) -> None:
+    """The control: a proxy named in the configuration (source.proxy) is what the operator
+    wants; only the environment's must not choose one."""
+    server = day_on(hostile_server)
+
+    run = run_cli(run_args(fhir_url=server.base_url), out=tmp_path / "out",
+                  env={"PREVISIT_SOURCE_PROXY": other_host.url})
+
+    assert run.exit_code == 0, run.explain()  # the Recorder answers: no appointments
+    assert other_host.requests and server.requests == []
+    assert other_host.requests[0].target.startswith(f"{server.base_url}/Appointment?")
 
 
 def test_a_next_link_to_another_host_is_not_followed(
