@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from previsit.errors import KeyFileError
+from previsit.files import write_bytes
 
 Algorithm = Literal["RS384", "ES384"]
 ALGORITHMS: tuple[Algorithm, ...] = ("RS384", "ES384")
@@ -69,8 +70,19 @@ def new_private_key(algorithm: Algorithm, *, rsa_bits: int = 3072) -> PrivateKey
 
 
 def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write with mode 0600 from the first byte (no window where others could read it)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    """Write with mode 0600 from the first byte (no window where others could read it).
+
+    Overwriting replaces the file by a rename (previsit.files), so a symlink at `path` is
+    replaced, never followed: `--overwrite` must not write a key over the link's target.
+    """
+    if overwrite:
+        try:
+            write_bytes(path, data)
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot write the private key: {exc.strerror}") \
+                from None
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # O_EXCL: fails on any link, too
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:

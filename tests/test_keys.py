@@ -80,3 +80,16 @@ def test_thumbprint_matches_rfc_7638_example() -> None:
         "QR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-"
         "bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw")}
     assert jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_overwrite_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    link = tmp_path / "previsit.pem"
+    link.symlink_to(victim)
+    with pytest.raises(KeyFileError, match="already exists"):  # without overwrite: refused
+        generate_key_pair(link, "ES384")
+    generate_key_pair(link, "ES384", overwrite=True)
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and link.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    assert oct(link.stat().st_mode & 0o777) == "0o600"
