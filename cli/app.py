@@ -364,8 +364,8 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
             when = f", {plan.visit.start:%H:%M}" if plan.visit.start else ""
             echo(f"  FAILED appointment {position} of {len(plans)} "
                  f"({plan.visit.appointment_id}{when}): {reason}")
-    if report.source_problems:
-        echo(f"  input problems: {len(report.source_problems)} (see run-report.json)")
+    if report.source_problem_count:
+        echo(f"  input problems: {report.source_problem_count} (see run-report.json)")
     visit_sheets = sheet_paths[:-2]
     echo(f"  outputs: {paths['plan']}, {paths['report']}, {paths['transactions']}/ "
          f"({len(result.bundles)} bundles), {sheet_paths[-1]} (huddle), {sheet_paths[-2]} "

@@ -7,6 +7,7 @@ appointment (ids appear in the JSON file for the integration engineer, not in IN
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ from previsit.sources import SourceProblem
 EXIT_OK = 0  # every visit planned
 EXIT_PARTIAL = 3  # some visits failed; the others were planned and written
 EXIT_NOTHING = 4  # nothing could be done: configuration, auth, rules, server unreachable
+
+# Input problems listed one by one; beyond these, the rest is counted per file. A folder
+# holding a million duplicate ids must not make a report of a million lines.
+MAX_LISTED_PROBLEMS = 200
+MAX_SUMMARISED_FILES = 50
 
 
 def exit_code_for(planned: int, failed: int) -> int:
@@ -85,6 +91,8 @@ class RunReport:
     # Seconds per stage ("records_seconds", ...): they vary run to run, so tests compare
     # everything but these.
     timings: Mapping[str, float] = field(default_factory=dict)
+    # Every input problem seen, also those source_problems only counts (see _capped).
+    source_problem_count: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +138,7 @@ def build_report(day: DayPlan, *, write_back: bool, created: int, already_presen
             outcomes[p.outcome] += 1
     failed = len(failures)
     planned = len(day.plans) - failed
+    seen = list(problems)
     return RunReport(
         date=day.generated_for, days=day.days, write_back=write_back,
         visits=VisitCounts(len(day.plans), planned, failed,
@@ -137,6 +146,29 @@ def build_report(day: DayPlan, *, write_back: bool, created: int, already_presen
         findings=dict(statuses), actionable_by_kind=dict(actionable),
         proposals=ProposalCounts(dict(outcomes), created, already_present),
         sheets_stored=sheets,
-        failures=tuple(failures), source_problems=tuple(problems),
+        failures=tuple(failures), source_problems=_capped(seen),
         http_requests=http_requests, timings=timings,
-        exit_code=exit_code_for(planned, failed))
+        exit_code=exit_code_for(planned, failed), source_problem_count=len(seen))
+
+
+def _capped(problems: list[SourceProblem]) -> tuple[SourceProblem, ...]:
+    """The first MAX_LISTED_PROBLEMS problems, then one line per file for the rest (the
+    files with most first), then one line for the files beyond those."""
+    if len(problems) <= MAX_LISTED_PROBLEMS:
+        return tuple(problems)
+    rest = Counter(_file_of(p.where) for p in problems[MAX_LISTED_PROBLEMS:])
+    ranked = sorted(rest.items(), key=lambda kv: (-kv[1], kv[0]))
+    summary = [SourceProblem(where, f"{count:,} more problem{'s' if count != 1 else ''} here, "
+                             f"not listed (only the first {MAX_LISTED_PROBLEMS} of a run are)")
+               for where, count in ranked[:MAX_SUMMARISED_FILES]]
+    beyond = ranked[MAX_SUMMARISED_FILES:]
+    if beyond:
+        summary.append(SourceProblem(
+            f"{len(beyond):,} more files", f"{sum(n for _, n in beyond):,} more problems, "
+            "not listed"))
+    return (*problems[:MAX_LISTED_PROBLEMS], *summary)
+
+
+def _file_of(where: str) -> str:
+    """"folder/day.json entry[12]" -> "folder/day.json" (a line of NDJSON likewise)."""
+    return re.sub(r" (?:entry\[\d+\]|line \d+)$", "", where)

@@ -205,8 +205,6 @@ def test_a_future_birth_date_gives_no_negative_age(tmp_path: Path) -> None:
 # --- 16: keys, BOM, duplicates, patient ids on the console ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 16 (keys generate --overwrite writes "
-                   "through a symlink)")
 def test_keys_generate_overwrite_does_not_follow_a_symlink(tmp_path: Path) -> None:
     victim = tmp_path / "victim.conf"
     victim.write_text("precious\n")
@@ -233,8 +231,6 @@ def test_a_bundle_file_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
     assert run.report["source_problems"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 16 (every duplicate id is a line of the "
-                   "report: 1M duplicates make a 184 MB report)")
 def test_100k_duplicate_ids_do_not_make_a_100k_line_report(tmp_path: Path,
                                                           assumed: AssumedInterface) -> None:
     day = clinic_day()
