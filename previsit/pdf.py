@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from previsit.errors import PdfUnavailableError
+from previsit.files import write_bytes
 
 # What WeasyPrint needs from Debian/Ubuntu (https://doc.courtbouillon.org/weasyprint,
 # "Installation"): Pango for text layout and its FreeType backend.
@@ -23,6 +24,26 @@ def _refuse_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     # The sheets are self-contained; anything that would be fetched is a bug or an
     # injection, and a printout must not phone out with patient context in the URL.
     raise ValueError(f"previsit sheets load nothing from outside the page (asked for {url!r})")
+
+
+def _fetcher(weasyprint: Any) -> Any:
+    """A url_fetcher that fetches nothing, in the shape this WeasyPrint wants.
+
+    From WeasyPrint 70 a url_fetcher is a `URLFetcher` (WeasyPrint reads its attributes);
+    a plain function, as earlier versions took, crashes the PDF at the first reference. No
+    protocol is allowed and `fetch` refuses anyway; errors are not fatal, so the page is
+    printed without what it asked for (and WeasyPrint logs a warning).
+    """
+    base = getattr(getattr(weasyprint, "urls", None), "URLFetcher", None)
+    if base is None:  # WeasyPrint before 70: a callable
+        return _refuse_fetch
+
+    class RefuseEveryFetch(base):  # type: ignore[misc, valid-type]
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            return _refuse_fetch(url)
+
+    return RefuseEveryFetch(allowed_protocols=(), allow_redirects=False,
+                            fail_on_errors=False)
 
 
 def _weasyprint() -> Any:
@@ -39,8 +60,8 @@ def _weasyprint() -> Any:
 
 
 def write_pdf(html: str, path: Path) -> None:
-    """Print `html` (a sheet from previsit.sheets) to a PDF file at `path`."""
+    """Print `html` (a sheet from previsit.sheets) to a PDF file at `path` (written
+    atomically, readable by its owner only: it holds the patient's plan)."""
     weasyprint = _weasyprint()
-    document = weasyprint.HTML(string=html, url_fetcher=_refuse_fetch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document.write_pdf(str(path))
+    document = weasyprint.HTML(string=html, url_fetcher=_fetcher(weasyprint))
+    write_bytes(path, document.write_pdf())

@@ -768,7 +768,29 @@ def test_pdf_without_weasyprint_says_what_to_install(monkeypatch: pytest.MonkeyP
     assert not (tmp_path / "x.pdf").exists()
 
 
-def test_pdf_refuses_to_fetch_anything(tmp_path: Path) -> None:
+def test_pdf_refuses_to_fetch_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through WeasyPrint itself, not the blocker alone: from WeasyPrint 70 a url_fetcher
+    # must be a URLFetcher, and a plain function crashed the first reference.
+    import urllib.request
+
+    opened: list[object] = []
+    real_open = urllib.request.OpenerDirector.open
+
+    def record(self: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(url)
+        return real_open(self, url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", record)
+    secret = tmp_path / "secret.css"
+    secret.write_text("p { color: red }")
+    html = (f'<html><head><link rel="stylesheet" href="{secret.as_uri()}"></head><body>'
+            f'<p>Sheet</p><img src="http://example.invalid/x.png?patient=p1">'
+            f'<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="></body></html>')
+    path = tmp_path / "sheet.pdf"
+    pdf.write_pdf(html, path)
+    assert path.read_bytes()[:5] == b"%PDF-"
+    assert opened == []
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ValueError, match="load nothing from outside"):
         pdf._refuse_fetch("http://example.invalid/x.png")
 

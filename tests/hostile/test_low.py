@@ -91,8 +91,6 @@ def test_a_10_mb_name_does_not_make_10_mb_sheets(tmp_path: Path,
 # --- 11: PDF ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 11 (the PDF fetch blocker does not fit "
-                   "WeasyPrint 70's url_fetcher API: a reference crashes the PDF)")
 def test_pdf_blocks_every_fetch_and_is_still_written(tmp_path: Path,
                                                      other_host: Recorder) -> None:
     pytest.importorskip("weasyprint")
