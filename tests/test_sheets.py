@@ -257,6 +257,52 @@ def test_fhir_strings_print_as_text(render: str) -> None:
     assert HOSTILE in visible(html)  # the reader sees the name exactly as recorded
 
 
+BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e]")
+
+
+@pytest.mark.parametrize("render", ["visit", "visits", "huddle"])
+def test_chart_text_cannot_reorder_the_sheet(render: str) -> None:
+    plan = vplan(finding("k", Status.DUE, why="last potassium 4.1 \u202eL/lomm\u202c on "
+                         "2026-08-01", orders=(order("2823-3", "Potassium"),)),
+                 v=visit(location=("Location/1", "North \u202eClinic")),
+                 name="Able\u202e1202-21-10\u202c", mrn="RFM-\u202e100234",
+                 issues=("Observation/\u202eo1: unreadable",), failed=None)
+    html = {"visit": lambda: sheets.render_visit_sheet(plan),
+            "visits": lambda: sheets.render_visit_sheets(day_of(plan)),
+            "huddle": lambda: sheets.render_huddle(day_of(plan), location="Location/1",
+                                                   minutes_saved=MINUTES)}[render]()
+    assert BIDI.findall(html) == []
+    text = visible(html)
+    assert "Able1202-21-10" in text
+    if render != "huddle":
+        assert "RFM-100234" in text and "4.1 L/lomm on 2026-08-01" in text
+    # the chart's values are each in their own isolate
+    assert "<bdi>Able1202-21-10</bdi>" in html
+
+
+def test_a_right_to_left_name_is_isolated_not_stripped() -> None:
+    html = sheets.render_visit_sheet(vplan(name="\u05d3\u05d5\u05d3 \u05db\u05d4\u05df"))
+    assert "<bdi>\u05d3\u05d5\u05d3 \u05db\u05d4\u05df</bdi>" in html
+
+
+def test_a_huge_value_is_cut_with_an_ellipsis() -> None:
+    plan = vplan(finding("x", Status.DUE, why="W" * 50_000, orders=(order("1", "Lab"),)),
+                 name="A" * 10_000_000, issues=("I" * 20_000,))
+    for html in (sheets.render_visit_sheet(plan),
+                 sheets.render_huddle(day_of(plan), minutes_saved=MINUTES)):
+        assert len(html) < 100_000
+        assert "<bdi>" + "A" * 999 + "…</bdi>" in html
+    assert "W" * 999 + "…" in sheets.render_visit_sheet(plan)
+
+
+def test_attributes_are_capped_and_cleaned_but_never_isolated() -> None:
+    plan = vplan(v=visit(aid="a\u202e" + "1" * 2000))
+    html = sheets.render_visit_sheet(plan)
+    found = re.search(r'data-appointment="([^"]*)"', html)
+    assert found is not None
+    assert found.group(1) == "a" + "1" * 998 + "…"
+
+
 def test_filter_values_are_escaped_in_the_huddle_scope() -> None:
     html = sheets.render_huddle(day_of(full_plan()), location=HOSTILE, minutes_saved=MINUTES)
     assert "<script" not in html and HOSTILE in visible(html)

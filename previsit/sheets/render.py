@@ -4,6 +4,12 @@ The templates (templates/*.html.j2 and templates/sheet.css) only lay out text; t
 view-models (visit.py, huddle.py) decide everything. Jinja2 autoescapes every value, so a
 FHIR string can never become markup; `finalize` turns a stray None into a dash rather than
 "None".
+
+Chart text is also kept from rearranging or flooding the page: every value loses the bidi
+embeddings, overrides and marks it carries (a U+202E in a unit printed "10-80-6202" for
+2026-08-01) and is cut at MAX_SHOWN characters with an ellipsis (a 10 MB name made a
+157 MB huddle); values from the chart are shown inside `<bdi>` (the `or_missing` and `bdi`
+filters), which keeps a right-to-left name readable without reordering its neighbours.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from previsit.plan import DayPlan, Role, VisitPlan
 from previsit.sheets.formatting import format_day
@@ -21,6 +27,7 @@ from previsit.sheets.huddle import huddle
 from previsit.sheets.selection import scope_labels, select_plans
 from previsit.sheets.visit import visit_sheet
 from previsit.shipped import shipped_dir
+from previsit.text import shorten, without_bidi_controls
 
 Paper = Literal["letter", "a4"]
 _PAGE_SIZES: dict[str, str] = {"letter": "letter", "a4": "A4"}
@@ -31,15 +38,36 @@ def templates_dir() -> Path:
     return shipped_dir("templates")
 
 
+# The most characters of one value a sheet shows: far more than any name, reason or
+# explanation needs, far less than what a broken chart can hold.
+MAX_SHOWN = 1000
+
+
+def _shown(value: str) -> str:
+    return shorten(without_bidi_controls(value), MAX_SHOWN)
+
+
 def _or_missing(value: Any, placeholder: str = "—") -> Markup:
-    """A value, or a visibly marked placeholder when FHIR did not give one."""
+    """A value from the chart, isolated (<bdi>), or a visibly marked placeholder when FHIR
+    did not give one."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return Markup('<span class="missing">{}</span>').format(placeholder)
-    return escape(value)
+    return _bdi(value)
+
+
+def _bdi(value: Any) -> Markup:
+    """A value from the chart in its own bidi isolate (a dash when there is none)."""
+    if value is None:
+        return Markup("—")
+    return Markup("<bdi>{}</bdi>").format(_shown(str(value)))
 
 
 def _finalize(value: Any) -> Any:
-    return "—" if value is None else value
+    if value is None:
+        return "—"
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _shown(value)  # every value, attributes too: no bidi controls, capped
+    return value
 
 
 def _number(value: float) -> str:
@@ -58,6 +86,7 @@ def environment() -> jinja2.Environment:
             undefined=jinja2.StrictUndefined, finalize=_finalize, trim_blocks=True,
             lstrip_blocks=True, keep_trailing_newline=True)
         env.filters["or_missing"] = _or_missing
+        env.filters["bdi"] = _bdi
         env.filters["number"] = _number
         _ENV = env
     return _ENV

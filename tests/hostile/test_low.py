@@ -50,8 +50,6 @@ def sheets_of(out: Path) -> dict[str, str]:
 # --- 9, 10: sheets ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 9 (bidi controls in names and units "
-                   "reach the sheets)")
 def test_bidi_controls_do_not_reach_the_sheets(tmp_path: Path) -> None:
     day = clinic_day()
     for resource in day.resources:
@@ -70,8 +68,6 @@ def test_bidi_controls_do_not_reach_the_sheets(tmp_path: Path) -> None:
             if OVERRIDES.search(html)} == {}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: item 10 (no length cap on displayed values: "
-                   "a 10 MB name makes 10 MB sheets)")
 def test_a_10_mb_name_does_not_make_10_mb_sheets(tmp_path: Path,
                                                  assumed: AssumedInterface) -> None:
     day = clinic_day()
