@@ -7,13 +7,13 @@ ships (or a clinic drops in: fresh VSAC expansions replace ours by URL) and answ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from previsit.errors import ValueSetError
+from previsit.jsonio import JsonError, loads
 
 # Systems as EHRs actually send them: the canonical URI, its OID form, and a few
 # legacy spellings seen in exports. Everything is folded to the canonical URI.
@@ -183,8 +183,8 @@ class ValueSetRegistry:
         loaded = []
         for path in sorted(folder.glob("*.json")):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+                data = loads(path.read_bytes())  # jsonio: a 5,000-digit number is a JsonError
+            except (OSError, JsonError) as exc:
                 raise ValueSetError(f"{path}: cannot read JSON: {exc}") from exc
             vs = valueset_from_json(data, source=str(path))
             self.add(vs)

@@ -231,9 +231,14 @@ def test_registry_from_an_iterable_and_unknown_url() -> None:
         registry.get("http://nowhere.example/vs")
 
 
-def test_load_folder_names_the_file_with_bad_json(tmp_path: Path) -> None:
-    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueSetError, match=r"broken\.json: cannot read JSON"):
+@pytest.mark.parametrize("text", [
+    "{not json",
+    '{"resourceType": "ValueSet", "version": ' + "9" * 5000 + "}",  # a ValueError, not a
+    "[" * 100_000 + "]" * 100_000,                                  # JSONDecodeError
+])
+def test_load_folder_names_the_file_with_bad_json(tmp_path: Path, text: str) -> None:
+    (tmp_path / "broken.json").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueSetError, match=r"broken\.json: cannot read JSON: not valid JSON"):
         ValueSetRegistry().load_folder(tmp_path)
 
 
