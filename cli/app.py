@@ -40,6 +40,7 @@ class _Guarded(TyperGroup):
     traceback for it."""
 
     def invoke(self, ctx: Any) -> Any:  # a click Context (typer vendors click)
+        _safe_logging()
         try:
             return super().invoke(ctx)
         except PrevisitError as exc:
@@ -160,10 +161,18 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
                         stream=sys.stderr)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # On the handlers, not a logger: a logger's filter misses its children's records. Every
-    # handler that prints this process's log lines gets it (once).
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _SafeLogText) for f in handler.filters):
+    _safe_logging()
+
+
+def _safe_logging() -> None:
+    """Every handler that prints this process's log lines gets the _SafeLogText filter
+    (once): on the handlers, not a logger, because a logger's filter misses the records of
+    its children; and on logging's last resort, which prints warnings of commands that set
+    up no logging."""
+    handlers = [*logging.getLogger().handlers, logging.lastResort]
+    for handler in handlers:
+        if handler is not None and not any(isinstance(f, _SafeLogText)
+                                           for f in handler.filters):
             handler.addFilter(_SafeLogText())
 
 

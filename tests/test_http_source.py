@@ -814,3 +814,12 @@ def test_subjects_under_the_servers_own_base_and_included_medications_are_the_pa
                                                     "search": {"mode": "include"}})
     h.router.post(BASE).mock(return_value=json_response(answer))
     assert len(run(h.source.patient_record("p1")).observations) == 2
+
+
+def test_a_header_that_is_not_ascii_does_not_fail_the_read() -> None:
+    h = Harness()
+    body = json.dumps(searchset(appointment("a1", "2026-12-01T09:00:00-06:00"))).encode()
+    h.router.get("/Appointment").mock(return_value=httpx.Response(
+        200, headers=[(b"Content-Type", b"application/fhir+json"),
+                      (b"X-Served-By", "Zürich \u202e".encode())], stream=Chunks(body)))
+    assert [v.appointment_id for v in run(h.source.appointments(WINDOW))] == ["a1"]

@@ -656,8 +656,9 @@ class HttpSource:
                 raise RequestFailed(too_large)
         finally:
             await response.aclose()
-        kept = [(k, v) for k, v in response.headers.multi_items()
-                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        # As bytes: a header value that is not ASCII (a server's UTF-8) must not fail the read.
+        kept = [(k, v) for k, v in response.headers.raw
+                if k.lower() not in (b"content-encoding", b"content-length", b"transfer-encoding")]
         return httpx.Response(response.status_code, headers=kept, content=b"".join(parts),
                               request=response.request, extensions=response.extensions)
 

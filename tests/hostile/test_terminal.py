@@ -72,3 +72,20 @@ def test_medication_text_is_printed_inert(hostile_server: HostileFhirServer) -> 
     assert run.exit_code == 0, run.explain()
     assert "renewal" in run.stdout  # the renewal line, which names the medication
     assert_inert(run)
+
+
+def test_a_servers_header_in_a_log_line_is_logged_inert(hostile_server: HostileFhirServer,
+                                                        tmp_path: Path) -> None:
+    """/metadata answered with a Content-Type full of escapes: previsit logs (INFO) that it
+    could not read the statement, naming the content type; the log line is inert too."""
+    hostile_server.chart = Chart(*clinic_day().resources)
+    evil = "text/html\x1b]0;pwned\x07\x1b[2J\u202e"
+    hostile_server.fault(Fault.raw(
+        b"HTTP/1.1 200 OK\r\nContent-Type: " + evil.encode("utf-8") +
+        b"\r\nContent-Length: 5\r\n\r\nhello"), path="metadata")
+
+    run = run_cli(run_args(fhir_url=hostile_server.base_url), out=tmp_path / "out")
+
+    assert run.exit_code == 0, run.explain()
+    assert "could not read the CapabilityStatement" in run.logs
+    assert_inert(run)
