@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, Phase, settings
 # tests had to invent is here and nowhere else: when the fix chooses other names or limits, edit
 # this block (one edit) and the tests follow.
 #
-# New settings are passed as PREVISIT_<SECTION>_<KEY> environment variables, the documented
-# override of every configuration key. Today's configuration does not know them and ignores
-# unknown variables, so each test still drives today's code into the bug it describes (rather
-# than stopping at "unknown configuration key").
+# Settings are passed as PREVISIT_<SECTION>_<KEY> environment variables, the documented
+# override of every configuration key; the three below are previsit's [source] keys
+# (previsit/config.py, docs/previsit.example.toml). The default output limits are what a
+# fixed previsit stays under without any setting.
 # ==================================================================================================
 
 

@@ -1,12 +1,12 @@
 """Issue 8, item 4: one bad value fails at most one patient; the run always finishes.
 
-Today each of these stops the whole run with exit 1, a traceback and no report: JSON nested
-100,000 deep (in a bundle file, the appointment search or one patient's read: RecursionError),
-expectedSupplyDuration 1e308, an Observation value of 10**400, numberOfRepeatsAllowed 10**18,
-an Appointment starting 0001-01-01T00:00+14:00, a 300-character appointment id, and a lone
-surrogate in a name (UnicodeEncodeError, and a 0-byte plan.json). Wanted: the run finishes
-with a report; the other visits are planned; the bad record's own visit is planned anyway
-(the value set aside as a data issue) or fails with a reason (exit 3).
+Before the fix each of these stopped the whole run with exit 1, a traceback and no report: JSON
+nested 100,000 deep (in a bundle file, the appointment search or one patient's read:
+RecursionError), expectedSupplyDuration 1e308, an Observation value of 10**400,
+numberOfRepeatsAllowed 10**18, an Appointment starting 0001-01-01T00:00+14:00, a 300-character
+appointment id, and a lone surrogate in a name (UnicodeEncodeError, and a 0-byte plan.json).
+Wanted: the run finishes with a report; the other visits are planned; the bad record's own
+visit is planned anyway (the value set aside as a data issue) or fails with a reason (exit 3).
 """
 
 from __future__ import annotations

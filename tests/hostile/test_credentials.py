@@ -1,11 +1,11 @@
 """Issue 8, item 3: credentials go only where they were meant to go.
 
-Today, with client-secret auth and no token_url, the client secret is sent to whatever token
-endpoint `.well-known/smart-configuration` names, on any host and over plain http; bearer
-tokens go over plain http to any host; and HTTP_PROXY from the environment is used without
-a word and receives the bearer token. Wanted: credentials only over https (loopback
-excepted); the token endpoint configured, or on the same origin as the FHIR base; proxies
-only when configured. A next link to another host was already refused (kept as a guard).
+Before the fix, with client-secret auth and no token_url, the client secret was sent to
+whatever token endpoint `.well-known/smart-configuration` names, on any host and over plain
+http; bearer tokens go over plain http to any host; and HTTP_PROXY from the environment is used
+without a word and receives the bearer token. Wanted: credentials only over https (loopback
+excepted); the token endpoint configured, or on the same origin as the FHIR base; proxies only
+when configured. A next link to another host was already refused (kept as a guard).
 
 "Another host" is the Recorder (another port: another origin). "Remote" hosts are names
 under .hostile.test that this process resolves to 127.0.0.1 (the hostile_dns fixture): they
@@ -57,7 +57,7 @@ def test_client_secret_is_not_sent_to_a_token_endpoint_on_another_host(
 
 def test_token_endpoint_on_the_fhir_servers_own_origin_is_used(
         hostile_server: HostileFhirServer, other_host: Recorder, tmp_path: Path) -> None:
-    """The control: discovery naming the server's own origin (loopback) works as today."""
+    """The control: discovery naming the server's own origin (loopback) is used."""
     server = day_on(hostile_server)
     server.behaviours.smart_token_endpoint = server.token_url
     server.behaviours.require_token = server.behaviours.issued_token

@@ -1,15 +1,15 @@
 """Issue 8, item 5: bounded reads — what a server sends cannot exhaust memory or time.
 
-Today there is no response size limit and no overall deadline: a 1 GiB body is read whole, a
-gzip bomb expanding to 2.2 GB is inflated whole, an endless body is read until memory runs out,
-a server sending one byte every few seconds holds the run forever (the read timeout never
-fires), and a search whose next links never end is followed for 1,000 pages, all kept in
-memory. Wanted: a cap on each response (after decompression) and on each search, and a
-deadline for the run; what exceeds them fails that patient (exit 3), the rest is planned.
+Before the fix there was no response size limit and no overall deadline: a 1 GiB body was read
+whole, a gzip bomb expanding to 2.2 GB is inflated whole, an endless body is read until memory
+runs out, a server sending one byte every few seconds holds the run forever (the read timeout
+never fires), and a search whose next links never end is followed for 1,000 pages, all kept in
+memory. Wanted: a cap on each response (after decompression) and on each search, and a deadline
+for the run; what exceeds them fails that patient (exit 3), the rest is planned.
 
 The settings are assumed (conftest.AssumedInterface). The memory-bomb tests run previsit as a
 child process limited to 384 MiB of address space (a normal run fits in 256 MiB), so
-today's unbounded read ends in MemoryError instead of taking the test machine with it. To keep
+an unbounded read ends in MemoryError instead of taking the test machine with it. To keep
 the suite fast the server cuts a huge or endless body after 2 s (the hostile server's
 connection deadline); by then a client without a cap has read hundreds of megabytes, which the
 server counts, while a capped one hung up after a few.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 CAP = 5_000_000  # bytes: max_response_bytes for these tests (a normal record is ~20 kB)
 MEMORY = 384 << 20  # address space of the child process (a normal run fits in 256 MiB)
 # One attempt per request: a fixed previsit has no reason to retry a response over the cap,
-# and today's unbounded reads would otherwise repeat with backoff.
+# and unbounded reads would otherwise repeat with backoff.
 ONE_ATTEMPT = {"PREVISIT_SOURCE_MAX_ATTEMPTS": "1"}
 
 

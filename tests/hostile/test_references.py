@@ -1,7 +1,7 @@
 """Issue 8, item 1: an appointment's patient reference decides whose chart is planned.
 
-Today the last path segment of the reference is kept, so `Patient/123/_history/2` plans
-patient 2, `Patient/../../metadata` plans a patient called "metadata" and
+Before the fix the last path segment of the reference was kept, so `Patient/123/_history/2`
+plans patient 2, `Patient/../../metadata` plans a patient called "metadata" and
 `https://other-ehr/fhir/Patient/123` plans *this* server's patient 123. Wanted: a reference is
 accepted only as `Patient/<id>` (optionally prefixed by the server's own base), with
 `/_history/<version>` stripped; anything else is not planned for anyone, and said so.

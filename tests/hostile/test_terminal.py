@@ -1,10 +1,10 @@
 """Issue 8, item 7: text from a server or a chart reaches the terminal inert.
 
-Today OperationOutcome text, the CapabilityStatement's software name and medication text are
-printed raw: escape sequences recolour the terminal, retitle the window or plant hyperlinks
-(OSC 8), a CR rewrites the line, a CR LF forges a line in the cron mail, U+202E reverses what
-follows. Wanted: nothing printed by previsit contains C0 controls other than TAB and LF, DEL,
-C1 controls, or bidi overrides/isolates; data cannot start a line of its own.
+Before the fix OperationOutcome text, the CapabilityStatement's software name and medication
+text are printed raw: escape sequences recolour the terminal, retitle the window or plant
+hyperlinks (OSC 8), a CR rewrites the line, a CR LF forges a line in the cron mail, U+202E
+reverses what follows. Wanted: nothing printed by previsit contains C0 controls other than TAB
+and LF, DEL, C1 controls, or bidi overrides/isolates; data cannot start a line of its own.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Issue 8, item 2: a server that answers with someone else's chart must not get it planned.
 
 Asked for Patient/pat-1, a server (a bug, a misrouted proxy cache, an attacker) returns
-Patient/pat-2, or pat-2's Conditions and Observations, or mixes them into pat-1's. Today the
-plan for pat-1's visit is built from pat-2's chart and orders are written for pat-2 under
-pat-1's appointment. Wanted: a returned resource whose id, or whose subject/patient, is not
-the patient asked for fails that patient's visits with a clear reason; the others are planned.
+Patient/pat-2, or pat-2's Conditions and Observations, or mixes them into pat-1's. Before the
+fix the plan for pat-1's visit is built from pat-2's chart and orders are written for pat-2
+under pat-1's appointment. Wanted: a returned resource whose id, or whose subject/patient, is
+not the patient asked for fails that patient's visits with a clear reason; the others are
+planned.
 """
 
 from __future__ import annotations
