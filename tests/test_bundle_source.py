@@ -146,3 +146,20 @@ def test_conditional_create_evaluated_against_loaded_identifiers(tmp_path: Path)
     result = asyncio.run(BundleSource(tmp_path).write_transaction(tx, key="a"))
     assert result.existing == ("ServiceRequest/sr1",)
     assert len(result.created) == 1
+
+
+def test_a_resource_belongs_to_the_patient_its_reference_names_on_this_source(
+        tmp_path: Path) -> None:
+    versioned = observation("4548-4", 10, 7.0, "%", pid="p1")
+    versioned["subject"] = {"reference": "Patient/p1/_history/3"}
+    foreign = observation("2823-3", 10, 4.0, "mmol/L", pid="p1")
+    foreign["subject"] = {"reference": "https://other.example/fhir/Patient/p1"}
+    traversing = observation("2160-0", 10, 1.0, "mg/dL", pid="p1")
+    traversing["subject"] = {"reference": "Patient/../p1"}
+    write(tmp_path, "day.json", bundle(patient(pid="p1"), versioned, foreign, traversing))
+    source = BundleSource(tmp_path)
+    record = asyncio.run(source.patient_record("p1"))
+    assert [o.code.codings[0].code for o in record.observations] == ["4548-4"]
+    assert sorted(p.message for p in source.problems()) == [
+        f"Observation/{foreign['id']} has no Patient subject; skipped",
+        f"Observation/{traversing['id']} has no Patient subject; skipped"]

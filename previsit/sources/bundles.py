@@ -17,6 +17,7 @@ from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.plan import Visit
 from previsit.record import PatientRecord, build_record
+from previsit.references import patient_id
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.folder import read_folder
 
@@ -29,13 +30,15 @@ _PATIENT_TYPES = frozenset({"Condition", "MedicationRequest", "Observation", "Pr
 
 
 def _patient_of(resource: Mapping[str, Any], aliases: Mapping[str, str]) -> str | None:
+    """The patient a resource belongs to: `Patient/<id>` (or a fullUrl standing for one),
+    read as appointments are (references.patient_id)."""
     for name in _PATIENT_FIELDS:
         ref = resource.get(name)
         reference = ref.get("reference") if isinstance(ref, dict) else None
-        if isinstance(reference, str):
-            reference = aliases.get(reference, reference)
-            if reference.startswith("Patient/"):
-                return reference.split("/", 1)[1]
+        pid = patient_id(aliases.get(reference, reference)) \
+            if isinstance(reference, str) else None
+        if pid is not None:
+            return pid
     return None
 
 

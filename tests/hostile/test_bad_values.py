@@ -54,6 +54,12 @@ def _repeats_10_18() -> dict[str, Any]:
     return order
 
 
+def _observation_9999() -> dict[str, Any]:
+    result = observation("4548-4", 30, 7.0, "%", pid="pat-bad")
+    result["effectiveDateTime"] = "9999-12-31"  # date arithmetic past the calendar's end
+    return result
+
+
 def _lone_surrogate_patient() -> dict[str, Any]:
     return patient(pid="pat-bad", age=55, name="Gil \ud800")
 
@@ -63,6 +69,7 @@ BAD_VALUES: dict[str, Callable[[], dict[str, Any]]] = {
     "expectedSupplyDuration 1e308 months": _supply_1e308,
     "Observation value 10**400": _observation_10_400,
     "numberOfRepeatsAllowed 10**18": _repeats_10_18,
+    "Observation dated 9999-12-31": _observation_9999,
     "lone surrogate in the name": _lone_surrogate_patient,
 }
 

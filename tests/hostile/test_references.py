@@ -33,6 +33,7 @@ REFERENCES: dict[str, tuple[str, str | None]] = {
     "versioned": ("Patient/123/_history/2", "123"),
     "traversing": ("Patient/../../metadata", None),
     "foreign": ("https://other-ehr/fhir/Patient/123", None),
+    "relative-dot": ("./Patient/123", None),
 }
 
 
@@ -81,7 +82,7 @@ def test_server_appointment_reference_names_exactly_one_local_patient(
         assert hostile_server.asked_about(trap) == [], f"Patient/{trap} was read"
 
 
-@pytest.mark.parametrize("label", ["versioned", "traversing", "foreign"])
+@pytest.mark.parametrize("label", sorted(REFERENCES))
 def test_bundle_appointment_reference_names_exactly_one_patient(label: str,
                                                                 tmp_path: Path) -> None:
     reference, expected = REFERENCES[label]
