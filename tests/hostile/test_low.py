@@ -256,3 +256,20 @@ def test_failed_lines_name_the_appointment_not_the_patient(hostile_server: Hosti
     assert "appt-4" in run.stdout  # the failure is shown, by its appointment
     assert "pat-zz-4471" not in run.printed
     assert DAY in run.stdout
+
+
+def test_failed_lines_name_the_patient_with_verbose(hostile_server: HostileFhirServer,
+                                                     tmp_path: Path) -> None:
+    day = clinic_day()
+    day.add(*chart("pat-zz-4471", age=60, sex="male", name="Hal Hidden")[1:])  # no Patient
+    day.book("appt-4", "pat-zz-4471", "11:00")
+    hostile_server.chart = Chart(*day.resources)
+
+    run = run_cli(run_args(fhir_url=hostile_server.base_url, extra=["--verbose"]),
+                  out=tmp_path / "out")
+
+    assert run.exit_code == 3, run.explain()
+    failed = [line for line in run.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and failed[0].startswith("  FAILED appointment 4 of 4 (appt-4, 11:00)")
+    assert "pat-zz-4471" in failed[0]
+    assert "pat-zz-4471" in run.failures["appt-4"]  # the report keeps it
