@@ -1033,7 +1033,9 @@ def _int(value: str, default: int) -> int:
 def _appointment_matches(resource: Mapping[str, Any], statuses: list[str],
                          dates: list[str]) -> bool:
     wanted = {s for value in statuses for s in value.split(",") if s}
-    if wanted and resource.get("status") not in wanted:
+    status = resource.get("status")
+    # A status that is not a string cannot be compared either: returned, previsit judges it.
+    if wanted and isinstance(status, str) and status not in wanted:
         return False
     start = resource.get("start")
     try:

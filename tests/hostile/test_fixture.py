@@ -162,3 +162,16 @@ def test_generated_days_are_consistent(day: object) -> None:
     for aid in day.truth:
         assert json.dumps(aid)[1:-1].encode() in written
     assert "appointments.json" in day.files
+
+
+def test_an_appointment_search_returns_what_it_cannot_compare(server: HostileFhirServer
+                                                              ) -> None:
+    """Lenient filters: a status or start of the wrong type is returned (previsit judges),
+    never a 500 that would stop the whole run for a fixture's sake."""
+    odd = {"resourceType": "Appointment", "id": "odd", "status": ["booked"],
+           "start": {"start": "2026-12-01"}}
+    server.chart.add(odd)
+    found = httpx.get(f"{server.base_url}/Appointment", params={
+        "status": "booked", "date": ["ge2026-12-01T00:00:00-06:00"]})
+    assert found.status_code == 200
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == ["odd"]
