@@ -26,6 +26,7 @@ from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
 from previsit.sources import Source, VisitWindow
 from previsit.sources.bundles import BundleSource
+from previsit.suppressions import DeclineLookup, store_declines
 
 
 class _Guarded(TyperGroup):
@@ -198,7 +199,8 @@ def run(
                          identifier_system=config.output.identifier_system,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
-                         render_sheet=render_visit_sheet if store_sheets else None)
+                         render_sheet=render_visit_sheet if store_sheets else None,
+                         declines=_declines(config))
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
@@ -207,6 +209,18 @@ def run(
         _print_summary(result, config, paths, sheet_paths, write_back, local,
                        store_sheets and write_back)
     raise typer.Exit(result.exit_code)
+
+
+def _declines(config: Config) -> DeclineLookup | None:
+    """What clinicians declined in `previsit serve` (its state database), for a run against
+    the same FHIR server; None when the app has no state here."""
+    if config.source.kind != "fhir" or not config.source.base_url:
+        return None
+    web = config.web
+    return store_declines(state_db=web.state_db, keyring_file=web.keyring_file,
+                          keyring_env=web.keyring_env, env=os.environ,
+                          fhir_base=config.source.base_url, timezone=config.source.timezone,
+                          months=web.feedback_suppression_months)
 
 
 def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
