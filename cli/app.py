@@ -569,5 +569,59 @@ def upload(
     typer.echo(f"uploaded {count} resources from {folder} to {config.source.base_url}")
 
 
+@app.command()
+def serve(
+    config_path: ConfigOpt = None,
+    fhir_url: Annotated[str | None, typer.Option(
+        "--fhir-url", help="Also allow this FHIR server to launch the app, as a public "
+                           "client named by --client-id (trying it locally).")] = None,
+    client_id: Annotated[str, typer.Option(
+        "--client-id", help="The client id registered for --fhir-url.")] = "previsit",
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    enable_actions: Annotated[bool | None, typer.Option(
+        "--enable-actions/--no-enable-actions",
+        help="Offer accept / dismiss / propose now (default: web.enable_actions).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Clinic time zone (IANA).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Serve the SMART on FHIR app and the CDS Hooks services (`[web]` configuration)."""
+    import uvicorn
+
+    from previsit.web.app import create_app
+
+    _setup_logging(verbose)
+    config = _config(config_path, source__timezone=timezone)
+    updates: dict[str, Any] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+        if config.web.public_url == "http://127.0.0.1:8400":
+            updates["public_url"] = f"http://127.0.0.1:{port}"
+    if enable_actions is not None:
+        updates["enable_actions"] = enable_actions
+    if fhir_url is not None:
+        issuers = [i.model_dump() for i in config.web.issuers]
+        issuers.append({"iss": fhir_url, "client_id": client_id, "label": fhir_url})
+        updates["issuers"] = issuers
+    if updates:
+        from previsit.web.settings import WebSettings
+
+        try:
+            config.web = WebSettings.model_validate({**config.web.model_dump(), **updates})
+        except ValueError as exc:
+            raise fail(f"configuration: {exc}") from None
+    web = config.web
+    application = create_app(config, env=os.environ)
+    typer.echo(f"previsit serve: {web.public_url}")
+    typer.echo(f"  launch URL (register with the EHR):   {web.public_url}/launch")
+    typer.echo(f"  redirect URL (register with the EHR): {web.redirect_uri}")
+    typer.echo(f"  CDS Hooks discovery:                  {web.public_url}/cds-services")
+    typer.echo(f"  standalone sign-in:                   {web.public_url}/")
+    uvicorn.run(application, host=web.host, port=web.port, log_level="info",
+                access_log=False, proxy_headers=False)
+
+
 def main() -> None:
     app()

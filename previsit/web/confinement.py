@@ -72,6 +72,8 @@ class PatientConfinement:
                 return
             raise ConfinementError(f"{method} on the server base (a system-wide "
                                    "interaction) is not allowed in a patient session")
+        if segments == ["metadata"] and method in ("GET", "HEAD") and not query:
+            return  # the CapabilityStatement: about the server, no patient's data
         resource_type = segments[0]
         if not _RESOURCE_TYPE.match(resource_type):
             raise ConfinementError(f"{method} {resource_type}: not a resource type")

@@ -109,6 +109,12 @@ class CdsIssuer(_Model):
 
     iss: str  # the JWT's `iss`, compared in normal form
     jwks_url: str  # where its public keys are; a `jku` header must name this same URL
+    # The FHIR base of this EHR: the only server previsit reads with a request's
+    # fhirAuthorization when prefetch is missing (a request's fhirServer must be this one),
+    # and the base under which CDS feedback is kept for the nightly run (same as its
+    # source.base_url). Unset: no fallback reads; feedback is kept under the request's
+    # fhirServer.
+    fhir_server: str | None = None
     label: str | None = None
 
     @field_validator("iss")
@@ -121,6 +127,13 @@ class CdsIssuer(_Model):
     @classmethod
     def _jwks(cls, value: str) -> str:
         require_secure(value, "JWKS URL")
+        return value
+
+    @field_validator("fhir_server")
+    @classmethod
+    def _fhir_server(cls, value: str | None) -> str | None:
+        if value is not None:
+            require_secure(value, "fhir_server")
         return value
 
 
