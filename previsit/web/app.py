@@ -103,6 +103,9 @@ class AppContext:
     fhir_transport: httpx.AsyncBaseTransport | None  # tests: a transport to the FHIR server
     clock: Callable[[], float]
     base: str  # the path of public_url ("" at the root)
+    # "Now" for planning (which visit is next, what can still be drawn): the clock, unless a
+    # demo or a test plans a fixed day.
+    plan_clock: Callable[[], float]
 
 
 def _settings(config: Config) -> Settings:
@@ -114,7 +117,8 @@ def _settings(config: Config) -> Settings:
 def create_app(config: Config, *, env: Mapping[str, str], ruleset: RuleSet | None = None,
                http: httpx.AsyncClient | None = None,
                fhir_transport: httpx.AsyncBaseTransport | None = None,
-               clock: Callable[[], float] = time.time) -> Starlette:
+               clock: Callable[[], float] = time.time,
+               plan_clock: Callable[[], float] | None = None) -> Starlette:
     """The ASGI app. Raises PrevisitError at start-up for a configuration that cannot work
     (unreadable keyring, missing client secret, bad rules): never at a clinician's launch."""
     settings = config.web
@@ -128,9 +132,10 @@ def create_app(config: Config, *, env: Mapping[str, str], ruleset: RuleSet | Non
                       config.output.identifier_system, config.planning.statuses)
     smart = SmartApp(settings, store, client, env=env, clock=clock)
     cds = CdsServices(settings, store, CdsAuthenticator(settings, store, client, clock=clock),
-                      planner, fhir_transport=fhir_transport, clock=clock)
+                      planner, fhir_transport=fhir_transport, clock=plan_clock or clock)
     ctx = AppContext(config, settings, store, smart, cds, planner, client, fhir_transport,
-                     clock, urlsplit(settings.public_url).path.rstrip("/"))
+                     clock, urlsplit(settings.public_url).path.rstrip("/"),
+                     plan_clock or clock)
     handlers = _Handlers(ctx)
 
     @contextlib.asynccontextmanager
@@ -354,7 +359,7 @@ class _Handlers:
                             ) -> tuple[PatientPlan, dict[str, str]]:
         """Read and plan the session's patient (or, for a user-level session, the patient of
         the appointment chosen on the schedule); every read confined to that patient."""
-        now = now_in(self.ctx.planner.timezone, self.ctx.clock())
+        now = now_in(self.ctx.planner.timezone, self.ctx.plan_clock())
         if session.level == "patient":
             assert session.patient is not None
             patient_id = session.patient
@@ -404,7 +409,7 @@ class _Handlers:
             timezone = self.ctx.planner.timezone
             try:
                 day = date.fromisoformat(params["date"]) if params.get("date") else \
-                    now_in(timezone, self.ctx.clock()).date()
+                    now_in(timezone, self.ctx.plan_clock()).date()
             except ValueError:
                 raise NotAllowed("the date is not a date (YYYY-MM-DD)") from None
             planning = self.ctx.config.planning

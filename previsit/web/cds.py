@@ -45,7 +45,14 @@ from previsit.suppressions import DECLINE_REASON_SYSTEM, DeclineReason, Feedback
 from previsit.web.cds_auth import CdsAuthenticator, CdsAuthError, CdsClient, FhirAuthorization
 from previsit.web.confinement import ConfinementError, PatientConfinement
 from previsit.web.fhir import FhirAccessError, FhirSession, confined_client
-from previsit.web.planning import ChosenVisit, PatientPlan, Planner, plan_patient, today_visit
+from previsit.web.planning import (
+    ChosenVisit,
+    PatientPlan,
+    Planner,
+    now_in,
+    plan_patient,
+    today_visit,
+)
 from previsit.web.settings import WebSettings
 from previsit.web.store import Coding, Store, UnknownCardError
 from previsit.web.urls import same_url
@@ -348,7 +355,7 @@ class CdsServices:
     async def cards(self, hook: HookRequest, client: CdsClient) -> list[dict[str, Any]]:
         record, appointments = await self.record(hook, client)
         planner = self._planner
-        now = datetime.fromtimestamp(self._clock()).astimezone()
+        now = now_in(planner.timezone, self._clock())
         today = now.date()
         chosen: list[ChosenVisit] = []
         if hook.service.hook == "appointment-book":
