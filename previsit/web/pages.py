@@ -93,7 +93,10 @@ class ActionPanel:
                 continue
             if outcome not in ACTIONABLE_ON_SERVER and outcome != ProposalOutcome.PROPOSED:
                 continue
-            seen[identifier] = ProposalChoice(identifier, outcome in ACTIONABLE_ON_SERVER,
+            written = outcome in ACTIONABLE_ON_SERVER
+            if not (self.allowed("dismiss") or self.allowed("accept" if written else "propose")):
+                continue
+            seen[identifier] = ProposalChoice(identifier, written,
                                               order.display if several else None)
         return list(seen.values())
 

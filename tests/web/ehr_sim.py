@@ -129,16 +129,18 @@ class AppDriver:
 
     async def authorize(self, launch: httpx.Response, *, user: str = "okafor",
                         patient: str | None = None,
-                        tamper: Mapping[str, str] | None = None) -> httpx.Response:
+                        tamper: Mapping[str, str | None] | None = None,
+                        preauthorize: bool = True) -> httpx.Response:
         """The app's redirect to the authorization server, approved at once as `user`;
         returns the authorization server's answer (a redirect to the app's callback)."""
         assert launch.status_code == 302, launch.text
         location = launch.headers["location"]
         if tamper:
             parts = urlsplit(location)
-            query = {**query_of(location), **tamper}
+            query = {k: v for k, v in {**query_of(location), **tamper}.items() if v is not None}
             location = parts._replace(query=urlencode(query)).geturl()
-        self.server.admin.preauthorize(user, patient, client_id=CLIENT_ID)
+        if preauthorize:
+            self.server.admin.preauthorize(user, patient, client_id=CLIENT_ID)
         return await self.ehr.get(location)
 
     async def callback(self, answer: httpx.Response) -> httpx.Response:
