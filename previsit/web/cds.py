@@ -119,8 +119,26 @@ SERVICES: dict[str, Service] = {s.id: s for s in (
 )}
 
 
-class BadRequest(PrevisitError):
+class Refusal(PrevisitError):
+    """A call answered with an OperationOutcome-like error instead of cards."""
+
+    status = 400
+    code = "invalid"
+
+    def response(self) -> Response:
+        return _json(_outcome(str(self), self.code), self.status)
+
+
+class BadRequest(Refusal):
     """A CDS request that is not what the spec describes (answered 400)."""
+
+
+class Unauthenticated(Refusal):
+    status, code = 401, "login"
+
+
+class UnknownService(Refusal):
+    status, code = 404, "not-found"
 
 
 def _outcome(message: str, code: str = "invalid") -> dict[str, Any]:
@@ -233,13 +251,6 @@ class CdsServices:
     async def discovery(self, request: Request) -> Response:
         return _json({"services": [s.discovery() for s in SERVICES.values()]})
 
-    async def _authenticated(self, request: Request, path: str) -> CdsClient | Response:
-        try:
-            return await self._auth.authenticate(request.headers.get("authorization"),
-                                                 self.url(path))
-        except CdsAuthError:
-            return _json(_outcome(CdsAuthError.public_message, "login"), 401)
-
     async def _body(self, request: Request) -> Any:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
@@ -249,18 +260,26 @@ class CdsServices:
             raise BadRequest("the request body is not a JSON object")
         return body
 
-    async def call(self, request: Request) -> Response:
+    async def _caller(self, request: Request, suffix: str) -> tuple[Service, CdsClient]:
+        """The service called and its authenticated caller; Refusal otherwise."""
         service = SERVICES.get(request.path_params["service_id"])
         if service is None:
-            return _json(_outcome("no such CDS service", "not-found"), 404)
-        client = await self._authenticated(request, f"/cds-services/{service.id}")
-        if isinstance(client, Response):
-            return client
+            raise UnknownService("no such CDS service")
         try:
+            client = await self._auth.authenticate(
+                request.headers.get("authorization"),
+                self.url(f"/cds-services/{service.id}{suffix}"))
+        except CdsAuthError:
+            raise Unauthenticated(CdsAuthError.public_message) from None
+        return service, client
+
+    async def call(self, request: Request) -> Response:
+        try:
+            service, client = await self._caller(request, "")
             hook = parse_request(service, await self._body(request))
-        except BadRequest as exc:
-            log.warning("CDS %s: malformed request: %s", service.id, exc)
-            return _json(_outcome(str(exc)), 400)
+        except Refusal as exc:
+            log.warning("CDS call refused (%s): %s", type(exc).__name__, exc)
+            return exc.response()
         started = time.perf_counter()
         try:
             cards = await self.cards(hook, client)
@@ -410,26 +429,22 @@ class CdsServices:
     # --- feedback ----------------------------------------------------------------------
 
     async def feedback(self, request: Request) -> Response:
-        service = SERVICES.get(request.path_params["service_id"])
-        if service is None:
-            return _json(_outcome("no such CDS service", "not-found"), 404)
-        client = await self._authenticated(request, f"/cds-services/{service.id}/feedback")
-        if isinstance(client, Response):
-            return client
+        """Accepted suggestions and overrides, stored against the cards' findings, entry by
+        entry (feedback repeated is stored once); a card this service never issued is a 400
+        (the entries before it are kept)."""
         try:
+            service, _ = await self._caller(request, "/feedback")
             items = parse_feedback(await self._body(request))
-        except BadRequest as exc:
-            return _json(_outcome(str(exc)), 400)
-        recorded = 0
-        try:
             for item in items:
                 self._store.record_cds_feedback(service=service.id, card_id=item.card,
                                                 outcome=item.outcome, reason=item.reason,
                                                 outcome_at=item.at)
-                recorded += 1
         except UnknownCardError as exc:
-            return _json(_outcome(str(exc), "not-found"), 400)
-        log.info("CDS %s: %d feedback entries recorded", service.id, recorded)
+            return BadRequest(str(exc)).response()
+        except Refusal as exc:
+            log.warning("CDS feedback refused (%s): %s", type(exc).__name__, exc)
+            return exc.response()
+        log.info("CDS %s: %d feedback entries recorded", service.id, len(items))
         return Response(status_code=200)
 
 

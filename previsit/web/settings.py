@@ -28,7 +28,14 @@ import re
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from previsit.web.urls import is_loopback, normalize_url, require_secure, same_url
 
@@ -123,17 +130,12 @@ class CdsIssuer(_Model):
         normalize_url(value)
         return value
 
-    @field_validator("jwks_url")
+    @field_validator("jwks_url", "fhir_server")
     @classmethod
-    def _jwks(cls, value: str) -> str:
-        require_secure(value, "JWKS URL")
-        return value
-
-    @field_validator("fhir_server")
-    @classmethod
-    def _fhir_server(cls, value: str | None) -> str | None:
+    def _secure(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # previsit fetches keys from, and sends patients' tokens to, these: https only
         if value is not None:
-            require_secure(value, "fhir_server")
+            require_secure(value, info.field_name or "URL")
         return value
 
 
