@@ -28,7 +28,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "web"))
 
-from ehr_sim import (  # noqa: E402
+from ehr_sim import (
     CLIENT_ID,
     GREENBERG,
     GREENBERG_VISIT,
@@ -40,8 +40,8 @@ from ehr_sim import (  # noqa: E402
     web_config,
 )
 
-from previsit.config import Config  # noqa: E402
-from previsit.web.app import create_app  # noqa: E402
+from previsit.config import Config
+from previsit.web.app import create_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -174,3 +174,83 @@ def test_ehr_launch_accept_dismiss_and_the_next_nightly_run(browser: Any, tmp_pa
         assert tdap_finding["status"] == "excluded"
         assert tdap_finding["explanation"].startswith("Declined on ")
         assert not any("td-tdap-immunization" in p["rule_ids"] for p in visit["proposals"])
+
+
+EHR_CHART = "".join([
+    '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Riverside EHR</title>',
+    "<style>body{{margin:0;font:14px system-ui,sans-serif;background:#e9edf2}}",
+    "header{{background:#2d4a6b;color:#fff;padding:.5rem 1rem}}header b{{font-size:16px}}",
+    "nav{{background:#fff;border-bottom:1px solid #ccd;padding:.4rem 1rem;color:#345}}",
+    "iframe{{display:block;margin:.6rem auto;width:1080px;height:1240px;",
+    "border:1px solid #99a;background:#fff}}</style></head><body>",
+    "<header><b>Riverside EHR</b> · Susan Leah Greenberg · 54 y F · MRN RFM-100507</header>",
+    "<nav>Chart · Orders · Results · <b>previsit</b></nav>",
+    '<iframe title="previsit" src="{launch}"></iframe></body></html>'])
+
+
+@contextmanager
+def ehr_chart(body: str) -> Iterator[str]:
+    """The EHR's chart page, served from its own origin on loopback (Chromium's local
+    network checks refuse a loopback frame in a page that came from nowhere)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Chart(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = body.encode("utf-8")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chart)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_the_app_works_inside_an_ehr_iframe(browser: Any, tmp_path: Path) -> None:
+    """Framed by the EHR's chart page (frame-ancestors from the configuration): the launch
+    completes inside the frame, its state carried by the OAuth round trip."""
+    port = free_port()
+    app_url = f"http://127.0.0.1:{port}"
+    with ehr_server(app_url) as ehr:
+        launch = (f"{ehr.root_url}/ehr/launch?client_id={CLIENT_ID}&patient={GREENBERG}"
+                  f"&appointment={GREENBERG_VISIT}&user=okafor")
+        nightly_config = web_config(tmp_path, ehr, app_url, port=port)
+        nightly(tmp_path / "previsit.toml", tmp_path / "night")
+        with ehr_chart(EHR_CHART.format(launch=launch)) as chart:
+            config = web_config(tmp_path, ehr, app_url, port=port, frame_ancestors=[chart])
+            with serving(config):
+                context = browser.new_context(java_script_enabled=False,
+                                              viewport={"width": 1120, "height": 1330})
+                page = context.new_page()
+                page.goto(chart)
+                frame = page.frame_locator("iframe")
+                frame.get_by_role("button", name="Authorize").click()
+                frame.locator("article.visit").wait_for()
+                assert "Susan Leah Greenberg" in \
+                    frame.locator("article.visit header").inner_text()
+                app_frame = next(f for f in page.frames if f.url.startswith(app_url))
+                assert app_frame.url == f"{app_url}/plan"
+                shot = os.environ.get("PREVISIT_APP_SCREENSHOT")
+                page.screenshot(path=shot or str(tmp_path / "framed.png"))
+                context.close()
+
+            # the same page, with the app not configured to be framed by it: refused
+            with serving(nightly_config):
+                context = browser.new_context(java_script_enabled=False)
+                page = context.new_page()
+                page.goto(chart)
+                frame = page.frame_locator("iframe")
+                frame.get_by_role("button", name="Authorize").click()
+                page.wait_for_timeout(1000)
+                assert not any(f.url == f"{app_url}/plan" for f in page.frames)
+                context.close()
