@@ -418,3 +418,88 @@ def test_a_write_the_ehr_refuses_says_which_action_and_why(tmp_path: Path,
             assert "Susan Leah Greenberg" in seen  # the plan is still shown
         assert written(fresh, GREENBERG) == []
     run(go)
+
+
+# --- embedding, standalone launch, the schedule, refresh ---------------------------------------
+
+
+def test_the_launch_needs_no_cookie_and_framing_follows_the_configuration(
+        tmp_path: Path, fresh: FhirTestServer) -> None:
+    """Inside an EHR iframe the browser may drop the launch cookie: the state, kept on the
+    server, carries the round trip; frame-ancestors names the configured EHR origins."""
+    async def go() -> None:
+        async with driven(tmp_path, fresh, frame_ancestors=["https://ehr.example.org"]) as d:
+            answer = await d.authorize(await d.ehr_launch(GREENBERG,
+                                                          appointment=GREENBERG_VISIT))
+            d.app.cookies.clear()  # a third-party context that kept nothing
+            done = await d.callback(answer)
+            assert done.status_code == 303
+            page = await d.app.get("/plan")
+            assert page.status_code == 200
+            csp = page.headers["content-security-policy"]
+            assert "frame-ancestors https://ehr.example.org" in csp
+            assert "x-frame-options" not in page.headers
+    run(go)
+
+
+def test_standalone_user_launch_opens_the_clinic_day_and_each_row_its_plan(
+        tmp_path: Path, fresh: FhirTestServer) -> None:
+    async def go() -> None:
+        async with driven(tmp_path, fresh) as d:
+            start = await d.app.get("/")
+            assert "Open the clinic day (Test EHR)" in text(start)
+            launch = await d.app.get("/standalone", params={"iss": fresh.base_url,
+                                                            "level": "user"})
+            scope = query_of(launch.headers["location"])["scope"].split()
+            assert "launch" not in scope and "user/Appointment.rs" in scope
+            done = await d.callback(await d.authorize(launch))
+            assert done.headers["location"] == "/schedule"
+            day = await d.app.get("/schedule", params={
+                "date": "2026-12-01", "practitioner": "Practitioner/prac-okafor"})
+            assert day.status_code == 200, text(day)
+            seen = text(day)
+            assert "Tue Dec 1, 2026" in seen and "Practitioner: Amara Okafor, MD" in seen
+            links = re.findall(r'href="(/plan\?appointment=[^"]+)"', day.text)
+            assert "/plan?appointment=appt-1201-0920-lopez" in links
+            assert "/plan?appointment=appt-1201-0920-greenberg" not in links  # Whitfield's
+            plan = await d.app.get("/plan?appointment=appt-1201-0920-lopez")
+            assert plan.status_code == 200
+            assert "María Elena López" in text(plan)
+            assert "Appointment appt-1201-0920-lopez" in text(plan)
+            # a patient-level page without a chosen appointment is not the schedule's job
+            assert (await d.app.get("/plan")).status_code == 403
+    run(go)
+
+
+def test_standalone_patient_launch_plans_the_chosen_patient(tmp_path: Path,
+                                                           fresh: FhirTestServer) -> None:
+    async def go() -> None:
+        async with driven(tmp_path, fresh) as d:
+            launch = await d.app.get("/standalone", params={"iss": fresh.base_url,
+                                                            "level": "patient"})
+            assert "launch/patient" in query_of(launch.headers["location"])["scope"].split()
+            done = await d.callback(await d.authorize(launch, patient=GREENBERG))
+            page = await d.app.get(done.headers["location"])
+            assert "Susan Leah Greenberg" in text(page)
+            assert "Plan for the patient's next booked appointment" in text(page)
+    run(go)
+
+
+@pytest.fixture(scope="module")
+def short_tokens() -> Iterator[FhirTestServer]:
+    with ehr_server(APP_URL, token_ttl_s=30) as server:
+        yield server
+
+
+def test_the_refresh_token_is_used_when_the_access_token_runs_out(
+        tmp_path: Path, short_tokens: FhirTestServer) -> None:
+    async def go() -> None:
+        async with driven(tmp_path, short_tokens) as d:
+            await d.launch_to_plan(GREENBERG, appointment=GREENBERG_VISIT)
+            issued = short_tokens.admin.stats()["tokens"]["by_grant"]
+            # 30 s tokens are within the one-minute refresh margin: the next page refreshes
+            page = await d.app.get("/plan")
+            assert page.status_code == 200
+            after = short_tokens.admin.stats()["tokens"]["by_grant"]
+            assert after.get("refresh_token", 0) > issued.get("refresh_token", 0)
+    run(go)
