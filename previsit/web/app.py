@@ -142,6 +142,7 @@ def create_app(config: Config, *, env: Mapping[str, str], ruleset: RuleSet | Non
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         handlers.purge()
         yield
+        store.close()
         if http is None:
             await client.aclose()
 

@@ -411,12 +411,12 @@ class CdsServices:
                              months=self._settings.feedback_suppression_months,
                              on=target.visit.day or today)
             plan = plan_patient(record, target, planner, today=today, declines=found)
-            for card in build_cards(plan, hook.service, public_url=self._settings.public_url,
-                                    citation_url=self._citation_url):
-                self._store.remember_card(card_id=card["uuid"], service=hook.service.id,
-                                          finding_key=card.pop("_rules"), issuer=base,
-                                          patient_id=hook.patient_id)
-                out.append(card)
+            out += build_cards(plan, hook.service, public_url=self._settings.public_url,
+                               citation_url=self._citation_url)
+        if out:
+            self._store.remember_cards([(c["uuid"], c.pop("_rules")) for c in out],
+                                       service=hook.service.id, issuer=base,
+                                       patient_id=hook.patient_id)
         return out
 
     def _citation_url(self, rule_id: str) -> str | None:
