@@ -583,6 +583,9 @@ def serve(
         "--enable-actions/--no-enable-actions",
         help="Offer accept / dismiss / propose now (default: web.enable_actions).")] = None,
     timezone: Annotated[str | None, typer.Option(help="Clinic time zone (IANA).")] = None,
+    today: Annotated[str | None, typer.Option(
+        "--today", help="Plan as if it were this day, 5 pm clinic time (YYYY-MM-DD; demos "
+                        "of a past sample day).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Serve the SMART on FHIR app and the CDS Hooks services (`[web]` configuration)."""
@@ -613,7 +616,18 @@ def serve(
         except ValueError as exc:
             raise fail(f"configuration: {exc}") from None
     web = config.web
-    application = create_app(config, env=os.environ)
+    plan_clock = None
+    if today is not None:
+        try:
+            fixed = datetime.combine(date.fromisoformat(today), datetime.min.time().replace(
+                hour=17), ZoneInfo(config.source.timezone)).timestamp()
+        except ValueError:
+            raise fail(f"--today {today!r} is not a date (YYYY-MM-DD)", 2) from None
+
+        def plan_clock() -> float:
+            return fixed
+
+    application = create_app(config, env=os.environ, plan_clock=plan_clock)
     typer.echo(f"previsit serve: {web.public_url}")
     typer.echo(f"  launch URL (register with the EHR):   {web.public_url}/launch")
     typer.echo(f"  redirect URL (register with the EHR): {web.redirect_uri}")

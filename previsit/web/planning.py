@@ -132,8 +132,10 @@ def plan_patient(record: PatientRecord, chosen: ChosenVisit, planner: Planner, *
     for entry in (proposals.bundle or {}).get("entry") or ():
         resource = entry["resource"]
         entries[resource["identifier"][0]["value"]] = feasible(entry, today)
-    summaries = tuple(replace(p, occurrence=today) if p.occurrence and p.occurrence < today
-                      else p for p in proposals.summaries)
+    # Not yet written: dated as it would be written today. Written: as the EHR holds it.
+    summaries = tuple(replace(p, occurrence=today)
+                      if p.outcome == ProposalOutcome.PROPOSED and p.occurrence
+                      and p.occurrence < today else p for p in proposals.summaries)
     return PatientPlan(replace(plan, proposals=summaries), chosen, entries, today)
 
 
