@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -114,7 +116,9 @@ def request_body(prefetch: dict[str, Any]) -> bytes:
         "prefetch": prefetch}).encode("utf-8")
 
 
-async def measure(body: bytes, calls: int, folder: Path) -> list[float]:
+async def measure(body: bytes, calls: int, folder: Path) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds per call (CPU time: what the call costs whatever
+    else the machine is doing)."""
     key = ec.generate_private_key(ec.SECP384R1())
     jwk = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "bench", "alg": "ES384"}
     config_file = folder / "previsit.toml"
@@ -125,8 +129,10 @@ async def measure(body: bytes, calls: int, folder: Path) -> list[float]:
     jwks = httpx.MockTransport(lambda request: httpx.Response(200, json={"keys": [jwk]}))
     app = create_app(load_config(config_file, env={}), env={}, plan_clock=lambda: NOW,
                      http=httpx.AsyncClient(transport=jwks))
+    gc.freeze()  # as the app's lifespan does at start-up (httpx's ASGI transport has none)
     url = f"{APP_URL}/cds-services/{SERVICE}"
     timings = []
+    cpu = []
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url=APP_URL) as client:
         for _ in range(calls + 5):  # the first calls warm caches (JWKS, rules)
@@ -134,14 +140,15 @@ async def measure(body: bytes, calls: int, folder: Path) -> list[float]:
             token = jwt.encode({"iss": EHR_ISS, "aud": url, "iat": now, "exp": now + 300,
                                 "jti": str(uuid.uuid4())}, key, algorithm="ES384",
                                headers={"kid": "bench"})
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             response = await client.post(url, content=body, headers={
                 "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
             timings.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.process_time() - started_cpu) * 1000)
             if response.status_code != 200 or not response.json()["cards"]:
                 raise SystemExit(f"unexpected answer {response.status_code}: "
                                  f"{response.text[:300]}")
-    return timings[5:]
+    return timings[5:], cpu[5:]
 
 
 def main() -> None:
@@ -156,14 +163,17 @@ def main() -> None:
     prefetch = as_prefetch(record)
     body = request_body(prefetch)
     with tempfile.TemporaryDirectory() as folder:
-        timings = asyncio.run(measure(body, args.calls, Path(folder)))
-    timings.sort()
-    p95 = timings[max(0, int(len(timings) * 0.95) - 1)]
+        timings, cpu = asyncio.run(measure(body, args.calls, Path(folder)))
+    load = os.getloadavg()[0]
     print(f"record: {len(record)} resources from {origin}; request body "
           f"{len(body) / 1e6:.1f} MB")
-    print(f"appointment-book from prefetch, {len(timings)} calls: "
-          f"p50 {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, "
-          f"max {timings[-1]:.1f} ms (target p95 < 200 ms)")
+    for what, values in (("wall-clock", timings), ("CPU", cpu)):
+        values.sort()
+        p95 = values[max(0, int(len(values) * 0.95) - 1)]
+        print(f"appointment-book from prefetch, {len(values)} calls, {what}: "
+              f"p50 {statistics.median(values):.1f} ms, p95 {p95:.1f} ms, "
+              f"max {values[-1]:.1f} ms (target p95 < 200 ms)")
+    print(f"load average during the run: {load:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

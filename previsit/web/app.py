@@ -19,6 +19,7 @@ Routes:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -141,6 +142,10 @@ def create_app(config: Config, *, env: Mapping[str, str], ruleset: RuleSet | Non
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         handlers.purge()
+        # The rules, value sets and modules live as long as the process: moved out of the
+        # collector's sight, a full collection triggered by a large CDS prefetch does not
+        # walk them again (tens of ms on a 1,000-resource request).
+        gc.freeze()
         yield
         store.close()
         if http is None:
