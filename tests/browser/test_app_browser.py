@@ -146,6 +146,13 @@ def test_ehr_launch_accept_dismiss_and_the_next_nightly_run(browser: Any, tmp_pa
                              r"Done elsewhere: given at the pharmacy\. Not proposed again "
                              r"before ", up_to_date), up_to_date
             page.screenshot(path=str(tmp_path / "in-ehr-view.png"), full_page=True)
+            # printed, the page is the planning sheet: no app bar, no action column
+            page.emulate_media(media="print")
+            assert not page.locator(".app-bar").is_visible()
+            assert not page.locator("th.act").first.is_visible()
+            assert not page.get_by_role("button", name="Accept as order").first.is_visible()
+            assert page.locator("article.visit").is_visible()
+            page.emulate_media(media="screen")
             # nothing but the EHR and the app was asked for
             assert all(u.startswith((app_url, ehr.root_url)) for u in requests), requests
             context.close()

@@ -9,6 +9,7 @@ The app runs in-process (httpx's ASGI transport); the EHR is the real test serve
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -503,3 +504,53 @@ def test_the_refresh_token_is_used_when_the_access_token_runs_out(
             after = short_tokens.admin.stats()["tokens"]["by_grant"]
             assert after.get("refresh_token", 0) > issued.get("refresh_token", 0)
     run(go)
+
+
+def test_an_encounter_launch_plans_the_encounters_appointment(tmp_path: Path,
+                                                             fresh: FhirTestServer) -> None:
+    fresh.admin.load({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Encounter", "id": "enc-greenberg", "status": "arrived",
+                     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                               "code": "AMB"},
+                     "subject": {"reference": f"Patient/{GREENBERG}"},
+                     "appointment": [{"reference": f"Appointment/{GREENBERG_VISIT}"}]},
+        "request": {"method": "PUT", "url": "Encounter/enc-greenberg"}}]})
+
+    async def go() -> None:
+        async with driven(tmp_path, fresh) as d:
+            launch = await d.ehr_launch(GREENBERG, encounter="enc-greenberg")
+            done = await d.callback(await d.authorize(launch))
+            seen = text(await d.app.get(done.headers["location"]))
+            assert "Plan for the appointment of the encounter the chart was opened from" in seen
+            assert "Appointment appt-1201-0920-greenberg" in seen
+    run(go)
+
+
+def test_tokens_stay_out_of_the_browser_and_the_logs(tmp_path: Path, fresh: FhirTestServer,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from previsit.web.keyring import load_keyring
+    from previsit.web.store import Store
+
+    async def go() -> tuple[str, list[str]]:
+        async with driven(tmp_path, fresh) as d:
+            page = await d.launch_to_plan(GREENBERG, appointment=GREENBERG_VISIT)
+            tsh = identifier_for(page, "TSH on thyroid hormone replacement")
+            await d.app.post("/actions/propose", data={
+                "csrf_token": csrf(page), "identifier": tsh, "appointment": GREENBERG_VISIT})
+            [session_id] = [v for k, v in d.app.cookies.items() if k == "previsit_session"]
+            return session_id, [page.text, *d.app.cookies.values()]
+
+    with caplog.at_level(logging.DEBUG):
+        session_id, seen = run(go)
+    store = Store(tmp_path / "state.sqlite3",
+                  load_keyring(file=tmp_path / "web.keys", env_name=None, env={}))
+    session = store.session(session_id)
+    assert session is not None
+    tokens = [session.tokens.access_token.reveal()]
+    if session.tokens.refresh_token is not None:
+        tokens.append(session.tokens.refresh_token.reveal())
+    raw = b"".join(path.read_bytes() for path in tmp_path.glob("state.sqlite3*"))
+    for token in tokens:
+        assert token not in caplog.text
+        assert all(token not in item for item in seen)
+        assert token.encode() not in raw  # encrypted at rest
