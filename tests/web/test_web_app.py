@@ -365,6 +365,16 @@ def test_another_patient_is_out_of_reach_of_a_patient_session(tmp_path: Path,
                 "csrf_token": csrf(page), "identifier": lopez_page_identifier,
                 "appointment": LOPEZ_VISIT})
             assert acted.status_code == 403
+            # a second launch in the same browser (another chart): the first tab's form
+            # cannot act on the new patient's session
+            first_tab_tsh = identifier_for(page, "TSH on thyroid hormone replacement")
+            await d.launch_to_plan(LOPEZ, appointment=LOPEZ_VISIT)
+            stale = await d.app.post("/actions/propose", data={
+                "csrf_token": csrf(page), "identifier": first_tab_tsh,
+                "appointment": GREENBERG_VISIT})
+            assert stale.status_code == 403
+            assert "does not belong to this session" in text(stale)
+            await d.launch_to_plan(GREENBERG, appointment=GREENBERG_VISIT)
             # the server answering with another patient's data is refused too
             fresh.admin.add_fault(method="GET", path="^Appointment/", status=200,
                                   body=search(fresh, "Appointment", patient=LOPEZ)[0])
