@@ -38,6 +38,12 @@ class SourceConfig(_Section):
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=20)  # per request, with backoff
     max_retry_seconds: float = Field(default=120.0, gt=0)  # total backoff budget per request
+    # The whole run's budget for pausing on rate limits (all requests share one pause).
+    max_wait_seconds: float = Field(default=900.0, ge=0)
+    # Entries per transaction Bundle. Medplum refuses a transaction with a conditional
+    # create of more than 8 entries ("requires strict isolation"); HAPI takes far more. A
+    # smaller limit a server states in a refusal is learned and used for the rest of the run.
+    max_transaction_entries: int = Field(default=8, ge=1, le=1000)
     page_size: int = Field(default=100, ge=1, le=1000)
     use_batch: bool = True  # read each record with one batch Bundle when the server can
 

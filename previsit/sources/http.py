@@ -9,7 +9,10 @@ Reads follow the FHIR conventions in DESIGN.md: only spec-defined search paramet
 batch POST is refused), each patient read once per run, and at most `concurrency` requests
 in flight. Transient failures (429/502/503/504, connect errors, timeouts) are retried with
 exponential backoff and jitter, honouring Retry-After, within a bounded number of
-attempts and a bounded total wait; a write is retried only when it is conditional.
+attempts and a bounded total wait; a write is retried only when it is conditional. A rate
+limit (429 with Retry-After, the IETF RateLimit fields or Medplum's `_msBeforeNext`, or a
+RateLimit field saying the quota is spent) pauses every request of the source until the
+quota resets (`throttle.Throttle`), within the run's budget for waiting.
 
 Errors a person reads name the request as "GET Observation?patient=…": parameter names,
 never values (DESIGN: no patient identifiers at INFO).
@@ -28,7 +31,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as dtime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -51,6 +53,14 @@ from previsit.operation_outcome import describe_failure, describe_outcome, redac
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
+from previsit.sources.throttle import (
+    Throttle,
+    WaitBudgetSpent,
+    limiter_wait,
+    retry_after_seconds,
+    server_wait,
+    spent_quota_wait,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +71,27 @@ BATCH_REFUSED = frozenset({400, 404, 405, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
+# Rate-limited attempts of one request are bounded by the run's budget for waiting; this
+# only stops a server that answers 429 "wait 0 s" forever.
+MAX_THROTTLED_ATTEMPTS = 50
 
 T = TypeVar("T")
 
-
-
-
+__all__ = ["HttpSource", "RetryPolicy", "build_client", "is_conditional_transaction",
+           "open_http_source", "retry_after_seconds"]
 
 
 class _Retry(Exception):
     """Raised inside one attempt to ask tenacity for another."""
 
     def __init__(self, message: str, *, response: httpx.Response | None = None,
-                 error: Exception | None = None) -> None:
+                 error: Exception | None = None, throttled: bool = False) -> None:
         super().__init__(message)
         self.response = response
         self.error = error
+        # A rate limit with a stated wait: the shared pause does the waiting, and the
+        # attempt does not count against max_attempts (the run's waiting budget bounds it).
+        self.throttled = throttled
 
 
 def _utcnow() -> datetime:
@@ -85,7 +100,8 @@ def _utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try one request. `sleep`/`now` are injectable so tests do not wait."""
+    """How hard to try one request, and how long the whole run may pause for rate limits.
+    `sleep`/`now`/`clock` are injectable so tests do not wait."""
 
     max_attempts: int = 5
     max_retry_seconds: float = 120.0  # total time a request may spend being retried
@@ -94,22 +110,9 @@ class RetryPolicy:
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False,
                                                       repr=False)
     now: Callable[[], datetime] = field(default=_utcnow, compare=False, repr=False)
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from `now`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP-dates are GMT by definition
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+    # The whole run's budget for pausing on rate limits (all requests together).
+    max_wait_seconds: float = 900.0
 
 
 def is_conditional_transaction(bundle: Mapping[str, Any]) -> bool:
@@ -132,16 +135,30 @@ def is_conditional_transaction(bundle: Mapping[str, Any]) -> bool:
 
 
 class _Stop:
-    """Stop after `attempts`, or when the next wait would overrun the time budget."""
+    """Stop after `attempts` failures, or when the next wait would overrun the time budget.
 
-    def __init__(self, attempts: int, budget: float) -> None:
+    Rate-limited attempts are not failures: the throttle's pause (counted against the run's
+    budget for waiting) bounds them, and their pauses do not eat this request's budget.
+    """
+
+    def __init__(self, attempts: int, budget: float, throttle: Throttle) -> None:
         self.attempts = attempts
         self.budget = budget
+        self.throttle = throttle
+        self.paused_before = throttle.waited
+        self.failures = 0
+        self.throttled = 0
 
     def __call__(self, state: RetryCallState) -> bool:
-        if state.attempt_number >= self.attempts:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.throttled:
+            self.throttled += 1
+            return self.throttled >= MAX_THROTTLED_ATTEMPTS
+        self.failures += 1
+        if self.failures >= self.attempts:
             return True
-        elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
+        paused = self.throttle.waited - self.paused_before
+        elapsed = max(state.idle_for, (state.seconds_since_start or 0.0) - paused)
         return elapsed + state.upcoming_sleep > self.budget
 
 
@@ -150,15 +167,23 @@ class HttpSource:
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, *, concurrency: int = 8,
                  page_size: int = 100, use_batch: bool = True,
-                 retry: RetryPolicy | None = None, owns_client: bool = False) -> None:
+                 retry: RetryPolicy | None = None, owns_client: bool = False,
+                 max_transaction_entries: int = 8) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_transaction_entries < 1:
+            raise ValueError("max_transaction_entries must be at least 1")
         self._client = client
         self.base_url = base_url.rstrip("/")
         self._base = httpx.URL(self.base_url + "/")  # for joining relative paths
         self._root = httpx.URL(self.base_url)  # batch and transaction go to [base] itself
         self._page_size = page_size
         self._retry = retry or RetryPolicy()
+        # One pause for every request of this source when the server's quota is spent.
+        self.throttle = Throttle(self._retry.max_wait_seconds, sleep=self._retry.sleep,
+                                 clock=self._retry.clock)
+        # Entries per transaction: as configured, or smaller once the server refused a size.
+        self.transaction_limit = max_transaction_entries
         self._owns_client = owns_client
         self._new_client: Callable[[], httpx.AsyncClient] | None = None  # from_config's
         self._concurrency = concurrency
@@ -197,8 +222,9 @@ class HttpSource:
         made = cls(new_client(), source.base_url, concurrency=source.concurrency,
                    page_size=source.page_size, use_batch=source.use_batch,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
-                                     max_retry_seconds=source.max_retry_seconds),
-                   owns_client=True)
+                                     max_retry_seconds=source.max_retry_seconds,
+                                     max_wait_seconds=source.max_wait_seconds),
+                   owns_client=True, max_transaction_entries=source.max_transaction_entries)
         made._new_client = new_client
         return made
 
@@ -401,13 +427,21 @@ class HttpSource:
                     return [resource]
                 return await self._pages(resource, step, first=_relative(path, params))
             if status in RETRY_STATUSES or status is None:
-                # One entry hit a transient failure: ask for it alone, with retries.
+                # One entry hit a transient failure: ask for it alone, with retries (after
+                # the pause its rate limit asked for, shared with every other request).
                 return await self._query(step, path, params)
             detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
             target = redacted_target(self._base.join(path), self._base)
             raise RequestFailed(f"{step}: GET {target} in the batch answered {status}: "
                                 f"{detail}", status=status)
 
+        for entry in entries:  # the batch's answer is one moment: pause once, from it
+            answer = entry.get("response") if isinstance(entry, Mapping) else None
+            if _entry_status(answer) == 429:
+                try:
+                    self._note_entry_quota(answer, "reading the record (batch)")
+                except WaitBudgetSpent as exc:
+                    raise RequestFailed(str(exc), status=429) from None
         parts = await _all([one(entry, query) for entry, query in zip(entries, queries,
                                                                        strict=True)])
         return _unique([r for part in parts for r in part])
@@ -497,15 +531,19 @@ class HttpSource:
     async def _request(self, method: str, url: httpx.URL, *,
                        params: list[tuple[str, str]] | None = None,
                        json_body: Mapping[str, Any] | None = None, idempotent: bool = True,
-                       step: str) -> httpx.Response:
-        """A 2xx response with its body read, or RequestFailed saying what went wrong."""
+                       step: str, errors: bool = True) -> httpx.Response:
+        """A 2xx response with its body read, or RequestFailed saying what went wrong.
+
+        With `errors=False` a final 4xx/5xx answer is returned for the caller to read (a
+        transaction refused for its size, or for a transient conflict) instead of raised.
+        """
         policy = self._retry
         attempts = policy.max_attempts if idempotent and not self._unreachable else 1
         retrying = AsyncRetrying(
-            stop=_Stop(attempts, policy.max_retry_seconds),
+            stop=_Stop(attempts, policy.max_retry_seconds, self.throttle),
             wait=self._wait,
             retry=retry_if_exception_type(_Retry),
-            sleep=policy.sleep,
+            sleep=self._backoff,
             before_sleep=self._note_retry,
             reraise=True)
         headers = {"Accept": FHIR_JSON}
@@ -525,8 +563,7 @@ class HttpSource:
             tries = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}" \
                 f" in {spent:.1f} s"
             if exc.response is not None:
-                after = retry_after_seconds(exc.response.headers.get("Retry-After"),
-                                            policy.now())
+                after = server_wait(exc.response, policy.now())
                 wait = f"; the server asked to wait {after:.0f} s more" if after else ""
                 raise RequestFailed(f"{step}: {describe_failure(exc.response, self._base)} "
                                     f"({tries}{wait})",
@@ -538,7 +575,7 @@ class HttpSource:
             raise RequestFailed(f"{step}: {exc} ({tries})") from None
         except RequestFailed as exc:  # not retried: say which step it was
             raise RequestFailed(f"{step}: {exc}", status=exc.status) from None
-        if response.is_success:
+        if response.is_success or not errors:
             return response
         message = f"{step}: {describe_failure(response, self._base)}"
         if response.status_code == 401:
@@ -552,6 +589,7 @@ class HttpSource:
                     ) -> httpx.Response:
         started = time.monotonic()
         self._bind_loop()
+        await self.throttle.ready()
         try:
             async with self._gate:
                 self.request_count += 1
@@ -573,12 +611,47 @@ class HttpSource:
         self._unreachable = False
         log.debug("%s %s -> %d (%.0f ms)", method, target, response.status_code,
                   (time.monotonic() - started) * 1000)
+        words = f"{method} {target}: HTTP {response.status_code}"
+        throttled = self._note_quota(response, words)
         if response.status_code in RETRY_STATUSES:
-            raise _Retry(f"{method} {target}: HTTP {response.status_code}", response=response)
+            raise _Retry(words, response=response, throttled=throttled)
         return response
+
+    def _note_quota(self, response: httpx.Response, words: str) -> bool:
+        """Pause the whole source when the answer says the quota is spent: a 429 with a
+        stated wait, or any answer whose RateLimit field reports nothing left (the next
+        request would be refused). True when this answer was such a rate limit."""
+        if response.status_code == 429:
+            wait = server_wait(response, self._retry.now())
+        else:
+            wait = spent_quota_wait(response.headers)
+        if wait is None:
+            return False
+        try:
+            self.throttle.pause(wait, f"rate limit reached ({words})")
+        except WaitBudgetSpent as exc:
+            if response.status_code != 429:
+                return False  # this answer is good; the next request will say more
+            raise RequestFailed(str(exc), status=response.status_code) from None
+        return response.status_code == 429
+
+    def _note_entry_quota(self, answer: Any, words: str) -> None:
+        """A 429 entry inside a batch/transaction-response: pause the source for as long as
+        its OperationOutcome says (Medplum puts the limiter's `_msBeforeNext` there)."""
+        wait = limiter_wait(answer.get("outcome") if isinstance(answer, Mapping) else None)
+        if wait is not None:
+            self.throttle.pause(wait, f"rate limit reached ({words})")
+
+    async def _backoff(self, seconds: float) -> None:
+        # A rate-limited retry waits in Throttle.ready() (with every other request), so
+        # tenacity's own wait for it is zero and not slept.
+        if seconds > 0:
+            await self._retry.sleep(seconds)
 
     def _wait(self, state: RetryCallState) -> float:
         failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.throttled:
+            return 0.0
         if isinstance(failure, _Retry) and failure.response is not None:
             after = retry_after_seconds(failure.response.headers.get("Retry-After"),
                                         self._retry.now())
@@ -592,6 +665,9 @@ class HttpSource:
 
     def _note_retry(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.throttled:
+            log.debug("%s; sent again when the rate limit resets", failure)
+            return
         log.warning("%s; retry %d of %d in %.1f s", failure, state.attempt_number,
                     self._retry.max_attempts - 1, state.upcoming_sleep)
 
