@@ -61,6 +61,12 @@ from previsit.sources.throttle import (
     server_wait,
     spent_quota_wait,
 )
+from previsit.sources.transactions import (
+    forward_reference,
+    is_transient_conflict,
+    smaller_size,
+    transaction_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +127,64 @@ def is_conditional_transaction(bundle: Mapping[str, Any]) -> bool:
     GET/HEAD/PUT/DELETE are idempotent by HTTP's definition; a POST with ifNoneExist
     creates at most one resource however often it is sent.
     """
-    entries = bundle.get("entry") or ()
-    for entry in entries:
-        request = entry.get("request") if isinstance(entry, Mapping) else None
-        if not isinstance(request, Mapping):
+    return all(_repeatable(entry) for entry in bundle.get("entry") or ())
+
+
+def _repeatable(entry: Any) -> bool:
+    request = entry.get("request") if isinstance(entry, Mapping) else None
+    if not isinstance(request, Mapping):
+        return False
+    method = str(request.get("method", "")).upper()
+    if method == "POST":
+        return bool(request.get("ifNoneExist"))
+    return method in ("GET", "HEAD", "PUT", "DELETE")
+
+
+def _backoff_delay(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with up to one initial delay of jitter, so that many clients
+    throttled together do not come back together."""
+    delay = policy.initial_delay * float(2 ** (max(attempt, 1) - 1))
+    return min(policy.max_delay, delay + random.uniform(0, policy.initial_delay))
+
+
+class _Writing:
+    """The state of one write_transaction: what is written, what is still to send."""
+
+    def __init__(self, entries: list[Mapping[str, Any]]) -> None:
+        self.entries = entries
+        self.pending = list(range(len(entries)))
+        self.created: list[str] = []
+        self.existing: list[str] = []
+        self.done: set[int] = set()
+        # fullUrl of a written entry -> what the server made of it ("Patient/123")
+        self.written: dict[str, str] = {}
+        self._tries: dict[int, int] = {}
+
+    def record(self, index: int, status: int, location: str | None) -> None:
+        reference = location or f"entry {index}"
+        (self.created if status == 201 else self.existing).append(reference)
+        self.done.add(index)
+        url = self.entries[index].get("fullUrl")
+        if isinstance(url, str) and location:
+            self.written[url] = location
+
+    def tries(self, indices: list[int]) -> int:
+        return max((self._tries.get(i, 0) for i in indices), default=0)
+
+    def again(self, indices: list[int], attempts: int) -> bool:
+        """Count one more try of these entries; False when they have had `attempts`."""
+        if self.tries(indices) + 1 >= attempts:
             return False
-        method = str(request.get("method", "")).upper()
-        if method == "POST" and not request.get("ifNoneExist"):
-            return False
-        if method not in ("GET", "HEAD", "PUT", "DELETE", "POST"):
-            return False
-    return True
+        for i in indices:
+            self._tries[i] = self._tries.get(i, 0) + 1
+        return True
+
+    def missing(self) -> tuple[str, ...]:
+        return tuple(str(self.entries[i].get("fullUrl") or f"entry {i}") for i in self.pending)
+
+
+def _span(part: list[int]) -> str:
+    return f"{part[0] + 1}-{part[-1] + 1}" if len(part) > 1 else str(part[0] + 1)
 
 
 class _Stop:
@@ -292,45 +345,130 @@ class HttpSource:
         return await asyncio.shield(task)
 
     async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> WriteResult:
-        """POST a transaction; 201 entries were created, 200 entries already existed.
+        """Write a transaction Bundle, in parts of at most `transaction_limit` entries.
 
-        Retried on transient failures only when every create in it is conditional:
-        otherwise a lost response could mean a second, duplicate write.
+        201 entries were created, 200 entries already existed. A part refused for its size
+        is split smaller (and the smaller size kept for the rest of the run). A part, or an
+        entry of a non-atomic transaction-response, is sent again after a transient failure
+        (429/502/503/504, a rate limit, a conflict with another writer) only when it is
+        conditional: otherwise a lost response could mean a second, duplicate write.
+
+        When a part fails after earlier parts were written, the result is partial: it names
+        the entries not written (`missing`) and why (`problem`). WriteError when nothing was
+        written.
         """
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
             raise ValueError("write_transaction needs a Bundle of type transaction")
-        conditional = is_conditional_transaction(bundle)
+        writing = _Writing([e if isinstance(e, Mapping) else {} for e in
+                            bundle.get("entry") or ()])
+        problem: str | None = None
+        while writing.pending and problem is None:
+            try:
+                problem = await self._write_part(writing, key)
+            except SourceError as exc:
+                problem = f"writing the transaction for {key}: {exc}"
+        if problem is None:
+            return WriteResult(created=tuple(writing.created), existing=tuple(writing.existing))
+        if not writing.created and not writing.existing:
+            raise WriteError(key, problem)
+        log.warning("a transaction was written in part: %d of %d entries are missing",
+                    len(writing.pending), len(writing.entries))
+        return WriteResult(created=tuple(writing.created), existing=tuple(writing.existing),
+                           missing=writing.missing(), problem=problem)
+
+    async def _write_part(self, writing: _Writing, key: str) -> str | None:
+        """Send the next part; None when it went (or is to be sent again), else the problem."""
+        part = writing.pending[:self.transaction_limit]
+        later = writing.pending[len(part):]
+        step = f"writing the transaction for {key}"
+        if later or len(part) < len(writing.entries):
+            step += f" (entries {_span(part)} of {len(writing.entries)})"
+        ahead = forward_reference(writing.entries, part, later)
+        if ahead is not None:
+            return (f"{step}: entry {ahead[0]} refers to an entry written later (entry "
+                    f"{ahead[1]}), which the server's transaction size "
+                    f"({self.transaction_limit}) keeps out of its transaction; order the "
+                    "entries so that references point back")
+        body = transaction_of(writing.entries, part, writing.written)
+        conditional = is_conditional_transaction(body)
         try:
-            response = await self._request("POST", self._root, json_body=bundle,
-                                           idempotent=conditional,
-                                           step=f"writing the transaction for {key}")
-            body = _json_object(response, self._base)
+            response = await self._request("POST", self._root, json_body=body,
+                                           idempotent=conditional, step=step, errors=False)
         except RequestFailed as exc:
             unsure = "" if conditional or exc.status is not None else (
                 " — it may or may not have been applied, and it is not retried because its "
                 "creates are not conditional")
-            raise WriteError(key, f"{exc}{unsure}") from None
-        except SourceError as exc:
-            raise WriteError(key, f"writing the transaction for {key}: {exc}") from None
-        if body.get("type") != "transaction-response":
-            raise WriteError(key, f"writing the transaction for {key}: the server answered "
-                             f"with a {body.get('type') or body.get('resourceType')}, not a "
-                             "transaction-response")
-        created: list[str] = []
-        existing: list[str] = []
-        for index, entry in enumerate(body.get("entry") or ()):
-            answer = entry.get("response") if isinstance(entry, Mapping) else None
+            return f"{exc}{unsure}"
+        answer = object_or_none(response.content)
+        if not response.is_success:
+            size = smaller_size(response.status_code, answer, len(part))
+            if size is not None:
+                self._learn_transaction_limit(size, len(part))
+                return None
+            if conditional and is_transient_conflict(response.status_code, answer) and \
+                    writing.again(part, self._retry.max_attempts):
+                log.warning("%s: HTTP %d, a conflict with another writer; sending it again",
+                            step, response.status_code)
+                await self._backoff(_backoff_delay(self._retry, writing.tries(part)))
+                return None
+            return str(self._refusal(response, step))
+        if answer is None or answer.get("type") != "transaction-response":
+            kind = (answer or {}).get("type") or (answer or {}).get("resourceType") or \
+                "body that is not a FHIR Bundle"
+            return f"{step}: the server answered with a {kind}, not a transaction-response"
+        results = answer.get("entry") or []
+        if not isinstance(results, list):
+            results = []
+        if len(results) != len(part):
+            return (f"{step}: the server answered {len(results)} entries for a transaction "
+                    f"of {len(part)}")
+        return await self._read_part(writing, part, later, results, step)
+
+    async def _read_part(self, writing: _Writing, part: list[int], later: list[int],
+                         results: list[Any], step: str) -> str | None:
+        """Record each entry's answer; queue the transient failures of conditional entries
+        to be sent again; the first other failure is the problem."""
+        again: list[int] = []
+        failure: str | None = None
+        throttled = False
+        for index, result in zip(part, results, strict=True):
+            answer = result.get("response") if isinstance(result, Mapping) else None
             status = _entry_status(answer)
-            location = _location(answer, entry, self._base)
-            if status == 201:
-                created.append(location or f"entry {index}")
-            elif status == 200:
-                existing.append(location or f"entry {index}")
-            elif status is None or status >= 300:
-                detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
-                raise WriteError(key, f"writing the transaction for {key}: entry {index} "
-                                 f"answered {status or 'without a status'}: {detail}")
-        return WriteResult(created=tuple(created), existing=tuple(existing))
+            outcome = answer.get("outcome") if isinstance(answer, Mapping) else None
+            if status is not None and 200 <= status < 300:
+                writing.record(index, status, _location(answer, result, self._base))
+                continue
+            transient = status is not None and (status in RETRY_STATUSES or
+                                                is_transient_conflict(status, outcome))
+            if failure is None and transient and _repeatable(writing.entries[index]) and \
+                    writing.again([index], self._retry.max_attempts):
+                again.append(index)
+                if status == 429:
+                    try:
+                        self._note_entry_quota(answer, f"{step}: entry {index}")
+                        throttled = throttled or self.throttle.paused_for > 0
+                    except WaitBudgetSpent as exc:
+                        failure = f"{step}: {exc}"
+                continue
+            if failure is None:
+                detail = describe_outcome(outcome) or "no outcome given"
+                failure = (f"{step}: entry {index} answered {status or 'without a status'}: "
+                           f"{detail}")
+        unwritten = [i for i in part if i not in writing.done]
+        writing.pending = unwritten + later
+        if failure is not None:
+            return failure
+        if again and not throttled:
+            await self._backoff(_backoff_delay(self._retry, writing.tries(again)))
+        return None
+
+    def _learn_transaction_limit(self, size: int, refused: int) -> None:
+        if size < self.transaction_limit:
+            log.warning("the server refused a transaction of %d entries as too large; writing "
+                        "at most %d entries per transaction from now on (set "
+                        "source.max_transaction_entries = %d to start there)", refused, size,
+                        size)
+            self.transaction_limit = size
 
     def problems(self) -> Sequence[SourceProblem]:
         return tuple(self._problems)
@@ -577,12 +715,15 @@ class HttpSource:
             raise RequestFailed(f"{step}: {exc}", status=exc.status) from None
         if response.is_success or not errors:
             return response
+        raise self._refusal(response, step)
+
+    def _refusal(self, response: httpx.Response, step: str) -> RequestFailed:
         message = f"{step}: {describe_failure(response, self._base)}"
         if response.status_code == 401:
             message += " — the server refused our credentials"
         elif response.status_code == 403:
             message += " — the credentials do not allow this request (scopes?)"
-        raise RequestFailed(message, status=response.status_code)
+        return RequestFailed(message, status=response.status_code)
 
     async def _send(self, method: str, url: httpx.URL, params: list[tuple[str, str]] | None,
                     headers: dict[str, str], content: bytes | None, target: str
@@ -657,11 +798,7 @@ class HttpSource:
                                         self._retry.now())
             if after is not None:
                 return after
-        # Exponential backoff with up to one initial delay of jitter, so that many
-        # clients throttled together do not come back together.
-        policy = self._retry
-        delay = policy.initial_delay * float(2 ** (state.attempt_number - 1))
-        return min(policy.max_delay, delay + random.uniform(0, policy.initial_delay))
+        return _backoff_delay(self._retry, state.attempt_number)
 
     def _note_retry(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
