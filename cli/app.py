@@ -196,6 +196,7 @@ def run(
 
     options = RunOptions(window=window, settings=_settings(config),
                          identifier_system=config.output.identifier_system,
+                         sheet_identifier_system=config.output.sheet_identifier_system,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None)
@@ -281,6 +282,8 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
         if p.already_present:
             action += (f", {p.already_present} already there (written by a run at the "
                        "same time)")
+        if p.not_written:
+            action += f", {p.not_written} NOT written (see the failures below)"
     else:
         action = (f"{p[ProposalOutcome.DRY_RUN]} draft orders would be written (dry run, "
                   "nothing was written; use --write-back)")

@@ -96,7 +96,8 @@ def test_a_smaller_limit_is_learned_from_the_refusal_and_kept() -> None:
     first = run(h.source.write_transaction(transaction(*map(proposal, range(1, 13))),
                                            key="a1"))
     assert len(first.created) == 12
-    assert server.parts == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]  # 12 refused, 6 refused, 3
+    # 12 refused, 6 refused, 3 taken
+    assert server.parts == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
     assert h.source.transaction_limit == 3
     server.parts.clear()
     run(h.source.write_transaction(transaction(*map(proposal, range(20, 27))), key="a2"))

@@ -39,7 +39,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.capability import ServerCapabilities, parse_capabilities
-from previsit.config import AuthConfig, Config, SourceConfig
+from previsit.config import AuthConfig, Config, SourceConfig, requested_scope
 from previsit.errors import (
     AppointmentError,
     PatientReadError,
@@ -260,14 +260,17 @@ class HttpSource:
 
     @classmethod
     def from_config(cls, source: SourceConfig, auth: AuthConfig, env: Mapping[str, str], *,
-                    transport: httpx.AsyncBaseTransport | None = None) -> HttpSource:
-        """A source with its own client (closed by aclose), auth from files/environment."""
+                    transport: httpx.AsyncBaseTransport | None = None,
+                    scope: str | None = None) -> HttpSource:
+        """A source with its own client (closed by aclose), auth from files/environment;
+        `scope`: what the command needs (auth.scope, when set, wins)."""
         from previsit.auth import auth_from_config
 
         if not source.base_url:
             raise SourceError("source.kind is fhir but source.base_url is not set "
                               "(or set PREVISIT_SOURCE_BASE_URL)")
-        flow = auth_from_config(auth, source.base_url, env)  # one token cache for all
+        # one token cache for all
+        flow = auth_from_config(auth, source.base_url, env, scope=scope)
 
         def new_client() -> httpx.AsyncClient:
             return build_client(source, flow, transport=transport)
@@ -820,10 +823,13 @@ def build_client(source: SourceConfig, auth: httpx.Auth | None, *,
         transport=transport)
 
 
-def open_http_source(config: Config, env: Mapping[str, str] | None = None) -> HttpSource:
-    """The configured HTTP source (it owns its client; `aclose()` closes it)."""
+def open_http_source(config: Config, env: Mapping[str, str] | None = None, *,
+                     scope: str | None = None) -> HttpSource:
+    """The configured HTTP source (it owns its client; `aclose()` closes it), asking for
+    `scope` (default: what a run needs, config.requested_scope)."""
     return HttpSource.from_config(config.source, config.auth,
-                                  os.environ if env is None else env)
+                                  os.environ if env is None else env,
+                                  scope=scope or requested_scope(config))
 
 
 # --- helpers ---------------------------------------------------------------------------------
