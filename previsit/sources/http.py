@@ -80,6 +80,7 @@ MAX_PAGES = 1000  # per search: a server whose next links never end is a server 
 # Rate-limited attempts of one request are bounded by the run's budget for waiting; this
 # only stops a server that answers 429 "wait 0 s" forever.
 MAX_THROTTLED_ATTEMPTS = 50
+LONG_WRITE = 100  # entries from which a write logs its progress
 
 T = TypeVar("T")
 
@@ -365,11 +366,17 @@ class HttpSource:
         writing = _Writing([e if isinstance(e, Mapping) else {} for e in
                             bundle.get("entry") or ()])
         problem: str | None = None
+        tenths = 0  # progress of a long write (an upload), logged every tenth
         while writing.pending and problem is None:
             try:
                 problem = await self._write_part(writing, key)
             except SourceError as exc:
                 problem = f"writing the transaction for {key}: {exc}"
+            if len(writing.entries) >= LONG_WRITE and \
+                    len(writing.done) * 10 // len(writing.entries) > tenths:
+                tenths = len(writing.done) * 10 // len(writing.entries)
+                log.info("%s: %d of %d entries written", key, len(writing.done),
+                         len(writing.entries))
         if problem is None:
             return WriteResult(created=tuple(writing.created), existing=tuple(writing.existing))
         if not writing.created and not writing.existing:
