@@ -385,11 +385,17 @@ def config_check(
 ) -> None:
     """Connect, read the server's CapabilityStatement and say what will and won't work.
 
+    With the probe, also judge the credentials: each permission a run needs that the
+    granted scope lacks is a failed line, and creating each written type is tried with a
+    conditional create that matches an existing resource (nothing is written).
+
     Exit code 0: a run can work (warnings may limit it); 4: it cannot (unreachable, refused
     credentials, no appointment search, ...).
     """
     from previsit.auth import auth_from_config
-    from previsit.capability import check_server
+    from previsit.capability import check_access, check_server
+    from previsit.config import requested_scope
+    from previsit.scopes import run_permissions
     from previsit.sources.http import build_client
 
     overrides: dict[str, Any] = {}
@@ -412,13 +418,22 @@ def config_check(
         raise fail("source.kind is fhir but source.base_url is not set "
                    "(or set PREVISIT_SOURCE_BASE_URL)")
     try:
-        flow = auth_from_config(config.auth, base_url, os.environ)
+        flow = auth_from_config(config.auth, base_url, os.environ,
+                                scope=requested_scope(config))
     except SourceError as exc:
         raise fail(f"auth: {exc}") from None
+    systems = {"ServiceRequest": config.output.identifier_system,
+               "MedicationRequest": config.output.identifier_system,
+               "DocumentReference": config.output.sheet_identifier_system}
 
     async def check() -> list[Any]:
         async with build_client(config.source, flow) as client:
-            return await check_server(client, base_url, probe=probe)
+            lines = await check_server(client, base_url, probe=probe)
+            if probe and not any(line.level == "fail" and line.topic in ("server", "credentials")
+                                 for line in lines):
+                lines += await check_access(client, base_url, flow, run_permissions(
+                    sheets=config.output.write_sheets), systems)
+            return lines
 
     lines = asyncio.run(check())
     for line in lines:
