@@ -149,6 +149,15 @@ class FhirServerAdmin:
         result: dict[str, Any] = self._call("GET", "stats")
         return result
 
+    def spend_quota(self, key: str, *, remaining: int, reset_s: float | None = None
+                    ) -> dict[str, Any]:
+        """Leave the client `key` ("client:ID", "address:IP") `remaining` fhirInteractions
+        points in a window that resets in `reset_s` (default: the server's window)."""
+        result: dict[str, Any] = self._call("POST", "ratelimit", {
+            "key": key, "remaining": remaining,
+            **({"reset_s": reset_s} if reset_s is not None else {})})
+        return result
+
     def config(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "config")
         return result
