@@ -375,8 +375,7 @@ class HttpSource:
             if len(writing.entries) >= LONG_WRITE and \
                     len(writing.done) * 10 // len(writing.entries) > tenths:
                 tenths = len(writing.done) * 10 // len(writing.entries)
-                log.info("%s: %d of %d entries written", key, len(writing.done),
-                         len(writing.entries))
+                log.info("%d of %d entries written", len(writing.done), len(writing.entries))
         if problem is None:
             return WriteResult(created=tuple(writing.created), existing=tuple(writing.existing))
         if not writing.created and not writing.existing:
@@ -417,8 +416,10 @@ class HttpSource:
                 return None
             if conditional and is_transient_conflict(response.status_code, answer) and \
                     writing.again(part, self._retry.max_attempts):
-                log.warning("%s: HTTP %d, a conflict with another writer; sending it again",
-                            step, response.status_code)
+                # the step names the appointment: at DEBUG only (no identifiers at INFO)
+                log.warning("a conditional write met another writer (HTTP %d); sending it again",
+                            response.status_code)
+                log.debug("%s: conflict, sent again", step)
                 await self._backoff(_backoff_delay(self._retry, writing.tries(part)))
                 return None
             return str(self._refusal(response, step))
@@ -455,7 +456,7 @@ class HttpSource:
                 again.append(index)
                 if status == 429:
                     try:
-                        self._note_entry_quota(answer, f"{step}: entry {index}")
+                        self._note_entry_quota(answer, "an entry of a transaction: HTTP 429")
                         throttled = throttled or self.throttle.paused_for > 0
                     except WaitBudgetSpent as exc:
                         failure = f"{step}: {exc}"
