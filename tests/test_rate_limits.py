@@ -240,3 +240,16 @@ def test_a_throttled_entry_in_a_record_batch_pauses_before_it_is_asked_again() -
     assert record.patient.id == "p1"
     assert searches.call_count == 6
     assert h.sleeps == [51.223]  # one pause, then the six searches
+
+
+def test_a_non_conditional_write_is_not_sent_again_after_a_429_but_the_source_pauses() -> None:
+    h = Harness()
+    route = h.router.post(BASE).mock(return_value=too_many(
+        None, ("RateLimit", '"fhirInteractions";r=0;t=30')))
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "ServiceRequest"},
+         "request": {"method": "POST", "url": "ServiceRequest"}}]}
+    with pytest.raises(SourceError, match="429"):
+        run(h.source.write_transaction(bundle, key="a1"))
+    assert route.call_count == 1 and h.sleeps == []
+    assert h.source.throttle.paused_for == 30.0  # the next request waits

@@ -192,7 +192,8 @@ class _Stop:
     """Stop after `attempts` failures, or when the next wait would overrun the time budget.
 
     Rate-limited attempts are not failures: the throttle's pause (counted against the run's
-    budget for waiting) bounds them, and their pauses do not eat this request's budget.
+    budget for waiting) bounds them, and their pauses do not eat this request's budget. A
+    request that may be sent only once (a write that is not conditional) stops on them too.
     """
 
     def __init__(self, attempts: int, budget: float, throttle: Throttle) -> None:
@@ -205,7 +206,7 @@ class _Stop:
 
     def __call__(self, state: RetryCallState) -> bool:
         failure = state.outcome.exception() if state.outcome else None
-        if isinstance(failure, _Retry) and failure.throttled:
+        if isinstance(failure, _Retry) and failure.throttled and self.attempts > 1:
             self.throttled += 1
             return self.throttled >= MAX_THROTTLED_ATTEMPTS
         self.failures += 1
