@@ -452,8 +452,10 @@ class HttpSource:
                 continue
             transient = status is not None and (status in RETRY_STATUSES or
                                                 is_transient_conflict(status, outcome))
+            # a rate-limited entry is bounded by the run's waiting budget, not max_attempts
+            limit = MAX_THROTTLED_ATTEMPTS if status == 429 else self._retry.max_attempts
             if failure is None and transient and _repeatable(writing.entries[index]) and \
-                    writing.again([index], self._retry.max_attempts):
+                    writing.again([index], limit):
                 again.append(index)
                 if status == 429:
                     try:
