@@ -182,7 +182,8 @@ def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[Ch
 
     # Writing proposals back.
     if caps.transaction:
-        add("ok", "write-back", "transaction is supported: one transaction per visit")
+        add("ok", "write-back", "transaction is supported: each visit's proposals in "
+            "transactions of at most source.max_transaction_entries entries")
     else:
         add("fail", "write-back", "transaction is not listed: --write-back will not work "
             "(planning and sheets still do)")
@@ -324,12 +325,13 @@ def assess_scopes(granted: str | None, needs: Sequence[Permission]) -> list[Chec
     return lines
 
 
-async def verify_create(client: httpx.AsyncClient, base: str, resource_type: str,
+async def verify_create(client: httpx.AsyncClient, base: str, need: Permission,
                         identifier_system: str) -> CheckLine:
-    """Whether the credentials may create `resource_type`, found out without writing: a
-    conditional create whose condition matches a resource already there (one of ours if
+    """Whether the credentials may create `need.resource_type`, found out without writing:
+    a conditional create whose condition matches a resource already there (one of ours if
     any: identifier in our system; else any, by _id) answers 200 and creates nothing, or
     403 when creating is not allowed."""
+    resource_type = need.resource_type
     headers = {"Accept": "application/fhir+json"}
     found = None
     searches = [{"_count": "1"}]
@@ -371,7 +373,8 @@ async def verify_create(client: httpx.AsyncClient, base: str, resource_type: str
                          f"{resource_type}/{made.get('id', '?')}: delete it")
     if response.status_code in (401, 403):
         return CheckLine("fail", "write check", f"creating {resource_type} is refused "
-                         f"({describe_failure(response, base)}): the write-back will fail")
+                         f"({describe_failure(response, base)}): {need.why} will fail; the "
+                         f"token needs {need.scope()} (SMART v2)")
     return CheckLine("warn", "write check", f"creating {resource_type} could not be "
                      f"checked: {describe_failure(response, base)}")
 
@@ -385,7 +388,7 @@ async def check_access(client: httpx.AsyncClient, base_url: str, auth: httpx.Aut
     lines = assess_scopes(granted_scope(auth), needs)
     for need in needs:
         if "c" in need.letters:
-            lines.append(await verify_create(client, base, need.resource_type,
+            lines.append(await verify_create(client, base, need,
                                              systems.get(need.resource_type, "")))
     return lines
 

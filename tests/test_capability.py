@@ -203,7 +203,8 @@ def test_a_capable_server_in_full() -> None:
         "[ok] records: Patient read is supported",
         "[ok] batch: batch is supported: each patient's record is read in one round trip "
         "(more only for long histories)",
-        "[ok] write-back: transaction is supported: one transaction per visit",
+        "[ok] write-back: transaction is supported: each visit's proposals in transactions "
+        "of at most source.max_transaction_entries entries",
         "[ok] write-back: conditional create on ServiceRequest: re-runs cannot duplicate "
         "proposals",
         "[ok] write-back: conditional create on MedicationRequest: re-runs cannot duplicate "
@@ -653,9 +654,11 @@ OURS = {"resourceType": "ServiceRequest", "id": "sr-9", "status": "draft",
 
 
 def verify(router: respx.MockRouter, rtype: str = "ServiceRequest") -> CheckLine:
+    need = next(p for p in run_permissions(sheets=True) if p.resource_type == rtype)
+
     async def checked() -> CheckLine:
         async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as c:
-            return await verify_create(c, BASE, rtype, "urn:previsit:proposal")
+            return await verify_create(c, BASE, need, "urn:previsit:proposal")
 
     return asyncio.run(checked())
 
@@ -692,7 +695,8 @@ def test_a_refused_create_is_a_failed_line() -> None:
     line = verify(router)
     assert line.level == "fail"
     assert line.message.startswith("creating ServiceRequest is refused (HTTP 403 Forbidden")
-    assert line.message.endswith("the write-back will fail")
+    assert line.message.endswith("writing lab, screening and immunization proposals will "
+                                 "fail; the token needs system/ServiceRequest.crus (SMART v2)")
 
 
 def test_with_nothing_to_match_no_create_is_tried() -> None:

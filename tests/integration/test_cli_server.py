@@ -726,6 +726,33 @@ def test_config_check_is_green_with_the_default_scopes(scenario: Scenario) -> No
                 shown(proc)
 
 
+@pytest.mark.parametrize(("scope", "red"), [
+    # previsit's old default: reads, and v1 writes that Medplum maps to nothing
+    ("system/*.read system/ServiceRequest.write system/MedicationRequest.write",
+     ["[fail] write check: creating MedicationRequest is refused (HTTP 403 Forbidden",
+      "[fail] write check: creating ServiceRequest is refused (HTTP 403 Forbidden"]),
+    # everything but ServiceRequest
+    ("system/Appointment.rs system/Patient.rs system/Condition.rs "
+     "system/MedicationRequest.crus system/Medication.rs system/Observation.rs "
+     "system/Procedure.rs system/Immunization.rs",
+     ["[fail] scopes: system/ServiceRequest.crus is not granted: reading each patient's "
+      "record; writing lab, screening and immunization proposals will be refused",
+      # nor may the check search for one to try creating with
+      "[warn] write check: could not look for a ServiceRequest to check writing with"]),
+])
+def test_config_check_names_each_missing_permission(scenario: Scenario, scope: str,
+                                                    red: list[str]) -> None:
+    local_only(scenario)
+    _ = scenario.uploads
+    config = scenario.folder / "narrow.toml"
+    config.write_text(scenario.config.read_text("utf-8") + f'scope = "{scope}"\n', "utf-8")
+    proc = previsit("config", "check", "--config", config, timeout=60)
+    found = [line for line in proc.stdout.splitlines()
+             if line.startswith(("[fail]", "[warn] write check"))]
+    assert [line[:len(want)] for line, want in zip(found, red, strict=True)] == red, \
+        shown(proc)
+
+
 def test_two_runs_at_once_write_every_proposal_and_sheet_once(
         scenario: Scenario, bundle_run: Run) -> None:
     runs, ours, documents = scenario.at_once
