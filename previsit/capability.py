@@ -29,6 +29,7 @@ RECORD_TYPES = tuple(rtype for rtype, _ in RECORD_SEARCHES)
 WRITE_TYPES = ("ServiceRequest", "MedicationRequest")
 SHEET_TYPE = "DocumentReference"
 APPOINTMENT_REQUIRED = ("date", "status")
+_PARTS = "each visit's proposals in transactions of source.max_transaction_entries at most"
 APPOINTMENT_FILTERS = {"practitioner": "practitioner", "location": "location",
                        "service-type": "service type"}
 
@@ -182,8 +183,7 @@ def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[Ch
 
     # Writing proposals back.
     if caps.transaction:
-        add("ok", "write-back", "transaction is supported: each visit's proposals in "
-            "transactions of at most source.max_transaction_entries entries")
+        add("ok", "write-back", f"transaction is supported ({_PARTS})")
     else:
         add("fail", "write-back", "transaction is not listed: --write-back will not work "
             "(planning and sheets still do)")

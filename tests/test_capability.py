@@ -203,8 +203,8 @@ def test_a_capable_server_in_full() -> None:
         "[ok] records: Patient read is supported",
         "[ok] batch: batch is supported: each patient's record is read in one round trip "
         "(more only for long histories)",
-        "[ok] write-back: transaction is supported: each visit's proposals in transactions "
-        "of at most source.max_transaction_entries entries",
+        "[ok] write-back: transaction is supported (each visit's proposals in transactions of "
+        "source.max_transaction_entries at most)",
         "[ok] write-back: conditional create on ServiceRequest: re-runs cannot duplicate "
         "proposals",
         "[ok] write-back: conditional create on MedicationRequest: re-runs cannot duplicate "
