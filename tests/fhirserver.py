@@ -167,6 +167,20 @@ class FhirServerAdmin:
         result: dict[str, Any] = self._call("POST", "load", bundle)
         return result
 
+    def load_folder(self, folder: Path, size: int = 200) -> int:
+        """Store every resource of a folder of Bundles/NDJSON as the admin, keeping their ids
+        (PUT Type/id, no production rules): seeding a test or a demo with the sample day.
+        Returns how many resources were stored."""
+        from previsit.upload import read_resources
+
+        resources = read_resources(folder)
+        for start in range(0, len(resources), size):
+            self.load({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": r, "request": {"method": "PUT",
+                                            "url": f"{r['resourceType']}/{r['id']}"}}
+                for r in resources[start:start + size]]})
+        return len(resources)
+
     def preauthorize(self, user: str | None = None, patient: str | None = None, *,
                      client_id: str | None = None, deny: bool = False) -> None:
         """The next /oauth2/authorize (for client_id, or any client) completes at once, as if
