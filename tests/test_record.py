@@ -82,8 +82,9 @@ def test_every_resource_type_lands_in_its_place() -> None:
     assert req.authored_on == date(2026, 11, 28)
 
     assert rec.issues == ()
-    # Encounter is not part of the picture, and is not an issue either
-    assert rec.resource_count == 7
+    (enc,) = rec.encounters
+    assert (enc.ref, enc.status, enc.start) == ("Encounter/enc1", "finished", None)
+    assert rec.resource_count == 8
 
 
 def test_resources_may_come_in_any_order() -> None:
