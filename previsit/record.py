@@ -80,12 +80,13 @@ class Observation:
     interpretation: Concept = field(default_factory=Concept)  # every coding of every flag
 
     def value_text(self) -> str:
-        """The result's value as a sheet shows it ("8.4 %", "Positive"), or ""."""
+        """The result's value as a sheet shows it ("8.4 %", "Positive"), or "" (a free-text
+        report is not repeated in an explanation)."""
         if self.value_quantity is not None:
             return str(self.value_quantity)
         if self.value_concept is not None:
             return self.value_concept.label()
-        return self.value_string or ""
+        return ""
 
 
 @dataclass(frozen=True)
@@ -468,17 +469,19 @@ def _parse_observation(resource: JSON, ref: str, day: date) -> Observation:
     value_string = text.strip() if isinstance(text, str) and text.strip() else None
     value_date = parse_fhir_date(resource.get("valueDateTime"))
     absent = resource.get("dataAbsentReason")
+    members = _references(resource.get("hasMember"))
+    # A panel's values are its members' (a CBC panel has none of its own).
     has_value = absent is None and (
         quantity is not None or isinstance(value_concept, dict) or value_string is not None
-        or value_date is not None or any(resource.get(n) is not None for n in _OTHER_VALUES))
+        or value_date is not None or bool(members)
+        or any(resource.get(n) is not None for n in _OTHER_VALUES))
     return Observation(
         ref=ref, code=_concept(resource, "code"), day=day,
         status=_str(resource.get("status")) or "",
         value_quantity=quantity,
         value_concept=Concept.from_json(value_concept) if value_concept else None,
         value_date=value_date,
-        members=_references(resource.get("hasMember")),
-        value_string=value_string, has_value=has_value,
+        members=members, value_string=value_string, has_value=has_value,
         absent_reason=Concept.from_json(absent).label() if absent is not None else None,
         interpretation=_concepts(resource.get("interpretation")))
 

@@ -38,8 +38,8 @@ from previsit.ruleset import load_ruleset
 
 
 def test_every_key_of_a_rule_file_is_registered() -> None:
-    assert sorted(CRITERIA) == ["age", "all", "any", "condition", "medication", "not",
-                                "observation", "procedure", "service_request", "sex"]
+    assert sorted(CRITERIA) == ["age", "all", "any", "condition", "encounter", "medication",
+                                "not", "observation", "procedure", "service_request", "sex"]
 
 
 def test_a_criterion_is_parsed_by_its_key() -> None:

@@ -43,6 +43,7 @@ from previsit.ruleset import RuleSet, load_ruleset
 RULES: RuleSet = load_ruleset(Path(__file__).resolve().parent / "fixtures" / "engine_rules")
 
 POTASSIUM = "2823-3"
+NEGATIVE = (SNOMED, "260385009")  # a qualitative result's value: Negative
 NO_DUE_SOON = Settings(due_soon=Duration(0, "d"))
 
 
@@ -450,8 +451,8 @@ def test_with_runs_out_when_the_first_of_the_two_does() -> None:
 
 def test_min_age_is_the_age_on_the_evidence_date() -> None:
     born = "1993-06-15"  # 33 at the visit; 30th birthday 2023-06-15
-    before = observation("21440-3", ago(date(2023, 6, 14)))
-    on = observation("21440-3", ago(date(2023, 6, 15)))
+    before = observation("21440-3", ago(date(2023, 6, 14)), value_code=NEGATIVE)
+    on = observation("21440-3", ago(date(2023, 6, 15)), value_code=NEGATIVE)
     assert result("cervical", patient(birth=born), before).status == Status.DUE
     f = result("cervical", patient(birth=born), on)
     assert f.status == Status.SATISFIED
@@ -459,9 +460,9 @@ def test_min_age_is_the_age_on_the_evidence_date() -> None:
 
 
 def test_min_age_evidence_never_counts_without_a_birth_date() -> None:
-    hpv = observation("21440-3", 100)
+    hpv = observation("21440-3", 100, value_code=NEGATIVE)
     assert result("cervical", patient(age=None), hpv).status == Status.DUE
-    cytology = observation("10524-7", 100)
+    cytology = observation("10524-7", 100, value_code=NEGATIVE)
     assert result("cervical", patient(age=None), cytology).status == Status.SATISFIED
 
 
@@ -502,7 +503,7 @@ def test_condition_criterion_needs_the_condition_active() -> None:
 
 
 def test_lookback_ever_is_satisfied_for_good() -> None:
-    f = result("hcv-once", patient(), observation("13955-0", 365 * 30))
+    f = result("hcv-once", patient(), observation("13955-0", 365 * 30, value_code=NEGATIVE))
     assert f.status == Status.SATISFIED
     assert f.due_date is None
     assert "(once)" in f.explanation

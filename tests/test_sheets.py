@@ -415,6 +415,7 @@ def test_an_order_repeated_by_two_requirements_is_listed_once() -> None:
     ("done", "Already done"),
     ("dry-run", "Not written (dry run)"),
     ("later-visit", "At the later visit today"),
+    ("lab-only", "Not at a lab-only appointment"),
 ])
 def test_every_proposal_outcome_has_words(outcome: str, text: str) -> None:
     plan = vplan(finding("hba1c", Status.DUE, orders=(HBA1C,)),
@@ -426,7 +427,7 @@ def test_every_proposal_outcome_has_words(outcome: str, text: str) -> None:
 def test_the_outcome_words_cover_every_outcome() -> None:
     assert {o.value for o in ProposalOutcome} == {
         "proposed", "already-open", "already-written", "earlier-visit", "declined", "done",
-        "dry-run", "later-visit"}
+        "dry-run", "later-visit", "lab-only"}
 
 
 def test_merged_proposal_matches_both_rules() -> None:

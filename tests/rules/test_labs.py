@@ -591,6 +591,11 @@ def test_methotrexate_text_only_order_counts() -> None:
     assert f.status is Status.DUE
 
 
+def cbc_panel(code: str, days: int) -> dict[str, Any]:
+    """A CBC panel result: the panel carries no value of its own, its members do."""
+    return {**observation(code, days), "hasMember": [{"reference": "Observation/wbc"}]}
+
+
 def alt_and_creatinine(days: int = 10) -> list[dict[str, Any]]:
     return [observation("1742-6", days, 25, "U/L"), observation("2160-0", days, 0.9)]
 
@@ -598,9 +603,9 @@ def alt_and_creatinine(days: int = 10) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("panel", ["58410-2", "57021-8"])
 def test_methotrexate_cbc_panel_three_month_boundary(panel: str) -> None:
     exactly = finding("methotrexate-monitoring", patient(55), METHOTREXATE,
-                      *alt_and_creatinine(), observation(panel, days_ago("3mo")))
+                      *alt_and_creatinine(), cbc_panel(panel, days_ago("3mo")))
     day_later = finding("methotrexate-monitoring", patient(55), METHOTREXATE,
-                        *alt_and_creatinine(), observation(panel, days_ago("3mo") - 1))
+                        *alt_and_creatinine(), cbc_panel(panel, days_ago("3mo") - 1))
     assert exactly.status is Status.OVERDUE
     assert order_codes(exactly) == ["58410-2"]
     assert day_later.status is Status.DUE_SOON
@@ -625,7 +630,7 @@ def test_methotrexate_cbc_needs_all_three_components(missing: str) -> None:
 @pytest.mark.parametrize(("code", "order"), [("1742-6", "1742-6"), ("1744-2", "1742-6"),
                                              ("2160-0", CREATININE)])
 def test_methotrexate_alt_and_creatinine_three_month_boundary(code: str, order: str) -> None:
-    others = [observation("58410-2", 10)] + [
+    others = [cbc_panel("58410-2", 10)] + [
         o for o in alt_and_creatinine() if o["code"]["coding"][0]["code"] != order]
     exactly = finding("methotrexate-monitoring", patient(55), METHOTREXATE, *others,
                       observation(code, days_ago("3mo"), 30))
@@ -640,7 +645,7 @@ def test_methotrexate_alt_and_creatinine_three_month_boundary(code: str, order: 
 def test_methotrexate_due_soon_window_is_30_days(newer: int, status: Status) -> None:
     days = days_ago_falling_due("3mo", 30) - newer
     f = finding("methotrexate-monitoring", patient(55), METHOTREXATE,
-                observation("58410-2", days), *alt_and_creatinine(days))
+                cbc_panel("58410-2", days), *alt_and_creatinine(days))
     assert f.status is status
 
 

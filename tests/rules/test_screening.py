@@ -28,6 +28,7 @@ from builders import (
 from previsit.plan import Role, Status
 
 CPT = "http://www.ama-assn.org/go/cpt"
+NEGATIVE = (SNOMED, "260385009")  # a qualitative result's value: Negative
 HCPCS = "http://www.nlm.nih.gov/research/umls/hcpcs"
 
 
@@ -128,7 +129,7 @@ EVIDENCE = [
     ("colorectal-cancer-screening", "fit", (55, "male"),
      lambda d: observation("57905-2", d, 12, "ng/mL"), "1y"),
     ("colorectal-cancer-screening", "gfobt", (55, "male"),
-     lambda d: observation("2335-8", d), "1y"),
+     lambda d: observation("2335-8", d, value_code=NEGATIVE), "1y"),
     ("breast-cancer-screening", "mammogram-observation", (55, "female"),
      lambda d: observation("24606-6", d), "2y"),
     ("breast-cancer-screening", "mammogram-procedure", (55, "female"),
@@ -136,11 +137,11 @@ EVIDENCE = [
     ("breast-cancer-screening", "mammogram-cpt", (55, "female"),
      lambda d: procedure("77067", d, system=CPT), "2y"),
     ("cervical-cancer-screening", "cytology-observation", (25, "female"),
-     lambda d: observation("10524-7", d), "3y"),
+     lambda d: observation("10524-7", d, value_code=NEGATIVE), "3y"),
     ("cervical-cancer-screening", "cytology-procedure", (25, "female"),
      lambda d: procedure("90226004", d), "3y"),
     ("cervical-cancer-screening", "hpv", (45, "female"),
-     lambda d: observation("59420-0", d), "5y"),
+     lambda d: observation("59420-0", d, value_code=NEGATIVE), "5y"),
     ("lung-cancer-screening", "ldct", (60, "male"),
      lambda d: procedure("16334891000119106", d), "1y"),
     ("lung-cancer-screening", "ldct-cpt", (60, "male"),
@@ -444,7 +445,7 @@ def test_one_sided_mastectomy_does_not_exclude(evidence: dict[str, Any]) -> None
 
 
 def test_hpv_counts_only_when_done_at_30_or_older() -> None:
-    hpv = observation("59420-0", 1000)  # 2024-03-06
+    hpv = observation("59420-0", 1000, value_code=NEGATIVE)  # 2024-03-06
     person = patient(birth="1994-03-06", sex="female")  # 30 on the day of the test
     assert status("cervical-cancer-screening", person, hpv) == Status.SATISFIED
     person = patient(birth="1994-03-07", sex="female")  # 30 the day after
@@ -454,9 +455,9 @@ def test_hpv_counts_only_when_done_at_30_or_older() -> None:
 
 def test_cytology_is_enough_at_any_age_hpv_not_before_30() -> None:
     assert status("cervical-cancer-screening", patient(25, "female"),
-                  observation("59420-0", 200)) == Status.DUE
+                  observation("59420-0", 200, value_code=NEGATIVE)) == Status.DUE
     assert status("cervical-cancer-screening", patient(25, "female"),
-                  observation("10524-7", 200)) == Status.SATISFIED
+                  observation("10524-7", 200, value_code=NEGATIVE)) == Status.SATISFIED
 
 
 @pytest.mark.parametrize("evidence", [
@@ -654,7 +655,7 @@ def test_hepatitis_c_result_entered_in_error_does_not_count() -> None:
 
 @pytest.mark.parametrize("evidence", [
     observation("56888-1", 3000, value_code=(SNOMED, "260385009")),
-    observation("75622-1", 200),
+    observation("75622-1", 200, value_code=NEGATIVE),
     procedure("31676001", 2000),
 ], ids=["4th-generation", "meaningful-use-set", "synthea-procedure"])
 def test_hiv_tested_once_is_enough(evidence: dict[str, Any]) -> None:
@@ -664,8 +665,10 @@ def test_hiv_tested_once_is_enough(evidence: dict[str, Any]) -> None:
 def test_hiv_test_before_15_does_not_count() -> None:
     # 16 years old; tested 2 years ago at 14, and again one day after turning 15
     person = patient(16, "female")
-    assert status("hiv-screening", person, observation("56888-1", 730)) == Status.DUE
-    assert status("hiv-screening", person, observation("56888-1", 364)) == Status.SATISFIED
+    at_14 = observation("56888-1", 730, value_code=NEGATIVE)
+    at_15 = observation("56888-1", 364, value_code=NEGATIVE)
+    assert status("hiv-screening", person, at_14) == Status.DUE
+    assert status("hiv-screening", person, at_15) == Status.SATISFIED
 
 
 @pytest.mark.parametrize("evidence", [
