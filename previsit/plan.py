@@ -8,7 +8,7 @@ serialise to plain JSON (`to_json`) and back (`visit_plan_from_json`) so that
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -173,6 +173,10 @@ class Order:
     lead_days: int = 0  # the result takes this long: drawn at the latest visit - lead_days
     # point-of-care or same-day labs (INR): drawn no earlier than visit - draw_within_days
     draw_within_days: int | None = None
+
+    def latest_draw(self, visit_day: date) -> date:
+        """The last day the lab can be drawn for its result to be in at the visit."""
+        return visit_day - timedelta(days=self.lead_days)
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,10 @@ class Dispense:
         return self.status == "completed" and self.handed_over is not None
 
 
+# MedicationStatement statuses that say the patient does not take the drug (any more).
+_NOT_TAKING = frozenset({"stopped", "completed", "not-taken"})
+
+
 @dataclass(frozen=True)
 class MedicationUse:
     """A MedicationStatement: whether the patient says they take a drug (no supply)."""
@@ -182,7 +186,7 @@ class MedicationUse:
 
     @property
     def stopped(self) -> bool:
-        return self.status in ("stopped", "completed", "not-taken")
+        return self.status in _NOT_TAKING
 
 
 @dataclass(frozen=True)
@@ -422,12 +426,17 @@ def _contained_medications(resource: JSON) -> dict[str, JSON]:
             if isinstance(c, dict) and c.get("resourceType") == "Medication"}
 
 
+def _drug_fields(resource: JSON, medications: Mapping[str, JSON]) -> dict[str, Any]:
+    """What a dispense and a statement share: the reference, the drug and the status."""
+    return {"ref": _ref(resource),
+            "medication": _medication_concept(resource, {**medications,
+                                                         **_contained_medications(resource)}),
+            "status": _str(resource.get("status")) or ""}
+
+
 def _parse_dispense(resource: JSON, medications: Mapping[str, JSON]) -> Dispense:
     return Dispense(
-        ref=_ref(resource),
-        medication=_medication_concept(resource, {**medications,
-                                                  **_contained_medications(resource)}),
-        status=_str(resource.get("status")) or "",
+        **_drug_fields(resource, medications),
         handed_over=parse_fhir_date(resource.get("whenHandedOver"))
         or parse_fhir_date(resource.get("whenPrepared")),
         days_supply=_days(resource.get("daysSupply")),
@@ -436,10 +445,7 @@ def _parse_dispense(resource: JSON, medications: Mapping[str, JSON]) -> Dispense
 
 def _parse_statement(resource: JSON, medications: Mapping[str, JSON]) -> MedicationUse:
     return MedicationUse(
-        ref=_ref(resource),
-        medication=_medication_concept(resource, {**medications,
-                                                  **_contained_medications(resource)}),
-        status=_str(resource.get("status")) or "",
+        **_drug_fields(resource, medications),
         day=parse_fhir_date(resource.get("dateAsserted"))
         or _effective(resource, "effectiveDateTime", "effectivePeriod", period_end=True))
 

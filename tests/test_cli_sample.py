@@ -434,13 +434,13 @@ def test_transactions_validate_as_r4b_draft_proposals(day: Run) -> None:
             coding = resource["code"]["coding"][0]
             assert coding["system"] and coding["code"]
             assert resource.get("reasonReference") or resource.get("reasonCode")
+            # Written the night before the clinic day (the run day the README's command
+            # implies): nothing ordered ahead, so every lab is drawn at check-in, dated the
+            # visit day, never before the night it was written.
+            assert resource["authoredOn"] == "2026-11-30"
             occurrence = date.fromisoformat(resource["occurrenceDateTime"][:10])
-            if before_visit[(coding["system"], coding["code"])] and \
-                    appointment_id != "appt-1201-0800-lopez-lab":  # drawn there (above)
-                pre_visit_labs += 1
-                assert occurrence < visit_day, (appointment_id, coding["code"])
-            else:
-                assert occurrence == visit_day, (appointment_id, coding["code"])
+            assert occurrence == visit_day, (appointment_id, coding["code"])
+            pre_visit_labs += before_visit[(coding["system"], coding["code"])]
     assert pre_visit_labs > 20
 
 

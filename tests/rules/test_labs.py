@@ -29,6 +29,7 @@ from builders import (
 from previsit.evaluate import evaluate
 from previsit.plan import Finding, Role, Status
 from previsit.proposals import merge_orders
+from previsit.timeline import draw_window
 
 DIABETES = "44054006"  # SNOMED CT "Diabetes mellitus type 2", in the VSAC Diabetes set
 
@@ -79,7 +80,7 @@ def test_hba1c_due_for_diabetes_coded_either_way(system: str, code: str) -> None
     assert f.status is Status.DUE
     assert order_codes(f) == ["4548-4"]
     order = f.orders[0]
-    assert order.before_visit and order.lead_days == 7 and order.category == "laboratory"
+    assert order.before_visit and order.lead_days == 3 and order.category == "laboratory"
     assert order.role is Role.MA and f.role is Role.MA
 
 
@@ -401,10 +402,14 @@ def test_creatinine_due_under_two_rules_is_one_order() -> None:
                  medication("197889", "lithium carbonate 300 MG Oral Capsule", days_ago=400)]
     rec = record(*resources)
     plan = evaluate(rec, shipped_rules(), VISIT)
-    creatinine = [p for p in merge_orders(plan, rec) if p.order.code == CREATININE]
+    run_day = VISIT - timedelta(days=7)  # ordered a week ahead
+    creatinine = [p for p in merge_orders(plan, rec, dating=lambda order: draw_window(
+        order, VISIT, run_day, at_check_in=False)) if p.order.code == CREATININE]
     assert len(creatinine) == 1
     assert set(creatinine[0].rule_ids) == {"ace-arb-diuretic-monitoring", "lithium-monitoring"}
-    assert creatinine[0].occurrence == VISIT - timedelta(days=7)
+    # drawn from the night it is ordered until 3 days before the visit
+    assert (creatinine[0].occurrence_start, creatinine[0].occurrence) == (
+        date(2026, 11, 24), date(2026, 11, 28))
 
 
 # --- levothyroxine -----------------------------------------------------------------------
@@ -704,4 +709,9 @@ def test_every_lab_rule_is_a_pre_visit_lab_with_citation_and_differences(rule_id
     for req in rule.requirements:
         assert req.order is not None
         assert req.order.system == "http://loinc.org"
-        assert req.order.before_visit and req.order.lead_days == 7
+        # drawn at the latest 3 days before the visit; the INR (point of care) in the 3 days
+        # before the visit or at it
+        point_of_care = rule_id == "warfarin-inr-monitoring"
+        assert req.order.before_visit
+        assert (req.order.lead_days, req.order.draw_within_days) == (
+            (0, 3) if point_of_care else (3, None))

@@ -241,10 +241,10 @@ ORDERS = [
     ("osteoporosis-screening", (70, "female"), [], SNOMED, "312681000", "imaging", Role.MA,
      False, 0),
     ("diabetes-screening", (50, "female"), OVERWEIGHT, LOINC, "4548-4", "laboratory",
-     Role.MA, True, 7),
+     Role.MA, True, 3),
     ("hepatitis-c-screening", (40, "female"), [], LOINC, "13955-0", "laboratory", Role.MA,
-     True, 7),
-    ("hiv-screening", (30, "male"), [], LOINC, "56888-1", "laboratory", Role.MA, True, 7),
+     True, 3),
+    ("hiv-screening", (30, "male"), [], LOINC, "56888-1", "laboratory", Role.MA, True, 3),
 ]
 
 
