@@ -159,7 +159,8 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
         plan = replace(plan, proposals=summaries)
         if horizon == Horizon.HUDDLE:
             plan = replace(plan, labs=tl.lab_progress(plan, record, ruleset,
-                                                      options.identifier_system))
+                                                      options.identifier_system,
+                                                      options.settings))
         if proposals.bundle is not None:
             bundles[visit.appointment_id] = proposals.bundle
             if options.write_back:

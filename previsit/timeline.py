@@ -25,22 +25,21 @@ from datetime import date, timedelta
 from typing import Any
 
 from previsit.codes import ValueSetRegistry
+from previsit.context import EvaluationContext, Settings
 from previsit.errors import ConfigError
 from previsit.identifiers import proposal_identifier
 from previsit.plan import (
-    Finding,
     Horizon,
     LabProgress,
     LabState,
     Order,
     ProposalOutcome,
-    Status,
     Visit,
     VisitPlan,
 )
 from previsit.proposals import Dating, SameDay, Where
-from previsit.record import ORDER_INTENTS, OpenRequest, PatientRecord
-from previsit.ruleset import RuleSet
+from previsit.record import ORDER_INTENTS, Observation, OpenRequest, PatientRecord
+from previsit.ruleset import EvidenceSpec, RuleSet
 from previsit.sources import VisitWindow
 
 # The shipped value set of appointment kinds that are lab draws only (HL7 service-type
@@ -200,31 +199,40 @@ def _accepted(request: OpenRequest, requests: Sequence[OpenRequest]) -> bool:
 
 
 def lab_progress(plan: VisitPlan, record: PatientRecord, ruleset: RuleSet,
-                 identifier_system: str) -> tuple[LabProgress, ...]:
+                 identifier_system: str, settings: Settings | None = None
+                 ) -> tuple[LabProgress, ...]:
     """The pre-visit labs previsit proposed for this appointment (on an earlier night), and
-    what became of each: resulted (with the value), accepted but not resulted (draw at
-    check-in), still an unsigned proposal, or dismissed. Pure: from the record and the plan.
-    """
-    rules_for: dict[tuple[str, str], list[str]] = {}
+    what became of each: resulted (the latest usable result of that lab since it was
+    ordered, with its value), accepted but not resulted (draw at check-in), still an
+    unsigned proposal, or dismissed. Pure: from the record and the plan."""
+    visit_day = plan.visit.day
+    if visit_day is None or plan.not_planned:
+        return ()
+    evidence: dict[tuple[str, str], list[EvidenceSpec]] = {}
     for rule in ruleset.active:
         for req in rule.requirements:
             if req.order is not None and req.order.before_visit:
-                rules_for.setdefault((req.order.system, req.order.code), []).append(rule.id)
-    findings = {f.rule_id: f for f in plan.findings}
+                evidence.setdefault((req.order.system, req.order.code), []).extend(
+                    ev for ev in req.evidence if ev.resource_kind == "observation")
+    ctx = EvaluationContext(record, ruleset.valuesets, visit_day, settings or Settings())
     requests = [r for r in record.requests if r.resource_type == "ServiceRequest"]
     out = []
     for request in requests:
         ours = {value for system, value in request.identifiers if system == identifier_system}
         key = next(((c.system, c.code) for c in request.code.codings
-                    if (c.system, c.code) in rules_for and proposal_identifier(
+                    if (c.system, c.code) in evidence and proposal_identifier(
                         plan.visit.appointment_id, c.system, c.code) in ours), None)
         if key is None or request.status == "entered-in-error":
             continue
-        results = [e for rule_id in rules_for[key] if (f := findings.get(rule_id))
-                   for e in _results_since(f, request.authored_on)]
+        since = request.authored_on or date.min
+        results = [o for ev in evidence[key]
+                   for o in ctx.observations.matching(ctx.vs(ev.valueset))
+                   if ctx.usable(o, needs_value=ev.value_required) and since <= o.day <= visit_day]
         if results:
-            latest = max(results, key=lambda e: e.day or date.min)
-            state, result, day = LabState.RESULTED, latest.summary, latest.day
+            latest = max(results, key=lambda o: o.day)
+            state = LabState.RESULTED
+            result: str | None = _result_text(latest, record)
+            day: date | None = latest.day
         else:
             state = LabState.DISMISSED if request.status == "revoked" else \
                 LabState.TO_DRAW if _accepted(request, requests) else LabState.UNSIGNED
@@ -235,12 +243,14 @@ def lab_progress(plan: VisitPlan, record: PatientRecord, ruleset: RuleSet,
     return tuple(sorted(out, key=lambda p: (p.display.casefold(), p.code)))
 
 
-def _results_since(finding: Finding, since: date | None) -> list[Any]:
-    """The results that now satisfy a lab rule, dated on or after the order."""
-    if finding.status != Status.SATISFIED:
-        return []
-    return [e for e in finding.evidence if e.purpose == "result" and e.day is not None
-            and (since is None or e.day >= since)]
+def _result_text(obs: Observation, record: PatientRecord) -> str:
+    """A result as the huddle shows it: "HbA1c 7.9 %"; a panel by its members' values."""
+    if obs.value_text() or not obs.members:
+        return f"{obs.code.label()} {obs.value_text()}".strip()
+    by_ref = {o.ref: o for o in record.observations}
+    parts = [f"{m.code.label()} {m.value_text()}".strip()
+             for ref in obs.members if (m := by_ref.get(ref)) is not None]
+    return f"{obs.code.label()}: {', '.join(parts)}" if parts else obs.code.label()
 
 
 # --- the labs-ahead horizon in the report ---------------------------------------------------

@@ -149,12 +149,12 @@ def _booked_on_day() -> set[str]:
 # --- the run and its summary -----------------------------------------------------------
 
 
-def test_plans_the_31_booked_visits_and_only_those(day: Run) -> None:
+def test_plans_the_33_booked_visits_and_only_those(day: Run) -> None:
     bundle = json.loads((SAMPLE / "appointments.json").read_text(encoding="utf-8"))
     statuses = {e["resource"]["id"]: e["resource"]["status"] for e in bundle["entry"]}
-    assert len(statuses) == 40
+    assert len(statuses) == 42
     expected = _booked_on_day()
-    assert len(expected) == 31
+    assert len(expected) == 33
     assert sorted(day.appointment_ids) == sorted(expected)
     assert len(day.appointment_ids) == len(set(day.appointment_ids))
     for appointment_id, status in NOT_PLANNED.items():
@@ -171,12 +171,17 @@ def test_plans_the_31_booked_visits_and_only_those(day: Run) -> None:
 
 def test_summary_and_report_agree_with_the_files(day: Run) -> None:
     out = day.proc.stdout
-    assert "appointments: 31 (30 patients): 31 planned, 0 failed" in out
-    assert "FAILED" not in out and "input problems" not in out
+    assert "appointments: 33 (31 patients): 33 planned, 0 failed" in out
+    # the stale booking of a patient who died is an input problem, not a failure
+    assert "FAILED" not in out and "input problems: 1 (see run-report.json)" in out
     report = day.report
     assert report["exit_code"] == 0
-    assert report["visits"] == {"total": 31, "planned": 31, "failed": 0, "patients": 30}
-    assert report["failures"] == [] and report["source_problems"] == []
+    assert report["visits"] == {"total": 33, "planned": 33, "failed": 0, "patients": 31}
+    assert report["failures"] == []
+    assert report["source_problems"] == [{
+        "where": "Appointment/appt-1201-1050-wojcik",
+        "message": "the patient is recorded as deceased on 2026-10-19: the booking was not "
+                   "planned and no order was written; cancel it"}]
     findings = [f for v in day.plan["visits"] for f in v["findings"]]
     assert sum(report["findings"].values()) == len(findings)
     assert set(report["findings"]) == set(STATUSES)  # the day shows every status
@@ -242,18 +247,45 @@ EXPECTED: list[tuple[str, str, str | None, str, tuple[str, ...]]] = [
     ("appt-1201-1000-whitehorse", "annual-prescription-renewal", "oxycodone", "due",
      ("runs out 2026-12-06",)),
     # Kevin Tran, 44: this season's flu shot was declined (not-done), the last one given was
-    # in 2024; no prescriptions at all
+    # in 2024; his only prescription is an acute amoxicillin course: never renewed
     ("appt-1201-1110-tran", "influenza-immunization", None, "overdue",
      ("2024-10-15", "due since 2025-08-01")),
     ("appt-1201-1110-tran", "colorectal-cancer-screening", None, "not-applicable",
      ("patient is 44",)),
-    ("appt-1201-1110-tran", "annual-prescription-renewal", None, "not-applicable",
-     ("no active prescriptions",)),
+    ("appt-1201-1110-tran", "annual-prescription-renewal", "amoxicillin", "not-applicable",
+     ("short (acute) course",)),
     # José Núñez: metformin is a Medication reference, so B12 monitoring applies (B12
     # 04-01, yearly); HbA1c 6.6 % (at goal: 6 months) on 06-14 → 12-14
     ("appt-1201-1130-nunez", "metformin-b12-monitoring", None, "satisfied",
      ("next due 2027-04-01",)),
-    ("appt-1201-1130-nunez", "hba1c-monitoring", None, "due-soon", ("falls due 2026-12-14",)),
+    # ... and the HbA1c of 11-10 came back without a value: not counted (CMS122 agrees)
+    ("appt-1201-1130-nunez", "hba1c-monitoring", None, "due-soon",
+     ("falls due 2026-12-14", "the HbA1c of 2026-11-10 has no value (Error): not counted")),
+    # Harold Jensen: a potassium of 0.4 mmol/L two weeks ago is impossible: not used
+    ("appt-1201-0840-jensen", "ace-arb-diuretic-monitoring", None, "due-soon",
+     ("last potassium 4.1 mmol/L on 2026-01-16", "(0.4 mmol/L) is implausible")),
+    # Dorothy Jackson: a positive FIT 10 weeks ago and no colonoscopy since
+    ("appt-1201-1030-jackson", "colorectal-cancer-screening", None, "due",
+     ("positive FIT/gFOBT on 2026-09-22", "needs a follow-up colonoscopy")),
+    # ... and her amlodipine, refilled late, lasts beyond the renewal horizon
+    ("appt-1201-1030-jackson", "annual-prescription-renewal", "amlodipine", "satisfied",
+     ("runs until 2027-03-31", "last dispensed 2026-07-04",
+      "the prescription alone would run out 2027-01-30")),
+    # Margaret O'Brien: her second Shingrix came 20 days after the first
+    ("appt-1201-0840-obrien", "zoster-immunization", None, "due-soon",
+     ("1 of 2", "too soon", "not before 2026-12-04")),
+    # Jordan Reyes: PPSV23 7 months ago; the conjugate dose only a year after it
+    ("appt-1201-1510-reyes", "pneumococcal-immunization", None, "due-soon",
+     ("not before 2027-05-01", "after PPSV23 on 2026-05-01")),
+    # Michelle Novak: hospice recorded only as an Encounter
+    ("appt-1201-1630-novak", "hepatitis-b-immunization", None, "excluded",
+     ("hospice care", "Admission to hospice 2026-10-14")),
+    # Walter Kowalski's warfarin: a high-risk medicine, renewed by the physician
+    ("appt-1201-0800-kowalski", "annual-prescription-renewal", "warfarin", "due",
+     ("high-risk medicine (Anticoagulant)",)),
+    # James Whitehorse's oxycodone: Schedule II, from the DEA schedule data
+    ("appt-1201-1000-whitehorse", "annual-prescription-renewal", "oxycodone", "due",
+     ("controlled substance (Schedule II)",)),
     # Thomas Begay: medicines from his bottles, no dates
     ("appt-1201-1130-begay", "ace-arb-diuretic-monitoring", None, "unknown",
      ("no start date",)),
@@ -478,7 +510,7 @@ def test_second_run_is_byte_identical(day: Run, rerun: Run) -> None:
 
 def test_sheets_one_per_visit_and_huddle(day: Run) -> None:
     sheets = sorted(p.name for p in (day.out / "sheets").glob("*.html"))
-    assert len(sheets) == 31
+    assert len(sheets) == 33
     for appointment_id in day.appointment_ids:
         assert len([s for s in sheets if s.removesuffix(".html").endswith(appointment_id)]) == 1
     huddle = (day.out / "huddle.html").read_text(encoding="utf-8")
@@ -605,13 +637,14 @@ def test_malformed_extra_files_are_reported_and_every_visit_planned(
 
     out = tmp_path / "out"
     result = _load(out, previsit_run(source, out))
-    assert "input problems: 3 (see run-report.json)" in result.proc.stdout
+    assert "input problems: 4 (see run-report.json)" in result.proc.stdout
     report = result.report
     assert report["exit_code"] == 0 and report["failures"] == []
-    assert report["visits"]["planned"] == 31
+    assert report["visits"]["planned"] == 33
     problems = {p["where"]: p["message"] for p in report["source_problems"]}
     assert set(problems) == {f"{registry} line {not_a_resource}",
-                             f"{registry} line {cut_short}", str(truncated)}
+                             f"{registry} line {cut_short}", str(truncated),
+                             "Appointment/appt-1201-1050-wojcik"}
     assert "not a FHIR resource" in problems[f"{registry} line {not_a_resource}"]
     assert "not valid JSON" in problems[f"{registry} line {cut_short}"]
     assert "not valid JSON" in problems[str(truncated)]

@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from previsit.plan import Finding, Kind, LabProgress, LabState, Order, Role, Status, VisitPlan
+from previsit.plan import (
+    Finding,
+    Kind,
+    LabProgress,
+    LabState,
+    Order,
+    ProposalOutcome,
+    Role,
+    Status,
+    VisitPlan,
+)
 from previsit.sheets.filenames import visit_sheet_filename
 from previsit.sheets.formatting import (
     KIND_ORDER,
@@ -127,9 +137,11 @@ def _resulted(lab: LabProgress) -> str:
 
 
 def _order_line(plan: VisitPlan, finding: Finding, order: Order) -> OrderLine:
-    # Only a pre-visit lab has a date of its own; everything else happens at the visit.
-    when = draw_words(plan, finding, order) if order.before_visit else None
     proposal = proposal_for(plan, finding, order)
+    # Only a pre-visit lab has a date of its own, and not one a clinician declined.
+    drawn = order.before_visit and (proposal is None or proposal.outcome not in (
+        ProposalOutcome.DECLINED, ProposalOutcome.DONE))
+    when = draw_words(plan, finding, order) if drawn else None
     if proposal is None:
         draft, state = NO_PROPOSAL
     else:
