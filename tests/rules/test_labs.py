@@ -26,7 +26,7 @@ from builders import (
     shipped_rules,
 )
 
-from previsit.evaluate import evaluate
+from previsit.evaluate import Settings, evaluate
 from previsit.plan import Finding, Role, Status
 from previsit.proposals import merge_orders
 from previsit.timeline import draw_window
@@ -715,3 +715,91 @@ def test_every_lab_rule_is_a_pre_visit_lab_with_citation_and_differences(rule_id
         assert req.order.before_visit
         assert (req.order.lead_days, req.order.draw_within_days) == (
             (0, 3) if point_of_care else (3, None))
+
+
+# --- results without a value, and values no patient can have ----------------------------------
+
+def a1c_plan(*results: dict[str, Any], settings: Settings | None = None) -> Any:
+    return evaluate(record(*diabetic(), *results), shipped_rules(), VISIT, settings)
+
+
+def a1c(plan: Any) -> Finding:
+    return next(f for f in plan.findings if f.rule_id == "hba1c-monitoring")
+
+
+@pytest.mark.parametrize("result", [
+    observation("4548-4", 30),  # no value at all
+    {**observation("4548-4", 30), "dataAbsentReason": {"coding": [{"code": "error"}]}},
+    {**observation("4548-4", 30, 6.5, "%"), "dataAbsentReason": {"coding": [{"code": "error"}]}},
+    observation("4548-4", 30, 6.5, "%", status="preliminary"),
+    observation("4548-4", 30, 6.5, "%", status="cancelled"),
+    observation("4548-4", 30, 6.5, "%", status="entered-in-error"),
+], ids=["no-value", "data-absent", "value-and-data-absent", "preliminary", "cancelled",
+        "entered-in-error"])
+def test_an_hba1c_without_a_usable_value_is_a_gap_as_in_cms122(result: dict[str, Any]) -> None:
+    f = a1c(a1c_plan(result))
+    assert f.status is Status.DUE and order_codes(f) == ["4548-4"]
+
+
+def test_the_result_without_a_value_is_named_and_an_older_one_still_decides() -> None:
+    f = a1c(a1c_plan(observation("4548-4", 170, 6.5, "%"),
+                     {**observation("4548-4", 20), "dataAbsentReason": {
+                         "coding": [{"code": "error"}], "text": "Specimen haemolysed"}}))
+    assert f.status is Status.DUE_SOON  # the 6.5 % of 170 days ago, good for 6 months
+    assert "the HbA1c of 2026-11-11 has no value (Specimen haemolysed): not counted" \
+        in f.explanation
+
+
+def test_a_text_value_is_a_value() -> None:
+    result = {**observation("4548-4", 30), "valueString": "6.4"}
+    assert a1c(a1c_plan(result)).status is Status.SATISFIED
+
+
+@pytest.mark.parametrize(("value", "counted"), [
+    (2.9, False), (3.0, True), (20.0, True), (20.1, False)])
+def test_an_hba1c_outside_3_to_20_percent_is_implausible(value: float, counted: bool) -> None:
+    plan = a1c_plan(observation("4548-4", 30, value, "%"))
+    assert (a1c(plan).status is not Status.DUE) is counted
+    assert bool(plan.checks) is not counted
+    if not counted:
+        assert plan.checks == (f"check this value: 4548-4 {value:g} % on 2026-11-01 is outside "
+                               "3–20 %, the range a patient can have; it was not used",)
+
+
+@pytest.mark.parametrize(("result", "counted"), [
+    (observation("2823-3", 30, 0.4, "mmol/L"), False),
+    (observation("2823-3", 30, 1.5, "mmol/L"), True),
+    (observation("2823-3", 30, 9.1, "mmol/L"), False),
+    # another unit: not judged (and not converted)
+    (observation("2823-3", 30, 16.0, "mg/dL"), True),
+    # a bound the lab reported is not a measurement
+    ({**observation("2823-3", 30), "valueQuantity": {"value": 0.4, "unit": "mmol/L",
+                                                     "comparator": "<"}}, True),
+], ids=["0.4", "1.5", "9.1", "other-unit", "comparator"])
+def test_an_impossible_potassium_does_not_satisfy_monitoring(result: dict[str, Any],
+                                                             counted: bool) -> None:
+    plan = evaluate(record(patient(60), medication(*LISINOPRIL, days_ago=400), result,
+                           observation("2160-0", 30, 1.0, "mg/dL")), shipped_rules(), VISIT)
+    f = next(f for f in plan.findings if f.rule_id == "ace-arb-diuretic-monitoring")
+    assert (f.status is Status.SATISFIED) is counted, f.explanation
+    assert bool(plan.checks) is not counted
+
+
+def test_the_clinic_can_change_or_switch_off_a_plausible_range() -> None:
+    from previsit.plausibility import DEFAULT_BOUNDS, Bounds
+
+    low = observation("4548-4", 30, 2.8, "%")
+    wider = Settings(plausible={**DEFAULT_BOUNDS, "4548-4": Bounds("%", 2, 20)})
+    assert a1c(a1c_plan(low, settings=wider)).status is Status.SATISFIED
+    off = Settings(plausible={k: v for k, v in DEFAULT_BOUNDS.items() if k != "4548-4"})
+    assert not a1c_plan(low, settings=off).checks
+
+
+# --- the INR is drawn close to the visit --------------------------------------------------------
+
+
+def test_the_inr_order_is_point_of_care() -> None:
+    f = finding("warfarin-inr-monitoring", patient(70),
+                medication("855332", "warfarin sodium 5 MG Oral Tablet"))
+    [order] = f.orders
+    assert (order.before_visit, order.lead_days, order.draw_within_days) == (True, 0, 3)

@@ -678,3 +678,109 @@ def test_hiv_test_before_15_does_not_count() -> None:
 ], ids=["b20", "snomed", "asymptomatic-status"])
 def test_known_hiv_infection_excludes(evidence: dict[str, Any]) -> None:
     assert status("hiv-screening", patient(40, "male"), evidence) == Status.EXCLUDED
+
+
+# --- a positive stool test needs a follow-up colonoscopy (USMSTF), not a repeat test --------
+
+FIT = "29771-3"
+FIT_DNA = "77354-9"
+V3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+CRC = "colorectal-cancer-screening"
+
+
+def stool(code: str, days_ago: int, *, value: tuple[str, str] | None = None,
+          text: str | None = None, flag: str | None = None,
+          quantity: float | None = None) -> dict[str, Any]:
+    resource = observation(code, days_ago, quantity, "ng/mL", value_code=value)
+    if text is not None:
+        resource["valueString"] = text
+    if flag is not None:
+        resource["interpretation"] = [{"coding": [{"system": V3, "code": flag}]}]
+    return resource
+
+
+POSITIVES = {
+    "snomed-positive": stool(FIT, 60, value=(SNOMED, "10828004")),
+    "loinc-answer-positive": stool(FIT, 60, value=(LOINC, "LA6576-8")),
+    "detected": stool(FIT, 60, value=(SNOMED, "260373001")),
+    "text-positive": stool(FIT, 60, text="POSITIVE"),
+    "text-plus": stool(FIT, 60, text="+"),
+    "quantitative-flagged-high": stool("58453-2", 60, quantity=180, flag="H"),
+    "abnormal-flag-only": stool(FIT, 60, value=(LOINC, "LA11885-3"), flag="A"),
+    "fit-dna-text": stool(FIT_DNA, 400, text="Positive"),
+}
+
+
+@pytest.mark.parametrize("result", list(POSITIVES.values()), ids=list(POSITIVES))
+def test_a_positive_stool_test_asks_for_a_colonoscopy(result: dict[str, Any]) -> None:
+    f = finding(CRC, patient(60, "male"), result)
+    assert (f.status, f.role) == (Status.DUE, Role.PHYSICIAN)
+    assert {"positive-result", "physician-review"} <= set(f.flags)
+    assert [(o.system, o.code, o.category, o.role) for o in f.orders] == [
+        (SNOMED, "73761001", "procedure", Role.PHYSICIAN)]
+    assert "needs a follow-up colonoscopy" in f.explanation
+
+
+@pytest.mark.parametrize("result", [
+    stool(FIT, 60, value=NEGATIVE),
+    stool(FIT, 60, text="Negative"),
+    stool(FIT, 60, value=(LOINC, "LA11885-3")),  # inconclusive: a repeat, not colonoscopy
+    stool("58453-2", 60, quantity=12, flag="N"),
+], ids=["negative", "negative-text", "inconclusive", "quantitative-normal"])
+def test_a_negative_stool_test_screens_for_a_year(result: dict[str, Any]) -> None:
+    f = finding(CRC, patient(60, "male"), result)
+    assert f.status == Status.SATISFIED and f.role == Role.MA
+
+
+def test_a_negative_fit_after_a_positive_one_does_not_replace_the_colonoscopy() -> None:
+    f = finding(CRC, patient(60, "male"), POSITIVES["snomed-positive"],
+                stool(FIT, 20, value=NEGATIVE))
+    assert f.status == Status.DUE and f.orders[0].code == "73761001"
+
+
+@pytest.mark.parametrize(("colonoscopy_days_ago", "expected"), [
+    (59, Status.SATISFIED),  # after the positive FIT: resolved, good for 10 years
+    (60, Status.SATISFIED),  # the same day
+    (61, Status.DUE),  # the day before: the positive FIT still needs its follow-up
+    (3000, Status.DUE),  # an older colonoscopy, otherwise still valid for 2 years
+])
+def test_a_colonoscopy_on_or_after_the_positive_test_resolves_it(colonoscopy_days_ago: int,
+                                                                  expected: Status) -> None:
+    f = finding(CRC, patient(60, "male"), POSITIVES["snomed-positive"],
+                procedure("73761001", colonoscopy_days_ago))
+    assert f.status == expected
+
+
+@pytest.mark.parametrize(("days_ago", "expected"), [
+    (364, Status.DUE),  # a positive FIT within its year: pending follow-up
+    (365, Status.OVERDUE),  # a year old: the screening has lapsed (a FIT is proposed)
+])
+def test_a_positive_fit_counts_for_its_lookback(days_ago: int, expected: Status) -> None:
+    f = finding(CRC, patient(60, "male"), stool(FIT, days_ago, value=(SNOMED, "10828004")))
+    assert f.status == expected
+    follow_up = "positive-result" in f.flags
+    assert follow_up is (days_ago < 365)
+    assert f.orders[0].code == ("73761001" if follow_up else FIT)
+
+
+@pytest.mark.parametrize("result", [
+    observation(FIT, 30),  # no value at all
+    {**observation(FIT, 30), "dataAbsentReason": {"coding": [{"code": "not-performed"}]}},
+    observation(FIT, 30, value_code=NEGATIVE, status="preliminary"),
+    observation(FIT, 30, value_code=NEGATIVE, status="cancelled"),
+    observation(FIT, 30, value_code=NEGATIVE, status="entered-in-error"),
+], ids=["no-value", "data-absent", "preliminary", "cancelled", "entered-in-error"])
+def test_a_stool_test_without_a_usable_result_is_not_screening(result: dict[str, Any]) -> None:
+    f = finding(CRC, patient(60, "male"), result)
+    assert f.status == Status.DUE and f.orders[0].code == FIT
+
+
+def test_the_result_without_a_value_is_named() -> None:
+    f = finding(CRC, patient(60, "male"), observation(FIT, 30))
+    assert f.explanation.endswith("the FIT/gFOBT of 2026-11-01 has no value: not counted")
+
+
+def test_imaging_studies_count_without_a_value() -> None:
+    # a mammogram filed as an Observation with no value (the report is elsewhere)
+    assert status("breast-cancer-screening", patient(55, "female"),
+                  observation("24606-6", 100)) == Status.SATISFIED
