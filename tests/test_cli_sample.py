@@ -651,3 +651,68 @@ def test_malformed_extra_files_are_reported_and_every_visit_planned(
     assert re.search(r"line \d+ column \d+", problems[str(truncated)])
     # what was skipped changed nothing: the plan is the clean run's, byte for byte
     assert (out / "plan.json").read_bytes() == (day.out / "plan.json").read_bytes()
+
+
+# --- the nightly command a week ahead, then the night before (the pre-visit timeline) --------
+
+
+def _nightly(source: Path, out: Path, run_date: str) -> Run:
+    proc = subprocess.run(
+        [*_previsit(), "run", "--source", str(source), "--run-date", run_date, "--timezone",
+         TZ, "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+        timeout=120, check=False)
+    return _load(out, proc)
+
+
+def test_a_week_ahead_then_the_night_before(tmp_path: Path) -> None:
+    """The issue's acceptance: run the nightly command a week ahead and for tomorrow. No
+    order is dated before the night it is written; a lab ordered a week ahead is on the
+    huddle as still to draw at check-in (the bundle source's write-back is the transaction
+    files: a server would now hold them, so they go into the folder the next night reads)."""
+    source = tmp_path / "data"
+    shutil.copytree(SAMPLE, source, ignore=shutil.ignore_patterns("*.py", "*.md"))
+    week = _nightly(source, tmp_path / "nov24", "2026-11-24")
+    out = week.proc.stdout
+    assert "run day 2026-11-24: no order is dated before it; pre-visit labs also ordered " \
+        "for visits 2026-11-26 to 2026-12-01" in out
+    assert "appointments: 0 (0 patients)" in out  # nothing booked on 11-25
+    ahead = week.plan["labs_ahead"]
+    ordered = week.report["labs_ahead"]["proposals"]["proposed"]
+    assert len(ahead) == 35 and ordered > 20  # 33 on 12-01, two on 11-30
+    assert f"labs ahead: 35 appointments: {ordered} pre-visit lab orders in transaction " \
+        "bundles" in out
+    for bundle in week.transactions().values():
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            assert resource["resourceType"] == "ServiceRequest"  # only labs a week ahead
+            assert resource["authoredOn"] == "2026-11-24"
+            start = resource.get("occurrencePeriod", {}).get("start") or \
+                resource["occurrenceDateTime"]
+            assert start >= "2026-11-24"
+    # what the write-back left on the "server"
+    carried = source / "written-2026-11-24"
+    shutil.copytree(week.out / "transactions", carried)
+
+    eve = _nightly(source, tmp_path / "nov30", "2026-11-30")
+    kowalski = eve.visit("appt-1201-0800-kowalski")
+    inr = next(p for p in kowalski["proposals"] if p["code"] == "6301-6")
+    assert inr["outcome"] == "already-written"  # ordered a week ago, not again
+    assert [(lab["code"], lab["state"], lab["ordered_on"]) for lab in kowalski["labs"]
+            if lab["code"] == "6301-6"] == [("6301-6", "unsigned", "2026-11-24")]
+    sheet = _sheet(eve, "appt-1201-0800-kowalski")
+    assert "draw at check-in" in sheet and "proposed Tue Nov 24, not signed yet" in sheet
+    assert not [e for b in eve.transactions().values() for e in b["entry"]
+                if e["resource"]["resourceType"] == "ServiceRequest"
+                and e["resource"]["code"]["coding"][0]["code"] == "6301-6"]
+
+
+def test_a_clinic_day_before_the_run_day_is_a_usage_error() -> None:
+    result = invoke("run", "--source", str(SAMPLE), "--date", "2026-11-30", "--run-date",
+                    "2026-12-01", "--timezone", TZ, "--quiet")
+    assert result.exit_code == 2
+    assert "--date 2026-11-30 is before the run day 2026-12-01" in result.output
+
+
+def test_a_run_date_that_is_not_a_date_is_a_usage_error() -> None:
+    result = invoke("run", "--source", str(SAMPLE), "--run-date", "yesterday")
+    assert result.exit_code == 2 and "--run-date 'yesterday' is not a date" in result.output

@@ -248,3 +248,57 @@ def test_an_open_renewal_proposal_by_someone_else_suppresses_ours() -> None:
                       medication_ref=f"MedicationRequest/{med['id']}")
     result = proposals(plan_of(renewal), chart(med, pending))
     assert result.summaries[0].outcome == "already-open"
+
+
+def _renewal(role: Role) -> tuple[PatientRecord, Finding]:
+    med = medication("855332", "warfarin sodium 5 MG Oral Tablet", supply_days=90, repeats=3)
+    order = Order(RXNORM, "855332", "warfarin 5 mg tablet", "medication", role, False)
+    return chart(med), Finding(rule_id="annual-prescription-renewal", title="Renew warfarin",
+                               kind=Kind.RENEWAL, status=Status.DUE, explanation="runs out",
+                               role=role, orders=(order,),
+                               medication_ref=f"MedicationRequest/{med['id']}")
+
+
+@pytest.mark.parametrize(("role", "note"), [
+    (Role.PHARMACIST, "Renewal for 12 months under protocol (Clinical pharmacist)."),
+    (Role.PHYSICIAN, "Renewal for 12 months: the physician decides and signs."),
+])
+def test_a_renewal_says_who_signs_it(role: Role, note: str) -> None:
+    rec, renewal = _renewal(role)
+    resource = proposals(plan_of(renewal), rec).bundle["entry"][0]["resource"]
+    assert resource["note"][-1] == {"text": note}
+
+
+# --- the timeline: what is proposed where, and dated when -------------------------------------
+
+
+def test_a_lab_drawn_at_check_in_is_one_day() -> None:
+    result = proposals(plan_of(lab("k")), chart())  # default: the visit day
+    resource = result.bundle["entry"][0]["resource"]
+    assert resource["occurrenceDateTime"] == "2026-12-01" and "occurrencePeriod" not in resource
+    summary = result.summaries[0]
+    assert (summary.occurrence_start, summary.occurrence) == (date(2026, 12, 1),) * 2
+
+
+def test_further_out_only_the_pre_visit_labs_are_proposed() -> None:
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    result = proposals(plan, chart(), labs_only=True, dating=AHEAD)
+    assert [(s.code, s.outcome) for s in result.summaries] == [("2823-3", "proposed")]
+    assert [e["resource"]["code"]["coding"][0]["code"]
+            for e in result.bundle["entry"]] == ["2823-3"]
+
+
+def test_a_lone_lab_only_appointment_draws_and_offers_nothing() -> None:
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    result = proposals(plan, chart(), same_day=SameDay(Where.HERE, Where.NOWHERE))
+    assert {s.code: s.outcome for s in result.summaries} == {"2823-3": "proposed",
+                                                             "88": "lab-only"}
+
+
+def test_labs_drawn_at_a_later_lab_appointment_are_not_drawn_here() -> None:
+    # the physician visit comes first, the lab draw after it: the visit does the rest
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    someone = service_request("2823-3", "active")  # even someone's open order: drawn there
+    result = proposals(plan, chart(someone), same_day=SameDay(Where.LATER, Where.HERE))
+    assert {s.code: s.outcome for s in result.summaries} == {"2823-3": "later-visit",
+                                                             "88": "proposed"}
