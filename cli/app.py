@@ -25,13 +25,16 @@ from previsit.files import private_folder, write_text
 from previsit.intervals import Duration
 from previsit.jsonio import loads
 from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
+from previsit.plausibility import DEFAULT_BOUNDS, Bounds
 from previsit.record import with_plausible_birth_date
-from previsit.report import EXIT_NOTHING
+from previsit.report import EXIT_NOTHING, EXIT_PARTIAL
 from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
-from previsit.sources import Source, VisitWindow
+from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
+from previsit.suppressions import DeclineLookup, store_declines
 from previsit.text import terminal_safe
+from previsit.timeline import run_and_clinic_day
 
 
 class _Guarded(TyperGroup):
@@ -124,27 +127,33 @@ def _ruleset(config: Config, rules_dir: Path | None = None) -> RuleSet:
 
 def _settings(config: Config) -> Settings:
     horizon = config.planning.renewal_horizon_days
+    plausible = {**DEFAULT_BOUNDS, **{code: Bounds(r.unit, r.min, r.max)
+                                      for code, r in config.planning.implausible.items()}}
     return Settings(due_soon=Duration(config.planning.due_soon_days, "d"),
-                    renewal_horizon=Duration(horizon, "d") if horizon is not None else None)
+                    renewal_horizon=Duration(horizon, "d") if horizon is not None else None,
+                    plausible={code: b for code, b in plausible.items()
+                               if b.low is not None or b.high is not None})
 
 
 T = TypeVar("T")
 
 
-def _open_source(config: Config) -> Source:
+def _open_source(config: Config, scope: str | None = None) -> Source:
     if config.source.kind == "bundles":
         return BundleSource(config.source.path)
     from previsit.sources.http import open_http_source
 
-    return open_http_source(config)
+    return open_http_source(config, scope=scope)
 
 
-def _with_source(config: Config, work: Callable[[Source], Awaitable[T]]) -> T:
+def _with_source(config: Config, work: Callable[[Source], Awaitable[T]],
+                 scope: str | None = None) -> T:
     """Run `work` on the configured source in one event loop, and close the source there
-    (an httpx client must be closed in the loop that used it)."""
+    (an httpx client must be closed in the loop that used it). `scope`: what the command
+    needs, when not a run's."""
 
     async def scoped() -> T:
-        source = _open_source(config)
+        source = _open_source(config, scope)
         try:
             return await work(source)
         finally:
@@ -176,33 +185,44 @@ def _safe_logging() -> None:
             handler.addFilter(_SafeLogText())
 
 
-def _default_date(config: Config) -> date:
-    return datetime.now(ZoneInfo(config.source.timezone)).date() + timedelta(days=1)
+def _today(config: Config) -> date:
+    """Today in the clinic's time zone: the run day of a nightly run."""
+    return datetime.now(ZoneInfo(config.source.timezone)).date()
 
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _day_option(value: str, days: int = 1) -> date:
-    """--date as a calendar day whose window (value + days) the calendar can hold; else a
-    usage error (exit 2). An empty --date is an error, not tomorrow."""
+def _day_option(value: str | None, option: str, *, days: int = 1) -> date | None:
+    """A day option (YYYY-MM-DD) whose window (value + days) the calendar can hold, None
+    when not given; else a usage error (exit 2). An empty value is an error, not "not
+    given" (`--date ""` once planned tomorrow silently)."""
+    if value is None:
+        return None
     try:
         if not _DAY.fullmatch(value):
             raise ValueError(value)
         day = date.fromisoformat(value)
         day + timedelta(days=days + 1)  # the window's end, and the day after it
     except (ValueError, OverflowError):
-        raise fail(f"--date {value!r} is not a day previsit can plan (YYYY-MM-DD, before "
-                   "9999-12-30)", 2) from None
+        raise fail(f"{option} {value!r} is not a date (YYYY-MM-DD) previsit can plan "
+                   "(before 9999-12-30)", 2) from None
     return day
 
 
 @app.command()
 def run(
     config_path: ConfigOpt = None,
-    day: Annotated[str | None, typer.Option("--date", "-d", help="First clinic day "
-                                            "(YYYY-MM-DD); default: tomorrow in the clinic's "
-                                            "time zone.")] = None,
+    day: Annotated[str | None, typer.Option("--date", "-d", help="The clinic day to prepare "
+                                            "(sheets, huddle, every proposal; YYYY-MM-DD); "
+                                            "default: the day after the run day.")] = None,
+    run_date: Annotated[str | None, typer.Option(
+        "--run-date", help="The day the run writes its orders (YYYY-MM-DD): no order is dated "
+        "before it. Default: today in the clinic's time zone, or the day before --date when "
+        "only --date is given (a back-fill runs as that night's run did).")] = None,
+    labs_ahead_days: Annotated[int | None, typer.Option(
+        "--labs-ahead-days", min=0, max=60, help="Also order the pre-visit labs of visits up "
+        "to this many days after the run day (default: planning.labs_ahead_days, 7).")] = None,
     days: Annotated[int | None, typer.Option(help="Number of clinic days to plan.")] = None,
     source_dir: Annotated[Path | None, typer.Option(
         "--source", help="Folder of FHIR Bundles / NDJSON to read instead of a server.",
@@ -233,11 +253,16 @@ def run(
     _setup_logging(verbose, quiet)
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
                                  "planning__days": days,
+                                 "planning__labs_ahead_days": labs_ahead_days,
                                  "output__write_sheets": write_sheets}
     config = _config(config_path, **overrides, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
-    start = _day_option(day, config.planning.days) if day is not None \
-        else _default_date(config)
+    run_on, start = run_and_clinic_day(
+        clinic_day=_day_option(day, "--date", days=config.planning.days),
+        run_day=_day_option(run_date, "--run-date"), today=_today(config))
+    if start < run_on:
+        raise fail(f"--date {start.isoformat()} is before the run day {run_on.isoformat()}: "
+                   "nothing can be ordered for a day that has passed", 2)
     window = VisitWindow(
         start=start, end=start + timedelta(days=config.planning.days),
         timezone=config.source.timezone, statuses=config.planning.statuses,
@@ -254,9 +279,13 @@ def run(
 
     options = RunOptions(window=window, settings=_settings(config),
                          identifier_system=config.output.identifier_system,
+                         sheet_identifier_system=config.output.sheet_identifier_system,
+                         run_day=run_on, labs_ahead_days=config.planning.labs_ahead_days,
+                         lab_only_codes=config.planning.lab_only_codes,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None,
+                         declines=_declines(config),
                          read_deadline_seconds=config.source.deadline_seconds)
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
@@ -266,6 +295,18 @@ def run(
         _print_summary(result, config, paths, sheet_paths, write_back, local,
                        store_sheets and write_back, verbose)
     raise typer.Exit(result.exit_code)
+
+
+def _declines(config: Config) -> DeclineLookup | None:
+    """What clinicians declined in `previsit serve` (its state database), for a run against
+    the same FHIR server; None when the app has no state here."""
+    if config.source.kind != "fhir" or not config.source.base_url:
+        return None
+    web = config.web
+    return store_declines(state_db=web.state_db, keyring_file=web.keyring_file,
+                          keyring_env=web.keyring_env, env=os.environ,
+                          fhir_base=config.source.base_url, timezone=config.source.timezone,
+                          months=web.feedback_suppression_months)
 
 
 def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
@@ -338,6 +379,13 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
              else f"FHIR server {config.source.base_url}")
     echo(f"previsit: {report.date.isoformat()} (+{report.days - 1} days), {where}, "
          f"time zone {config.source.timezone}")
+    ahead = result.labs_ahead
+    if result.day.run_day is not None:
+        further = (f"; pre-visit labs also ordered for visits {ahead.start.isoformat()} to "
+                   f"{(ahead.end - timedelta(days=1)).isoformat()}"
+                   if ahead is not None and ahead.end > ahead.start else "")
+        echo(f"  run day {result.day.run_day.isoformat()}: no order is dated before it"
+             f"{further}")
     echo(f"  appointments: {visits.total} ({visits.patients} patients): "
          f"{visits.planned} planned, {visits.failed} failed")
     kinds = report.actionable_by_kind
@@ -353,6 +401,8 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
         if p.already_present:
             action += (f", {p.already_present} already there (written by a run at the "
                        "same time)")
+        if p.not_written:
+            action += f", {p.not_written} NOT written (see the failures below)"
     else:
         action = (f"{p[ProposalOutcome.DRY_RUN]} draft orders would be written (dry run, "
                   "nothing was written; use --write-back)")
@@ -361,6 +411,18 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
          f"{p[ProposalOutcome.DECLINED]} declined, {p[ProposalOutcome.DONE]} done, "
          f"{p[ProposalOutcome.EARLIER_VISIT] + p[ProposalOutcome.LATER_VISIT]} for the "
          "patient's other visit that day")
+    if ahead is not None and ahead.end > ahead.start:
+        made = ahead.proposals.get(ProposalOutcome.PROPOSED, 0) + \
+            ahead.proposals.get(ProposalOutcome.DRY_RUN, 0)
+        verb = ("in transaction bundles" if local else "written" if write_back
+                else "would be written (dry run)")
+        known = sum(ahead.proposals.get(o, 0) for o in (
+            ProposalOutcome.ALREADY_WRITTEN, ProposalOutcome.ALREADY_OPEN,
+            ProposalOutcome.DECLINED, ProposalOutcome.DONE))
+        echo(f"  labs ahead: {ahead.visits} appointments: {made} pre-visit lab orders {verb}, "
+             f"{known} already ordered or decided earlier")
+        for appointment, reason in ahead.failures:
+            echo(f"  FAILED (labs ahead) appointment {appointment}: {reason}")
     if stored_sheets:
         stored = report.sheets_stored
         echo(f"  sheets stored on the server: {stored.created} new, {stored.updated} replaced")
@@ -406,7 +468,8 @@ def explain(
     reason."""
     config = _config(config_path, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
-    visit_day = _day_option(day)
+    visit_day = _day_option(day, "--date")
+    assert visit_day is not None  # a required option
     try:
         record = _with_source(config, lambda source: source.patient_record(patient))
     except SourceError as exc:
@@ -465,11 +528,17 @@ def config_check(
 ) -> None:
     """Connect, read the server's CapabilityStatement and say what will and won't work.
 
+    With the probe, also judge the credentials: each permission a run needs that the
+    granted scope lacks is a failed line, and creating each written type is tried with a
+    conditional create that matches an existing resource (nothing is written).
+
     Exit code 0: a run can work (warnings may limit it); 4: it cannot (unreachable, refused
     credentials, no appointment search, ...).
     """
     from previsit.auth import auth_from_config
-    from previsit.capability import check_server
+    from previsit.capability import check_access, check_server
+    from previsit.config import requested_scope
+    from previsit.scopes import run_permissions
     from previsit.sources.http import build_client
 
     overrides: dict[str, Any] = {}
@@ -492,13 +561,22 @@ def config_check(
         raise fail("source.kind is fhir but source.base_url is not set "
                    "(or set PREVISIT_SOURCE_BASE_URL)")
     try:
-        flow = auth_from_config(config.auth, base_url, os.environ)
+        flow = auth_from_config(config.auth, base_url, os.environ,
+                                scope=requested_scope(config))
     except SourceError as exc:
         raise fail(f"auth: {exc}") from None
+    systems = {"ServiceRequest": config.output.identifier_system,
+               "MedicationRequest": config.output.identifier_system,
+               "DocumentReference": config.output.sheet_identifier_system}
 
     async def check() -> list[Any]:
         async with build_client(config.source, flow) as client:
-            return await check_server(client, base_url, probe=probe)
+            lines = await check_server(client, base_url, probe=probe)
+            if probe and not any(line.level == "fail" and line.topic in ("server", "credentials")
+                                 for line in lines):
+                lines += await check_access(client, base_url, flow, run_permissions(
+                    sheets=config.output.write_sheets), systems)
+            return lines
 
     lines = asyncio.run(check())
     for line in lines:
@@ -618,31 +696,108 @@ def upload(
     config_path: ConfigOpt = None,
     fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
 ) -> None:
-    """Load a folder of FHIR data into the server (PUT by id; loading twice is harmless)."""
+    """Load a folder of FHIR data into the server: created with server-assigned ids, each
+    conditional on an identifier naming its id in the folder, so loading twice creates
+    nothing the second time. Exit 3 when only part was loaded (run it again)."""
     from previsit.errors import UploadError
-    from previsit.upload import read_resources, transactions
+    from previsit.scopes import scope_text, upload_permissions
+    from previsit.upload import read_resources, resource_types, upload_transaction
 
+    _setup_logging(False)
     overrides: dict[str, Any] = {"source__kind": "fhir"}
     if fhir_url is not None:
         overrides["source__base_url"] = fhir_url
     config = _config(config_path, **overrides)
     try:
         resources = read_resources(folder)
+        bundle = upload_transaction(resources)
     except UploadError as exc:
         raise fail(str(exc), 2) from None
+    scope = scope_text(upload_permissions(resource_types(resources)),
+                       config.auth.scope_version)
 
-    async def send(source: Source) -> int:
-        count = 0
-        for index, bundle in enumerate(transactions(resources)):
-            await source.write_transaction(bundle, key=f"upload-{index}")
-            count += len(bundle["entry"])
-        return count
+    async def send(source: Source) -> WriteResult:
+        return await source.write_transaction(bundle, key="the upload")
 
     try:
-        count = _with_source(config, send)
+        result = _with_source(config, send, scope=scope)
     except SourceError as exc:
-        raise fail(f"upload failed: {exc}") from None
-    say(f"uploaded {count} resources from {folder} to {config.source.base_url}")
+        raise fail(f"upload failed, nothing was loaded: {exc}") from None
+    done = len(result.created) + len(result.existing)
+    say(f"uploaded {done} of {len(resources)} resources from {folder} to "
+        f"{config.source.base_url}: {len(result.created)} created, "
+        f"{len(result.existing)} already there")
+    if not result.complete:
+        raise fail(f"upload stopped: {result.problem}; {len(result.missing)} resources were "
+                   "not loaded — run the same upload again to load them", EXIT_PARTIAL)
+
+
+@app.command()
+def serve(
+    config_path: ConfigOpt = None,
+    fhir_url: Annotated[str | None, typer.Option(
+        "--fhir-url", help="Also allow this FHIR server to launch the app, as a public "
+                           "client named by --client-id (trying it locally).")] = None,
+    client_id: Annotated[str, typer.Option(
+        "--client-id", help="The client id registered for --fhir-url.")] = "previsit",
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    enable_actions: Annotated[bool | None, typer.Option(
+        "--enable-actions/--no-enable-actions",
+        help="Offer accept / dismiss / propose now (default: web.enable_actions).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Clinic time zone (IANA).")] = None,
+    today: Annotated[str | None, typer.Option(
+        "--today", help="Plan as if it were this day, 5 pm clinic time (YYYY-MM-DD; demos "
+                        "of a past sample day).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Serve the SMART on FHIR app and the CDS Hooks services (`[web]` configuration)."""
+    import uvicorn
+
+    from previsit.web.app import create_app
+
+    _setup_logging(verbose)
+    config = _config(config_path, source__timezone=timezone)
+    updates: dict[str, Any] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+        if config.web.public_url == "http://127.0.0.1:8400":
+            updates["public_url"] = f"http://127.0.0.1:{port}"
+    if enable_actions is not None:
+        updates["enable_actions"] = enable_actions
+    if fhir_url is not None:
+        issuers = [i.model_dump() for i in config.web.issuers]
+        issuers.append({"iss": fhir_url, "client_id": client_id, "label": fhir_url})
+        updates["issuers"] = issuers
+    if updates:
+        from previsit.web.settings import WebSettings
+
+        try:
+            config.web = WebSettings.model_validate({**config.web.model_dump(), **updates})
+        except ValueError as exc:
+            raise fail(f"configuration: {exc}") from None
+    web = config.web
+    plan_clock = None
+    if today is not None:
+        try:
+            fixed = datetime.combine(date.fromisoformat(today), datetime.min.time().replace(
+                hour=17), ZoneInfo(config.source.timezone)).timestamp()
+        except ValueError:
+            raise fail(f"--today {today!r} is not a date (YYYY-MM-DD)", 2) from None
+
+        def plan_clock() -> float:
+            return fixed
+
+    application = create_app(config, env=os.environ, plan_clock=plan_clock)
+    typer.echo(f"previsit serve: {web.public_url}")
+    typer.echo(f"  launch URL (register with the EHR):   {web.public_url}/launch")
+    typer.echo(f"  redirect URL (register with the EHR): {web.redirect_uri}")
+    typer.echo(f"  CDS Hooks discovery:                  {web.public_url}/cds-services")
+    typer.echo(f"  standalone sign-in:                   {web.public_url}/")
+    uvicorn.run(application, host=web.host, port=web.port, log_level="info",
+                access_log=False, proxy_headers=False)
 
 
 def main() -> None:

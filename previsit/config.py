@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from previsit.errors import ConfigError
 from previsit.files import read_text
-from previsit.identifiers import DEFAULT_SYSTEM
+from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
+from previsit.scopes import ScopeVersion, run_permissions, scope_text
+from previsit.web.settings import WebSettings
 
 ENV_PREFIX = "PREVISIT_"
-
-
 
 
 class _Section(BaseModel):
@@ -38,6 +38,12 @@ class SourceConfig(_Section):
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=20)  # per request, with backoff
     max_retry_seconds: float = Field(default=120.0, gt=0)  # total backoff budget per request
+    # The whole run's budget for pausing on rate limits (all requests share one pause).
+    max_wait_seconds: float = Field(default=900.0, ge=0)
+    # Entries per transaction Bundle. Medplum refuses a transaction with a conditional
+    # create of more than 8 entries ("requires strict isolation"); HAPI takes far more. A
+    # smaller limit a server states in a refusal is learned and used for the rest of the run.
+    max_transaction_entries: int = Field(default=8, ge=1, le=1000)
     page_size: int = Field(default=100, ge=1, le=1000)
     use_batch: bool = True  # read each record with one batch Bundle when the server can
     # Bounds on what a server can make a run read (a hostile or broken server: a 1 GiB body,
@@ -72,10 +78,21 @@ class AuthConfig(_Section):
     private_key_file: Path | None = None  # smart-backend: PEM private key
     key_id: str | None = None  # smart-backend: the kid registered with the EHR
     algorithm: Literal["RS384", "ES384"] = "RS384"
-    scope: str = "system/*.read system/ServiceRequest.write system/MedicationRequest.write"
+    # None: exactly what the command needs (`requested_scope`), in SMART v2 syntax unless
+    # scope_version is "v1".
+    scope: str | None = None
+    scope_version: ScopeVersion = "v2"
     token_url: str | None = None  # default: discovered from .well-known/smart-configuration
     client_secret_env: str | None = "PREVISIT_CLIENT_SECRET"  # client-secret basic
     client_secret_file: Path | None = None
+
+
+class PlausibleRange(_Section):
+    """The range of results a patient can have, for one LOINC code in one unit."""
+
+    unit: str  # the UCUM code results must carry for the range to apply
+    min: float | None = None
+    max: float | None = None
 
 
 class PlanningConfig(_Section):
@@ -86,6 +103,15 @@ class PlanningConfig(_Section):
     practitioners: tuple[str, ...] = ()
     locations: tuple[str, ...] = ()
     service_types: tuple[str, ...] = ()
+    # The nightly run also orders the pre-visit labs of visits up to this many days after
+    # the run day (AMA: labs 1-2 weeks before the visit); 0 turns the labs-ahead horizon off.
+    labs_ahead_days: int = Field(default=7, ge=0, le=60)
+    # Appointment codes ("system|code" or a bare code) of lab-only appointments, besides the
+    # shipped lab-only-appointment value set (HL7 service-type pathology, SNOMED phlebotomy).
+    lab_only_codes: tuple[str, ...] = ()
+    # Plausible result ranges by LOINC code, replacing previsit's own (previsit/plausibility.py);
+    # a range with neither min nor max switches the check off for that code.
+    implausible: dict[str, PlausibleRange] = Field(default_factory=dict)
 
 
 class RulesConfig(_Section):
@@ -96,7 +122,8 @@ class RulesConfig(_Section):
 
 class OutputConfig(_Section):
     folder: Path = Path("out")
-    identifier_system: str = DEFAULT_SYSTEM  # system of the idempotency identifiers
+    identifier_system: str = DEFAULT_SYSTEM  # system of the proposals' identifiers
+    sheet_identifier_system: str = DEFAULT_SHEET_SYSTEM  # system of the stored sheets'
     write_sheets: bool = False  # also store each sheet as a DocumentReference
 
 
@@ -114,10 +141,11 @@ class Config(_Section):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     sheets: SheetsConfig = Field(default_factory=SheetsConfig)
+    web: WebSettings = Field(default_factory=WebSettings)  # `previsit serve`
 
 
 _LIST_KEYS = {"statuses", "practitioners", "locations", "service_types", "disabled",
-              "valuesets"}
+              "valuesets", "frame_ancestors", "read_types", "cds_algorithms", "lab_only_codes"}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -134,12 +162,23 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def requested_scope(config: Config) -> str:
+    """The scope a run asks for: auth.scope if set, else exactly what the run needs (the
+    proposals' writes, and the sheets' when output.write_sheets is on)."""
+    if config.auth.scope:
+        return config.auth.scope
+    return scope_text(run_permissions(sheets=config.output.write_sheets),
+                      config.auth.scope_version)
+
+
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
                 **overrides: Any) -> Config:
     """Read the TOML file (if any), apply PREVISIT_* variables, then explicit overrides.
 
     Relative paths in the file are relative to the file's folder, so a config next to its
-    rules folder works from any working directory.
+    rules folder works from any working directory. Relative paths given as overrides (the
+    command line: --out, --source) are relative to the working directory, as a person
+    typing them expects.
     """
     data: dict[str, Any] = {}
     base = Path.cwd()
@@ -156,6 +195,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         if value is None:
             continue
         section, key = dotted.split("__", 1)
+        if isinstance(value, Path) and not value.is_absolute():
+            value = Path.cwd() / value  # not re-based on the file's folder below
         data.setdefault(section, {})[key] = value
     try:
         config = Config.model_validate(data)
@@ -177,4 +218,16 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     config.auth.token_file = fix(config.auth.token_file)
     config.auth.private_key_file = fix(config.auth.private_key_file)
     config.auth.client_secret_file = fix(config.auth.client_secret_file)
+    config.web = _resolve_web_paths(config.web, fix)
     return config
+
+
+def _resolve_web_paths(web: WebSettings, fix: Callable[[Path | None], Path | None]
+                       ) -> WebSettings:
+    """The [web] paths against the file's folder (WebSettings is frozen: copied)."""
+    issuers = tuple(issuer.model_copy(update={
+        "client_secret_file": fix(issuer.client_secret_file),
+        "private_key_file": fix(issuer.private_key_file)}) for issuer in web.issuers)
+    return web.model_copy(update={"state_db": fix(web.state_db) or web.state_db,
+                                  "keyring_file": fix(web.keyring_file) or web.keyring_file,
+                                  "issuers": issuers})
