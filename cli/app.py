@@ -24,6 +24,7 @@ from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
 from previsit.report import EXIT_NOTHING
 from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
+from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
 from previsit.sources import Source, VisitWindow
 from previsit.sources.bundles import BundleSource
 
@@ -168,9 +169,14 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No summary, no progress; only warnings and errors.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="Plan only shard K of N (K/N): the patients whose id hashes there "
+                        "(SHA-256 mod N); default: JOB_COMPLETION_INDEX and JOB_COMPLETIONS "
+                        "when set. `previsit merge` joins the shards' folders.")] = None,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
     _setup_logging(verbose, quiet)
+    part = _shard(shard)
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
                                  "planning__days": days,
                                  "output__write_sheets": write_sheets}
@@ -198,15 +204,30 @@ def run(
                          identifier_system=config.output.identifier_system,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
-                         render_sheet=render_visit_sheet if store_sheets else None)
+                         render_sheet=render_visit_sheet if store_sheets else None,
+                         patients=part.holds if part else None)
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
+    write_marker(out_dir, part)
     sheet_paths = _write_sheets(result.day, out_dir, config)
     if not quiet:
         _print_summary(result, config, paths, sheet_paths, write_back, local,
                        store_sheets and write_back)
+        if part:
+            typer.echo(f"  shard {part}: only the patients whose id hashes here; join the "
+                       "shards' folders with `previsit merge`")
     raise typer.Exit(result.exit_code)
+
+
+def _shard(option: str | None) -> Shard | None:
+    """--shard K/N (a bad one is a usage error), else the Indexed Job's variables."""
+    if option is not None:
+        try:
+            return parse_shard(option)
+        except ConfigError as exc:
+            raise fail(str(exc), 2) from None
+    return shard_from_env(os.environ)
 
 
 def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
@@ -553,6 +574,33 @@ def upload(
     except SourceError as exc:
         raise fail(f"upload failed: {exc}") from None
     typer.echo(f"uploaded {count} resources from {folder} to {config.source.base_url}")
+
+
+@app.command()
+def merge(
+    folders: Annotated[list[Path], typer.Argument(
+        help="The shards' output folders (previsit run --shard K/N --out ...), e.g. out-*/.",
+        exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the day's outputs.")],
+    config_path: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+) -> None:
+    """Join the shards of a day into its one plan.json, run-report.json, transactions and
+    sheets, as a single run writes them. Exit code: the day's, as a single run's."""
+    from previsit.merge import merge_shards, write_merged
+
+    config = _config(config_path)  # the sheets' settings: give the shards' --config
+    merged = merge_shards(folders, out)
+    paths = write_merged(merged, out)
+    sheet_paths = _write_sheets(merged.day, out, config)
+    visits = merged.report.visits
+    if not quiet:
+        typer.echo(f"previsit: merged {merged.shards} shards of {merged.day.generated_for}: "
+                   f"{visits.total} appointments ({visits.patients} patients), "
+                   f"{visits.planned} planned, {visits.failed} failed; outputs: "
+                   f"{paths['plan']}, {paths['report']}, {paths['transactions']}/, "
+                   f"{sheet_paths[-1]}")
+    raise typer.Exit(merged.report.exit_code)
 
 
 def main() -> None:

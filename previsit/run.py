@@ -43,6 +43,9 @@ class RunOptions:
     # Also store each planned visit's sheet as a DocumentReference (with write_back only).
     # The callable renders a plan's sheet as HTML (previsit.sheets.render_visit_sheet).
     render_sheet: Callable[[VisitPlan], str] | None = None
+    # Plan only the visits of the patients this returns True for (a shard of the day,
+    # previsit.shards.Shard.holds); None plans every visit in the window.
+    patients: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
     """Plan every appointment in the window. Raises SourceError when nothing can be read."""
     started = time.perf_counter()
     visits = list(await source.appointments(options.window))
+    if options.patients is not None:
+        visits = [v for v in visits if options.patients(v.patient_id)]
     read_done = time.perf_counter()
     log.info("planning %d appointments", len(visits))
     patient_ids = list(dict.fromkeys(v.patient_id for v in visits))
