@@ -105,6 +105,10 @@ T = TypeVar("T")
 def _open_source(config: Config) -> Source:
     if config.source.kind == "bundles":
         return BundleSource(config.source.path)
+    if config.source.kind == "bulk":
+        from previsit.sources.bulk import BulkSource
+
+        return BulkSource.from_config(config, os.environ)
     from previsit.sources.http import open_http_source
 
     return open_http_source(config)
@@ -419,7 +423,7 @@ def config_check(
     if config.source.timezone == "UTC":
         typer.echo("[warn] time zone: UTC — 'tomorrow' and the day's window are UTC days; "
                    "set source.timezone to the clinic's (e.g. America/Chicago)")
-    if config.source.kind != "fhir":
+    if config.source.kind == "bundles":
         typer.echo(f"[info] source: bundle folder {config.source.path} (no server to check; "
                    "set source.kind = \"fhir\" and source.base_url)")
         raise typer.Exit(0)
