@@ -27,6 +27,7 @@ from previsit.run import RunOptions, RunResult, run_day, write_outputs
 from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
 from previsit.sources import Source, VisitWindow
 from previsit.sources.bundles import BundleSource
+from previsit.suppressions import DeclineLookup, store_declines
 
 
 class _Guarded(TyperGroup):
@@ -209,7 +210,8 @@ def run(
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None,
-                         patients=part.holds if part else None)
+                         patients=part.holds if part else None,
+                         declines=_declines(config))
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
@@ -232,6 +234,18 @@ def _shard(option: str | None) -> Shard | None:
         except ConfigError as exc:
             raise fail(str(exc), 2) from None
     return shard_from_env(os.environ)
+
+
+def _declines(config: Config) -> DeclineLookup | None:
+    """What clinicians declined in `previsit serve` (its state database), for a run against
+    the same FHIR server; None when the app has no state here."""
+    if config.source.kind not in ("fhir", "bulk") or not config.source.base_url:
+        return None
+    web = config.web
+    return store_declines(state_db=web.state_db, keyring_file=web.keyring_file,
+                          keyring_env=web.keyring_env, env=os.environ,
+                          fhir_base=config.source.base_url, timezone=config.source.timezone,
+                          months=web.feedback_suppression_months)
 
 
 def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
@@ -605,6 +619,74 @@ def merge(
                    f"{paths['plan']}, {paths['report']}, {paths['transactions']}/, "
                    f"{sheet_paths[-1]}")
     raise typer.Exit(merged.report.exit_code)
+
+
+@app.command()
+def serve(
+    config_path: ConfigOpt = None,
+    fhir_url: Annotated[str | None, typer.Option(
+        "--fhir-url", help="Also allow this FHIR server to launch the app, as a public "
+                           "client named by --client-id (trying it locally).")] = None,
+    client_id: Annotated[str, typer.Option(
+        "--client-id", help="The client id registered for --fhir-url.")] = "previsit",
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    enable_actions: Annotated[bool | None, typer.Option(
+        "--enable-actions/--no-enable-actions",
+        help="Offer accept / dismiss / propose now (default: web.enable_actions).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Clinic time zone (IANA).")] = None,
+    today: Annotated[str | None, typer.Option(
+        "--today", help="Plan as if it were this day, 5 pm clinic time (YYYY-MM-DD; demos "
+                        "of a past sample day).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Serve the SMART on FHIR app and the CDS Hooks services (`[web]` configuration)."""
+    import uvicorn
+
+    from previsit.web.app import create_app
+
+    _setup_logging(verbose)
+    config = _config(config_path, source__timezone=timezone)
+    updates: dict[str, Any] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+        if config.web.public_url == "http://127.0.0.1:8400":
+            updates["public_url"] = f"http://127.0.0.1:{port}"
+    if enable_actions is not None:
+        updates["enable_actions"] = enable_actions
+    if fhir_url is not None:
+        issuers = [i.model_dump() for i in config.web.issuers]
+        issuers.append({"iss": fhir_url, "client_id": client_id, "label": fhir_url})
+        updates["issuers"] = issuers
+    if updates:
+        from previsit.web.settings import WebSettings
+
+        try:
+            config.web = WebSettings.model_validate({**config.web.model_dump(), **updates})
+        except ValueError as exc:
+            raise fail(f"configuration: {exc}") from None
+    web = config.web
+    plan_clock = None
+    if today is not None:
+        try:
+            fixed = datetime.combine(date.fromisoformat(today), datetime.min.time().replace(
+                hour=17), ZoneInfo(config.source.timezone)).timestamp()
+        except ValueError:
+            raise fail(f"--today {today!r} is not a date (YYYY-MM-DD)", 2) from None
+
+        def plan_clock() -> float:
+            return fixed
+
+    application = create_app(config, env=os.environ, plan_clock=plan_clock)
+    typer.echo(f"previsit serve: {web.public_url}")
+    typer.echo(f"  launch URL (register with the EHR):   {web.public_url}/launch")
+    typer.echo(f"  redirect URL (register with the EHR): {web.redirect_uri}")
+    typer.echo(f"  CDS Hooks discovery:                  {web.public_url}/cds-services")
+    typer.echo(f"  standalone sign-in:                   {web.public_url}/")
+    uvicorn.run(application, host=web.host, port=web.port, log_level="info",
+                access_log=False, proxy_headers=False)
 
 
 def main() -> None:

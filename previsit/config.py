@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from previsit.errors import ConfigError
 from previsit.files import read_text
 from previsit.identifiers import DEFAULT_SYSTEM
+from previsit.web.settings import WebSettings
 
 ENV_PREFIX = "PREVISIT_"
 
@@ -117,10 +118,11 @@ class Config(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     sheets: SheetsConfig = Field(default_factory=SheetsConfig)
     bulk: BulkConfig = Field(default_factory=BulkConfig)
+    web: WebSettings = Field(default_factory=WebSettings)  # `previsit serve`
 
 
 _LIST_KEYS = {"statuses", "practitioners", "locations", "service_types", "disabled",
-              "valuesets"}
+              "valuesets", "frame_ancestors", "read_types", "cds_algorithms"}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -181,4 +183,16 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     config.auth.token_file = fix(config.auth.token_file)
     config.auth.private_key_file = fix(config.auth.private_key_file)
     config.auth.client_secret_file = fix(config.auth.client_secret_file)
+    config.web = _resolve_web_paths(config.web, fix)
     return config
+
+
+def _resolve_web_paths(web: WebSettings, fix: Callable[[Path | None], Path | None]
+                       ) -> WebSettings:
+    """The [web] paths against the file's folder (WebSettings is frozen: copied)."""
+    issuers = tuple(issuer.model_copy(update={
+        "client_secret_file": fix(issuer.client_secret_file),
+        "private_key_file": fix(issuer.private_key_file)}) for issuer in web.issuers)
+    return web.model_copy(update={"state_db": fix(web.state_db) or web.state_db,
+                                  "keyring_file": fix(web.keyring_file) or web.keyring_file,
+                                  "issuers": issuers})

@@ -29,6 +29,7 @@ from previsit.record import PatientRecord
 from previsit.report import RunReport, SheetCounts, build_report
 from previsit.ruleset import RuleSet
 from previsit.sources import Source, VisitWindow
+from previsit.suppressions import DeclineLookup, apply_declines
 
 log = logging.getLogger("previsit.run")
 
@@ -46,6 +47,9 @@ class RunOptions:
     # Plan only the visits of the patients this returns True for (a shard of the day,
     # previsit.shards.Shard.holds); None plans every visit in the window.
     patients: Callable[[str], bool] | None = None
+    # Findings clinicians declined in the app or in CDS Hooks cards, per visit: set aside,
+    # not proposed again (previsit.suppressions).
+    declines: DeclineLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
             plans.append(_failed_plan(visit, record or "record was not read"))
             continue
         plan = evaluate(record, ruleset, visit, options.settings)
+        if options.declines is not None:
+            plan = apply_declines(plan, options.declines(visit))
         later_visit = visit.day is not None and \
             last_of_day[(visit.patient_id, visit.day)] > index
         try:

@@ -54,6 +54,7 @@ class HuddleRow:
     counts: tuple[int, ...]  # per role, in Role order
     flags: tuple[Flag, ...]
     failed: str | None
+    appointment_id: str = ""  # which visit the row is (the app links it to its plan)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ def _huddle_row(plan: VisitPlan) -> HuddleRow:
         name=plan.patient_name, age_sex=_age_sex(plan), mrn=plan.patient_mrn,
         visit_type=visit.service_type or visit.description or visit.reason,
         practitioner=ref_label(visit.practitioner), location=ref_label(visit.location),
-        counts=tuple(counts[r] for r in Role), flags=_flags(plan), failed=plan.failed)
+        counts=tuple(counts[r] for r in Role), flags=_flags(plan), failed=plan.failed,
+        appointment_id=visit.appointment_id)
 
 
 def _role_lists(plans: Sequence[VisitPlan]) -> tuple[RoleList, ...]:

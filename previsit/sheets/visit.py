@@ -45,6 +45,9 @@ class OrderLine:
     draft: str  # whether a draft order was written, in words
     draft_state: str  # written / open / earlier / dry-run / none (css)
     existing: str | None = None  # the open order that made a draft unnecessary
+    # The proposal's idempotency identifier and type, for whoever acts on it (the app).
+    identifier: str | None = None
+    resource_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Item:
     tags: tuple[str, ...]  # "Controlled substance", "Abnormal last value", …
     note: str | None  # where else the item is worked, or why there is no draft
     brief: str  # the one-line form for the compact up-to-date list
+    rule_id: str = ""  # which rule's finding this is (what a dismissal names)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,9 @@ def _order_line(plan: VisitPlan, finding: Finding, order: Order) -> OrderLine:
         draft, state = OUTCOME_WORDS[proposal.outcome]
     return OrderLine(display=order.display, code=order.code, when=when, draft=draft,
                      draft_state=state,
-                     existing=proposal.existing if proposal is not None else None)
+                     existing=proposal.existing if proposal is not None else None,
+                     identifier=proposal.identifier if proposal is not None else None,
+                     resource_type=proposal.resource_type if proposal is not None else None)
 
 
 def _item(plan: VisitPlan, finding: Finding, note: str | None = None) -> Item:
@@ -127,7 +133,7 @@ def _item(plan: VisitPlan, finding: Finding, note: str | None = None) -> Item:
                 status_key=finding.status.value, mark=STATUS_MARKS[finding.status],
                 why=finding.explanation, role=finding.role.label, kind=finding.kind.value,
                 orders=orders, drafts=_drafts(orders), tags=_tags(finding), note=note,
-                brief=_brief(finding))
+                brief=_brief(finding), rule_id=finding.rule_id)
 
 
 def _drafts(orders: Sequence[OrderLine]) -> tuple[DraftLine, ...]:

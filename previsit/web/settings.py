@@ -28,7 +28,14 @@ import re
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from previsit.web.urls import is_loopback, normalize_url, require_secure, same_url
 
@@ -109,6 +116,12 @@ class CdsIssuer(_Model):
 
     iss: str  # the JWT's `iss`, compared in normal form
     jwks_url: str  # where its public keys are; a `jku` header must name this same URL
+    # The FHIR base of this EHR: the only server previsit reads with a request's
+    # fhirAuthorization when prefetch is missing (a request's fhirServer must be this one),
+    # and the base under which CDS feedback is kept for the nightly run (same as its
+    # source.base_url). Unset: no fallback reads; feedback is kept under the request's
+    # fhirServer.
+    fhir_server: str | None = None
     label: str | None = None
 
     @field_validator("iss")
@@ -117,10 +130,12 @@ class CdsIssuer(_Model):
         normalize_url(value)
         return value
 
-    @field_validator("jwks_url")
+    @field_validator("jwks_url", "fhir_server")
     @classmethod
-    def _jwks(cls, value: str) -> str:
-        require_secure(value, "JWKS URL")
+    def _secure(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # previsit fetches keys from, and sends patients' tokens to, these: https only
+        if value is not None:
+            require_secure(value, info.field_name or "URL")
         return value
 
 

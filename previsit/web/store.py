@@ -27,7 +27,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -215,6 +215,14 @@ class Store:
                 raise StoreError(f"{path}: cannot use write-ahead logging (journal mode "
                                  f"{mode}); put the state database on a local disk")
         self._migrate()
+        # Held open, never used: when the last connection to a WAL database closes, SQLite
+        # checkpoints and removes the WAL, milliseconds that every request (each with its
+        # own short connection) would otherwise pay. Checkpoints still happen as the WAL
+        # grows (wal_autocheckpoint).
+        self._keeper = sqlite3.connect(path, check_same_thread=False)
+
+    def close(self) -> None:
+        self._keeper.close()
 
     def __repr__(self) -> str:
         return f"Store({self._path})"
@@ -416,13 +424,21 @@ class Store:
 
     def remember_card(self, *, card_id: str, service: str, finding_key: str, issuer: str,
                       patient_id: str) -> None:
+        self.remember_cards([(card_id, finding_key)], service=service, issuer=issuer,
+                            patient_id=patient_id)
+
+    def remember_cards(self, cards: Sequence[tuple[str, str]], *, service: str, issuer: str,
+                       patient_id: str) -> None:
+        """Cards issued in one CDS answer, as (card id, finding key) — in one transaction.
+        A card covering several findings lists their rule ids separated by spaces."""
         now = self._clock()
+        patient_key = self.patient_key(issuer, patient_id)
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO cds_cards (card_id, service, finding_key, patient_key, "
                 "issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (card_id, service, finding_key, self.patient_key(issuer, patient_id), now,
-                 now + CARD_LIFETIME_S))
+                [(card_id, service, finding_key, patient_key, now, now + CARD_LIFETIME_S)
+                 for card_id, finding_key in cards])
 
     def record_cds_feedback(self, *, service: str, card_id: str,
                             outcome: Literal["accepted", "overridden"],
