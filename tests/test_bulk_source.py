@@ -683,3 +683,24 @@ def test_a_state_folder_that_cannot_be_made_is_named(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"bulk.state_folder .*state"):
         run(read())
     assert os.path.isfile(blocker)
+
+
+def test_what_a_killed_run_left_in_the_state_folder_is_removed(tmp_path: Path) -> None:
+    (tmp_path / "download-abc").mkdir(parents=True)
+    (tmp_path / "download-abc" / "00000.ndjson").write_text('{"resourceType": "Patient"}\n')
+    (tmp_path / "store.sqlite.partial").write_text("half a store")
+    h = Harness(tmp_path)
+    h.server.export(two_patients())
+    h.records("p1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "state.json", "store.sqlite"]
+
+
+def test_a_failed_download_stops_the_others(tmp_path: Path) -> None:
+    h = Harness(tmp_path, concurrency=1)
+    h.server.export(two_patients())
+    h.server.router.get(f"{BASE}/$export-file/output-Patient.ndjson").mock(
+        return_value=httpx.Response(403))
+    _fails_over_to_search(h, "downloading the export's Patient file 1", "HTTP 403")
+    fetched = [c.request.url.path for r in h.server.router.routes for c in r.calls
+               if "/$export-file/" in c.request.url.path]
+    assert fetched == ["/fhir/R4/$export-file/output-Patient.ndjson"]

@@ -289,6 +289,11 @@ class BulkSource:
                               "run; give each run (each shard) a state folder of its own") \
                 from None
         self._lock = lock
+        # What a killed run left behind (downloads, a half-built store): patient data that
+        # nothing will use; this run holds the lock, so nobody else is using it.
+        for stale in self._folder.glob("download-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (self._folder / (STORE_FILE + ".partial")).unlink(missing_ok=True)
 
     async def _export(self) -> None:
         """Export into the store; when that fails, every record is read by search."""
@@ -477,19 +482,35 @@ class BulkSource:
                                     f"the export's {name} file {number}")
             jobs.append((exported, item))
 
+        failed = asyncio.Event()
+
         async def one(exported: ExportedFile, item: ExportFile) -> None:
             async with gate:
-                await self._download(item, exported, manifest.requires_token)
+                if failed.is_set():
+                    return  # another file failed: the export is unusable anyway
+                try:
+                    await self._download(item, exported, manifest.requires_token)
+                except Exception:
+                    failed.set()
+                    raise
 
-        results = await asyncio.gather(*(one(e, i) for e, i in jobs), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        tasks = [asyncio.ensure_future(one(e, i)) for e, i in jobs]
+        try:
+            if tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    failure = task.exception()
+                    if failure is not None:
+                        raise failure
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return [exported for exported, _ in jobs]
 
     async def _download(self, item: ExportFile, exported: ExportedFile, token: bool) -> None:
         """Stream one file to disk (never whole in memory); a failed attempt starts over."""
-        url = self._own_url(item.url, exported.label) if token else httpx.URL(item.url)
+        url = self._own_url(item.url, exported.label) if token else self._base.join(item.url)
         step = f"downloading {exported.label}"
 
         async def attempt() -> None:
