@@ -178,3 +178,26 @@ def test_the_next_night_exports_only_what_changed_and_plans_as_search_does(
     assert findings[("appt-1201-0920-greenberg", "levothyroxine-monitoring")] == "satisfied"
     state = json.loads((night.tmp / "bulk-state" / "state.json").read_text())
     assert state["full_at"] == since and state["since"] > since
+
+
+def test_an_export_that_fails_leaves_every_record_to_search(
+        night: Night, first: tuple[Path, Path]) -> None:
+    state = (night.tmp / "bulk-state" / "state.json").read_bytes()
+    night.server.admin.add_fault(method="GET", path=r"^/bulk/jobs/[0-9a-f-]+$", status=404,
+                                 times=None)
+    try:
+        search, bulk = night.run("fhir", "search-3"), night.run("bulk", "bulk-3")
+    finally:
+        night.server.admin.clear_faults()
+    by_search, by_export = outputs(search), outputs(bulk)
+    report = json.loads(by_export.pop("run-report.json"))
+    [problem] = report.pop("source_problems")
+    assert problem["where"] == f"bulk export of Group/{GROUP}"
+    assert problem["message"].startswith(
+        "the server's bulk export failed — polling the bulk export: HTTP 404")
+    assert problem["message"].endswith("; every record was read by search instead")
+    assert report == {k: v for k, v in json.loads(by_search.pop("run-report.json")).items()
+                      if k != "source_problems"}
+    assert by_export == by_search  # the same plan, sheets and transactions
+    assert night.jobs()[-1]["status"] == "cancelled"  # the failed job was deleted
+    assert (night.tmp / "bulk-state" / "state.json").read_bytes() == state
