@@ -21,11 +21,11 @@ from previsit.errors import ConfigError, PrevisitError, RuleError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.intervals import Duration
 from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
-from previsit.report import EXIT_NOTHING
+from previsit.report import EXIT_NOTHING, EXIT_PARTIAL
 from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
 from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
-from previsit.sources import Source, VisitWindow
+from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
 from previsit.suppressions import DeclineLookup, store_declines
 
@@ -103,7 +103,7 @@ def _settings(config: Config) -> Settings:
 T = TypeVar("T")
 
 
-def _open_source(config: Config) -> Source:
+def _open_source(config: Config, scope: str | None = None) -> Source:
     if config.source.kind == "bundles":
         return BundleSource(config.source.path)
     if config.source.kind == "bulk":
@@ -112,15 +112,17 @@ def _open_source(config: Config) -> Source:
         return BulkSource.from_config(config, os.environ)
     from previsit.sources.http import open_http_source
 
-    return open_http_source(config)
+    return open_http_source(config, scope=scope)
 
 
-def _with_source(config: Config, work: Callable[[Source], Awaitable[T]]) -> T:
+def _with_source(config: Config, work: Callable[[Source], Awaitable[T]],
+                 scope: str | None = None) -> T:
     """Run `work` on the configured source in one event loop, and close the source there
-    (an httpx client must be closed in the loop that used it)."""
+    (an httpx client must be closed in the loop that used it). `scope`: what the command
+    needs, when not a run's."""
 
     async def scoped() -> T:
-        source = _open_source(config)
+        source = _open_source(config, scope)
         try:
             return await work(source)
         finally:
@@ -207,6 +209,7 @@ def run(
 
     options = RunOptions(window=window, settings=_settings(config),
                          identifier_system=config.output.identifier_system,
+                         sheet_identifier_system=config.output.sheet_identifier_system,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None,
@@ -320,6 +323,8 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
         if p.already_present:
             action += (f", {p.already_present} already there (written by a run at the "
                        "same time)")
+        if p.not_written:
+            action += f", {p.not_written} NOT written (see the failures below)"
     else:
         action = (f"{p[ProposalOutcome.DRY_RUN]} draft orders would be written (dry run, "
                   "nothing was written; use --write-back)")
@@ -419,11 +424,17 @@ def config_check(
 ) -> None:
     """Connect, read the server's CapabilityStatement and say what will and won't work.
 
+    With the probe, also judge the credentials: each permission a run needs that the
+    granted scope lacks is a failed line, and creating each written type is tried with a
+    conditional create that matches an existing resource (nothing is written).
+
     Exit code 0: a run can work (warnings may limit it); 4: it cannot (unreachable, refused
     credentials, no appointment search, ...).
     """
     from previsit.auth import auth_from_config
-    from previsit.capability import check_server
+    from previsit.capability import check_access, check_server
+    from previsit.config import requested_scope
+    from previsit.scopes import run_permissions
     from previsit.sources.http import build_client
 
     overrides: dict[str, Any] = {}
@@ -446,13 +457,22 @@ def config_check(
         raise fail("source.kind is fhir but source.base_url is not set "
                    "(or set PREVISIT_SOURCE_BASE_URL)")
     try:
-        flow = auth_from_config(config.auth, base_url, os.environ)
+        flow = auth_from_config(config.auth, base_url, os.environ,
+                                scope=requested_scope(config))
     except SourceError as exc:
         raise fail(f"auth: {exc}") from None
+    systems = {"ServiceRequest": config.output.identifier_system,
+               "MedicationRequest": config.output.identifier_system,
+               "DocumentReference": config.output.sheet_identifier_system}
 
     async def check() -> list[Any]:
         async with build_client(config.source, flow) as client:
-            return await check_server(client, base_url, probe=probe)
+            lines = await check_server(client, base_url, probe=probe)
+            if probe and not any(line.level == "fail" and line.topic in ("server", "credentials")
+                                 for line in lines):
+                lines += await check_access(client, base_url, flow, run_permissions(
+                    sheets=config.output.write_sheets), systems)
+            return lines
 
     lines = asyncio.run(check())
     for line in lines:
@@ -567,31 +587,40 @@ def upload(
     config_path: ConfigOpt = None,
     fhir_url: Annotated[str | None, typer.Option("--fhir-url")] = None,
 ) -> None:
-    """Load a folder of FHIR data into the server (PUT by id; loading twice is harmless)."""
+    """Load a folder of FHIR data into the server: created with server-assigned ids, each
+    conditional on an identifier naming its id in the folder, so loading twice creates
+    nothing the second time. Exit 3 when only part was loaded (run it again)."""
     from previsit.errors import UploadError
-    from previsit.upload import read_resources, transactions
+    from previsit.scopes import scope_text, upload_permissions
+    from previsit.upload import read_resources, resource_types, upload_transaction
 
+    _setup_logging(False)
     overrides: dict[str, Any] = {"source__kind": "fhir"}
     if fhir_url is not None:
         overrides["source__base_url"] = fhir_url
     config = _config(config_path, **overrides)
     try:
         resources = read_resources(folder)
+        bundle = upload_transaction(resources)
     except UploadError as exc:
         raise fail(str(exc), 2) from None
+    scope = scope_text(upload_permissions(resource_types(resources)),
+                       config.auth.scope_version)
 
-    async def send(source: Source) -> int:
-        count = 0
-        for index, bundle in enumerate(transactions(resources)):
-            await source.write_transaction(bundle, key=f"upload-{index}")
-            count += len(bundle["entry"])
-        return count
+    async def send(source: Source) -> WriteResult:
+        return await source.write_transaction(bundle, key="the upload")
 
     try:
-        count = _with_source(config, send)
+        result = _with_source(config, send, scope=scope)
     except SourceError as exc:
-        raise fail(f"upload failed: {exc}") from None
-    typer.echo(f"uploaded {count} resources from {folder} to {config.source.base_url}")
+        raise fail(f"upload failed, nothing was loaded: {exc}") from None
+    done = len(result.created) + len(result.existing)
+    typer.echo(f"uploaded {done} of {len(resources)} resources from {folder} to "
+               f"{config.source.base_url}: {len(result.created)} created, "
+               f"{len(result.existing)} already there")
+    if not result.complete:
+        raise fail(f"upload stopped: {result.problem}; {len(result.missing)} resources were "
+                   "not loaded — run the same upload again to load them", EXIT_PARTIAL)
 
 
 @app.command()

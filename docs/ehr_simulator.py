@@ -29,8 +29,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fhirserver import fhir_test_server  # noqa: E402
 
-from previsit.upload import read_resources, transactions  # noqa: E402
-
 NIGHTLY_TOKEN = "ehr-simulator-nightly"
 VISITS = [("pat-susan-greenberg", "appt-1201-0920-greenberg", "Susan Greenberg, 9:20"),
           ("pat-maria-lopez", "appt-1201-0920-lopez", "María López, 9:20"),
@@ -52,8 +50,7 @@ def main() -> None:
                           "name": "Dr. Daniel Whitfield"}]}
     with fhir_test_server(clients=clients, token=NIGHTLY_TOKEN,
                           port=args.port) as server:
-        for bundle in transactions(read_resources(REPO / "sample_bundles")):
-            server.admin.load(bundle)
+        server.admin.load_folder(REPO / "sample_bundles")
         with tempfile.TemporaryDirectory() as out:
             subprocess.run(
                 [sys.executable, "-c", "from previsit.cli.app import main; main()", "run",

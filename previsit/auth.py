@@ -5,6 +5,8 @@
   `{base}/.well-known/smart-configuration`, then a `client_credentials` grant
   authenticated by a one-time JWT signed RS384/ES384 (private_key_jwt).
 - `ClientSecretBasic`: a `client_credentials` grant with HTTP Basic client authentication.
+- `NoCredentials`: nothing is sent; a 401 then says that no credentials are configured
+  (and that PREVISIT_TOKEN is ignored when it is set but auth.method is none).
 
 Token flows cache the access token until shortly before `expires_in` runs out, and when
 the FHIR server answers 401 they fetch a new token once and send the request again (the
@@ -34,6 +36,7 @@ from previsit.config import AuthConfig
 from previsit.errors import AuthError, KeyFileError
 from previsit.jsonio import object_or_none
 from previsit.keys import Algorithm, PrivateKey, check_key_algorithm, load_private_key
+from previsit.scopes import run_permissions, scope_text
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ ASSERTION_LIFETIME_S = 240
 # Refresh this long before the token's own expiry so a request never leaves with a token
 # that dies in flight; capped at a fifth of the lifetime for very short-lived tokens.
 REFRESH_MARGIN_S = 60.0
-
-
 
 
 class Secret:
@@ -71,6 +72,35 @@ class Secret:
         return hash(self._value)
 
 
+class NoCredentials(httpx.Auth):
+    """auth.method = "none": requests go without credentials. A 401 is then not "the server
+    refused our credentials" — there were none — so it becomes an AuthError saying what to
+    configure (naming a token variable that is set but unused)."""
+
+    def __init__(self, unused_token_env: str | None = None) -> None:
+        self._unused = unused_token_env
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        response = yield request
+        if response.status_code == 401:
+            raise AuthError(unauthenticated_message(request, self._unused))
+
+    def __repr__(self) -> str:
+        return "NoCredentials()"
+
+
+def unauthenticated_message(request: httpx.Request, unused_token_env: str | None) -> str:
+    where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
+    message = (f"{where} answered HTTP 401 (it needs credentials) and none are configured: "
+               "auth.method is \"none\"")
+    if unused_token_env:
+        message += (f"; {unused_token_env} is set but is only sent with auth.method = "
+                    "\"bearer\" (set it in [auth], or PREVISIT_AUTH_METHOD=bearer)")
+    else:
+        message += "; set [auth] method (bearer, client-secret or smart-backend)"
+    return message
+
+
 class BearerToken(httpx.Auth):
     """A static bearer token, sent as `Authorization: Bearer …` on every request."""
 
@@ -91,6 +121,7 @@ class BearerToken(httpx.Auth):
 class _AccessToken:
     value: Secret
     expires_at: float | None  # clock() time after which it is not used; None: until a 401
+    scope: str | None = None  # what the token response says was granted
 
 
 class _ClientCredentialsAuth(httpx.Auth):
@@ -122,6 +153,19 @@ class _ClientCredentialsAuth(httpx.Auth):
     @property
     def token_url(self) -> str | None:
         return self._token_url
+
+    @property
+    def requested_scope(self) -> str:
+        return self._scope
+
+    @property
+    def granted_scope(self) -> str | None:
+        """The scope of the current token: the token response's `scope`, or, when the
+        response leaves it out, the scope asked for (RFC 6749 §5.1: omitted means "as
+        requested"). None before any token was issued."""
+        if self._token is None:
+            return None
+        return self._token.scope if self._token.scope is not None else self._scope
 
     def _valid(self) -> bool:
         token = self._token
@@ -238,7 +282,9 @@ class _ClientCredentialsAuth(httpx.Auth):
         if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
             margin = min(REFRESH_MARGIN_S, float(expires_in) / 5)
             expires_at = self._clock() + float(expires_in) - margin
-        return _AccessToken(Secret(token), expires_at)
+        granted = body.get("scope") if body else None
+        return _AccessToken(Secret(token), expires_at,
+                            granted if isinstance(granted, str) else None)
 
 
 class SmartBackendAuth(_ClientCredentialsAuth):
@@ -306,14 +352,19 @@ class ClientSecretBasic(_ClientCredentialsAuth):
 # --- from configuration -------------------------------------------------------------------
 
 
-def auth_from_config(config: AuthConfig, base_url: str | None,
-                     env: Mapping[str, str]) -> httpx.Auth | None:
+def auth_from_config(config: AuthConfig, base_url: str | None, env: Mapping[str, str], *,
+                     scope: str | None = None) -> httpx.Auth:
     """The auth flow the configuration asks for; secrets from files or environment only.
 
+    `scope` is what the command needs (config.requested_scope for a run); auth.scope, when
+    set, is used instead; else the reads and writes of a run without sheets.
     Raises AuthError naming the variable or file to set when a secret is missing.
     """
     if config.method == "none":
-        return None
+        token_env = config.token_env or "PREVISIT_TOKEN"
+        return NoCredentials(token_env if env.get(token_env, "").strip() else None)
+    scope = config.scope or scope or scope_text(run_permissions(sheets=False),
+                                                config.scope_version)
     if config.method == "bearer":
         token = read_secret("bearer token", env, config.token_env, config.token_file,
                         env_key="auth.token_env", file_key="auth.token_file")
@@ -335,7 +386,7 @@ def auth_from_config(config: AuthConfig, base_url: str | None,
             raise AuthError(f"auth.private_key_file: {exc}") from None
         return SmartBackendAuth(client_id=config.client_id, private_key=key,
                                 key_id=config.key_id, algorithm=config.algorithm,
-                                scope=config.scope, base_url=base_url,
+                                scope=scope, base_url=base_url,
                                 token_url=config.token_url)
     if config.method == "client-secret":
         if not config.client_id:
@@ -344,7 +395,7 @@ def auth_from_config(config: AuthConfig, base_url: str | None,
                          config.client_secret_file, env_key="auth.client_secret_env",
                          file_key="auth.client_secret_file")
         return ClientSecretBasic(client_id=config.client_id, client_secret=secret,
-                                 scope=config.scope, base_url=base_url,
+                                 scope=scope, base_url=base_url,
                                  token_url=config.token_url)
     raise AuthError(f"unknown auth.method {config.method!r}")
 

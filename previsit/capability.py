@@ -3,12 +3,14 @@
 `parse_capabilities` reads a CapabilityStatement (GET [base]/metadata) into
 `ServerCapabilities`, which the HTTP source consults (is `batch` listed?). `check_server`
 is what `previsit config check` prints: one `CheckLine` per thing that will or won't work,
-in plain words.
+in plain words. `check_access` then judges the credentials themselves: the scope the token
+endpoint granted against what the run needs (one failed line per missing permission), and
+write permission, tried without writing anything (`verify_create`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ from previsit.errors import SourceError
 from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure
 from previsit.record import RECORD_SEARCHES
+from previsit.scopes import Permission, missing_permissions, v1_writes
 
 Level = Literal["ok", "info", "warn", "fail"]
 
@@ -26,6 +29,7 @@ RECORD_TYPES = tuple(rtype for rtype, _ in RECORD_SEARCHES)
 WRITE_TYPES = ("ServiceRequest", "MedicationRequest")
 SHEET_TYPE = "DocumentReference"
 APPOINTMENT_REQUIRED = ("date", "status")
+_PARTS = "each visit's proposals in transactions of source.max_transaction_entries at most"
 APPOINTMENT_FILTERS = {"practitioner": "practitioner", "location": "location",
                        "service-type": "service type"}
 
@@ -179,7 +183,7 @@ def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[Ch
 
     # Writing proposals back.
     if caps.transaction:
-        add("ok", "write-back", "transaction is supported: one transaction per visit")
+        add("ok", "write-back", f"transaction is supported ({_PARTS})")
     else:
         add("fail", "write-back", "transaction is not listed: --write-back will not work "
             "(planning and sheets still do)")
@@ -291,6 +295,114 @@ async def _probe(client: httpx.AsyncClient, base: str) -> CheckLine:
     return CheckLine("warn", "credentials", describe_failure(response, base))
 
 
+# --- the credentials' permissions ------------------------------------------------------------
+
+
+def granted_scope(auth: httpx.Auth | None) -> str | None:
+    """The scope the token endpoint granted (None for a static token or no credentials)."""
+    from previsit.auth import ClientSecretBasic, SmartBackendAuth
+
+    return auth.granted_scope if isinstance(auth, (SmartBackendAuth, ClientSecretBasic)) \
+        else None
+
+
+def assess_scopes(granted: str | None, needs: Sequence[Permission]) -> list[CheckLine]:
+    """One failed line per needed permission the granted scope lacks, naming the scope."""
+    if granted is None:
+        return [CheckLine("info", "scopes", "the credentials do not say what they grant (no "
+                          "token response to read); the write check below tries them")]
+    lines = [CheckLine("fail", "scopes", f"{p.scope()} is not granted: {p.why} will be "
+                       f"refused (granted: {granted or 'nothing'})")
+             for p in missing_permissions(needs, granted)]
+    old = v1_writes(granted)
+    if old:
+        lines.append(CheckLine("warn", "scopes", f"{', '.join(old)}: SMART v1 .write scopes "
+                               "grant nothing on some servers (Medplum); set auth.scope_version "
+                               "= \"v2\" (the default) or ask for v2 scopes"))
+    if not lines:
+        lines.append(CheckLine("ok", "scopes", f"the token grants every permission the run "
+                               f"needs ({len(needs)} resource types)"))
+    return lines
+
+
+async def verify_create(client: httpx.AsyncClient, base: str, need: Permission,
+                        identifier_system: str) -> CheckLine:
+    """Whether the credentials may create `need.resource_type`, found out without writing:
+    a conditional create whose condition matches a resource already there (one of ours if
+    any: identifier in our system; else any, by _id) answers 200 and creates nothing, or
+    403 when creating is not allowed."""
+    resource_type = need.resource_type
+    headers = {"Accept": "application/fhir+json"}
+    found = None
+    searches = [{"_count": "1"}]
+    if identifier_system:
+        searches.insert(0, {"identifier": f"{identifier_system}|", "_count": "1"})
+    for params in searches:
+        try:
+            answer = await client.get(f"{base}/{resource_type}", params=params, headers=headers)
+        except (httpx.HTTPError, SourceError) as exc:
+            return CheckLine("warn", "write check", f"could not look for a {resource_type} to "
+                             f"check writing with: {_transport(exc)}")
+        if answer.status_code != 200:
+            return CheckLine("warn", "write check", f"could not look for a {resource_type} to "
+                             f"check writing with: {describe_failure(answer, base)}")
+        found = _first_resource(answer, resource_type)
+        if found is not None:
+            break
+    if found is None:
+        return CheckLine("info", "write check", f"creating {resource_type} not tried: there is "
+                         f"no {resource_type} on the server to match without writing one")
+    condition = next((f"identifier={identifier_system}|{i['value']}" for i in
+                      found.get("identifier") or () if isinstance(i, Mapping)
+                      and i.get("system") == identifier_system and i.get("value")),
+                     f"_id={found['id']}")
+    body = {k: v for k, v in found.items() if k not in ("id", "meta", "text")}
+    try:
+        response = await client.post(f"{base}/{resource_type}", json=body, headers={
+            **headers, "Content-Type": "application/fhir+json", "If-None-Exist": condition})
+    except (httpx.HTTPError, SourceError) as exc:
+        return CheckLine("warn", "write check", f"creating {resource_type} could not be tried: "
+                         f"{_transport(exc)}")
+    if response.status_code == 200:
+        return CheckLine("ok", "write check", f"creating {resource_type} is allowed (a "
+                         "conditional create matched an existing one: nothing was written)")
+    if response.status_code == 201:
+        made = object_or_none(response.content) or {}
+        return CheckLine("warn", "write check", f"creating {resource_type} is allowed, but the "
+                         f"check's conditional create was not matched and created "
+                         f"{resource_type}/{made.get('id', '?')}: delete it")
+    if response.status_code in (401, 403):
+        return CheckLine("fail", "write check", f"creating {resource_type} is refused "
+                         f"({describe_failure(response, base)}): {need.why} will fail; the "
+                         f"token needs {need.scope()} (SMART v2)")
+    return CheckLine("warn", "write check", f"creating {resource_type} could not be "
+                     f"checked: {describe_failure(response, base)}")
+
+
+async def check_access(client: httpx.AsyncClient, base_url: str, auth: httpx.Auth | None,
+                       needs: Sequence[Permission], systems: Mapping[str, str]
+                       ) -> list[CheckLine]:
+    """The granted scope against the run's needs, then each write tried without writing
+    (`systems`: the identifier system of our own resources of each written type)."""
+    base = base_url.rstrip("/")
+    lines = assess_scopes(granted_scope(auth), needs)
+    for need in needs:
+        if "c" in need.letters:
+            lines.append(await verify_create(client, base, need,
+                                             systems.get(need.resource_type, "")))
+    return lines
+
+
+def _first_resource(response: httpx.Response, resource_type: str) -> dict[str, Any] | None:
+    bundle = object_or_none(response.content) or {}
+    for entry in bundle.get("entry") or ():
+        found = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(found, dict) and found.get("resourceType") == resource_type \
+                and isinstance(found.get("id"), str):
+            return found
+    return None
+
+
 def _codes(items: Any) -> frozenset[str]:
     return frozenset(str(i["code"]) for i in items or () if isinstance(i, Mapping)
                      and isinstance(i.get("code"), str))
@@ -305,5 +417,5 @@ def _cfg(param: str) -> str:
             "service-type": "service_types"}[param]
 
 
-def _transport(exc: httpx.HTTPError) -> str:
+def _transport(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -18,12 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from previsit.errors import ConfigError
 from previsit.files import read_text
-from previsit.identifiers import DEFAULT_SYSTEM
+from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
+from previsit.scopes import ScopeVersion, run_permissions, scope_text
 from previsit.web.settings import WebSettings
 
 ENV_PREFIX = "PREVISIT_"
-
-
 
 
 class _Section(BaseModel):
@@ -39,6 +38,12 @@ class SourceConfig(_Section):
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=20)  # per request, with backoff
     max_retry_seconds: float = Field(default=120.0, gt=0)  # total backoff budget per request
+    # The whole run's budget for pausing on rate limits (all requests share one pause).
+    max_wait_seconds: float = Field(default=900.0, ge=0)
+    # Entries per transaction Bundle. Medplum refuses a transaction with a conditional
+    # create of more than 8 entries ("requires strict isolation"); HAPI takes far more. A
+    # smaller limit a server states in a refusal is learned and used for the rest of the run.
+    max_transaction_entries: int = Field(default=8, ge=1, le=1000)
     page_size: int = Field(default=100, ge=1, le=1000)
     use_batch: bool = True  # read each record with one batch Bundle when the server can
 
@@ -63,7 +68,10 @@ class AuthConfig(_Section):
     private_key_file: Path | None = None  # smart-backend: PEM private key
     key_id: str | None = None  # smart-backend: the kid registered with the EHR
     algorithm: Literal["RS384", "ES384"] = "RS384"
-    scope: str = "system/*.read system/ServiceRequest.write system/MedicationRequest.write"
+    # None: exactly what the command needs (`requested_scope`), in SMART v2 syntax unless
+    # scope_version is "v1".
+    scope: str | None = None
+    scope_version: ScopeVersion = "v2"
     token_url: str | None = None  # default: discovered from .well-known/smart-configuration
     client_secret_env: str | None = "PREVISIT_CLIENT_SECRET"  # client-secret basic
     client_secret_file: Path | None = None
@@ -87,7 +95,8 @@ class RulesConfig(_Section):
 
 class OutputConfig(_Section):
     folder: Path = Path("out")
-    identifier_system: str = DEFAULT_SYSTEM  # system of the idempotency identifiers
+    identifier_system: str = DEFAULT_SYSTEM  # system of the proposals' identifiers
+    sheet_identifier_system: str = DEFAULT_SHEET_SYSTEM  # system of the stored sheets'
     write_sheets: bool = False  # also store each sheet as a DocumentReference
 
 
@@ -139,12 +148,23 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def requested_scope(config: Config) -> str:
+    """The scope a run asks for: auth.scope if set, else exactly what the run needs (the
+    proposals' writes, and the sheets' when output.write_sheets is on)."""
+    if config.auth.scope:
+        return config.auth.scope
+    return scope_text(run_permissions(sheets=config.output.write_sheets),
+                      config.auth.scope_version)
+
+
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
                 **overrides: Any) -> Config:
     """Read the TOML file (if any), apply PREVISIT_* variables, then explicit overrides.
 
     Relative paths in the file are relative to the file's folder, so a config next to its
-    rules folder works from any working directory.
+    rules folder works from any working directory. Relative paths given as overrides (the
+    command line: --out, --source) are relative to the working directory, as a person
+    typing them expects.
     """
     data: dict[str, Any] = {}
     base = Path.cwd()
@@ -161,6 +181,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         if value is None:
             continue
         section, key = dotted.split("__", 1)
+        if isinstance(value, Path) and not value.is_absolute():
+            value = Path.cwd() / value  # not re-based on the file's folder below
         data.setdefault(section, {})[key] = value
     try:
         config = Config.model_validate(data)

@@ -1,16 +1,18 @@
 """A visit's planning sheet stored in the EHR as a DocumentReference (`--write-sheets`).
 
 Written with a conditional update (`PUT DocumentReference?identifier=…`) keyed on the
-appointment: a re-run replaces the sheet with the current one instead of adding a
-second document, and two runs at once still leave one.
+appointment, in the sheets' own identifier system (output.sheet_identifier_system, not the
+proposals'): a re-run replaces the sheet with the current one instead of adding a second
+document, and two runs at once still leave one.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import date
+from datetime import date, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.documentreference import DocumentReference
@@ -21,8 +23,10 @@ from previsit.plan import VisitPlan
 
 
 def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
-                   as_of: date) -> dict[str, Any]:
-    """The DocumentReference for one visit's sheet (HTML attachment, patient, appointment)."""
+                   as_of: date, timezone: str) -> dict[str, Any]:
+    """The DocumentReference for one visit's sheet (HTML attachment, patient, appointment),
+    dated `as_of` at midnight in the clinic's time zone (midnight UTC would be the evening
+    before in the Americas)."""
     data = html.encode("utf-8")
     resource: dict[str, Any] = {
         "resourceType": "DocumentReference",
@@ -35,7 +39,7 @@ def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
         "type": {"coding": [{"system": LOINC, "code": "11506-3", "display": "Progress note"}],
                  "text": "Pre-visit planning sheet"},
         "subject": {"reference": f"Patient/{plan.visit.patient_id}"},
-        "date": f"{as_of.isoformat()}T00:00:00Z",
+        "date": datetime.combine(as_of, time(), ZoneInfo(timezone)).isoformat(),
         "description": "Pre-visit planning sheet prepared by previsit",
         "content": [{"attachment": {
             "contentType": "text/html; charset=utf-8", "language": "en",
@@ -50,8 +54,9 @@ def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
 
 
 def sheet_transaction(plan: VisitPlan, html: str, *, identifier_system: str,
-                      as_of: date) -> dict[str, Any]:
-    resource = sheet_document(plan, html, identifier_system=identifier_system, as_of=as_of)
+                      as_of: date, timezone: str) -> dict[str, Any]:
+    resource = sheet_document(plan, html, identifier_system=identifier_system, as_of=as_of,
+                              timezone=timezone)
     value = resource["identifier"][0]["value"]
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
         "resource": resource,

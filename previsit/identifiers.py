@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 
-# The default identifier system ([output] identifier_system); a clinic may set its own.
+# The default identifier systems ([output] identifier_system, sheet_identifier_system); a
+# clinic may set its own. Sheets have a system of their own: a search for our proposals by
+# system must not find documents.
 DEFAULT_SYSTEM = "urn:previsit:proposal"
+DEFAULT_SHEET_SYSTEM = "urn:previsit:sheet"
 
 
 def stable_token(prefix: str, *parts: str) -> str:

@@ -154,8 +154,17 @@ def _reference(ref: str, display: str | None = None) -> dict[str, Any]:
     return out
 
 
+def _note(finding: Finding) -> str:
+    # A renewal's title is "Renew <drug>" and its explanation "<drug>: runs out ...": name
+    # the drug once.
+    named, _, rest = finding.explanation.partition(": ")
+    if rest and named and finding.title.endswith(f" {named}"):
+        return f"{finding.title}: {rest}"
+    return f"{finding.title}: {finding.explanation}"
+
+
 def _notes(proposal: Proposal) -> list[dict[str, Any]]:
-    return [{"text": f"{f.title}: {f.explanation}"} for f in proposal.findings]
+    return [{"text": _note(f)} for f in proposal.findings]
 
 
 def service_request(proposal: Proposal, plan: VisitPlan, *, identifier_system: str,

@@ -8,7 +8,7 @@ appointment (ids appear in the JSON file for the integration engineer, not in IN
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -37,18 +37,24 @@ class VisitCounts:
 
 @dataclass(frozen=True)
 class ProposalCounts:
-    """Proposals by outcome, and what the server did with the ones written."""
+    """Proposals by outcome, and what the server did with the ones written.
+
+    A proposal of a visit whose write-back failed (wholly, or the part that was not
+    written) is `not_written`, not `proposed`: `proposed` counts what is on the server.
+    """
 
     by_outcome: Mapping[ProposalOutcome, int]
     created: int = 0  # created on the server (or in the transaction file)
     already_present: int = 0  # a conditional create that matched (a run at the same time)
+    not_written: int = 0  # to be proposed, but the write failed: a re-run writes them
 
     def __getitem__(self, outcome: ProposalOutcome) -> int:
         return self.by_outcome.get(outcome, 0)
 
     def to_json(self) -> dict[str, int]:
         return {**{o.value: self[o] for o in ProposalOutcome},
-                "created": self.created, "already_present": self.already_present}
+                "created": self.created, "already_present": self.already_present,
+                "not_written": self.not_written}
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Failure:
     appointment: str
     start: str | None  # ISO date-time in the clinic's zone
     reason: str
+    # identifiers of the proposals a failed or partial write-back did not write
+    not_written: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,8 +107,8 @@ class RunReport:
             "proposals": self.proposals.to_json(),
             "sheets_stored": {"created": self.sheets_stored.created,
                               "updated": self.sheets_stored.updated},
-            "failures": [{"appointment": f.appointment, "start": f.start, "reason": f.reason}
-                         for f in self.failures],
+            "failures": [{"appointment": f.appointment, "start": f.start, "reason": f.reason,
+                          "not_written": list(f.not_written)} for f in self.failures],
             "source_problems": [{"where": p.where, "message": p.message}
                                 for p in self.source_problems],
             "http_requests": self.http_requests,
@@ -111,23 +119,32 @@ class RunReport:
 
 def build_report(day: DayPlan, *, write_back: bool, created: int, already_present: int,
                  sheets: SheetCounts, problems: Iterable[SourceProblem], http_requests: int,
-                 timings: Mapping[str, float]) -> RunReport:
-    """The report of a finished run: counts from the plans, and what the writes did."""
+                 timings: Mapping[str, float],
+                 not_written: Mapping[str, Collection[str]] | None = None) -> RunReport:
+    """The report of a finished run: counts from the plans, and what the writes did.
+
+    `not_written`: per appointment, the identifiers of the proposals its write-back did not
+    write (all of them when it failed, the rest when it was partly written)."""
     statuses: Counter[Status] = Counter()
     actionable: Counter[Kind] = Counter()
     outcomes: Counter[ProposalOutcome] = Counter()
+    unwritten = 0
     failures = []
     for plan in day.plans:
+        missing = (not_written or {}).get(plan.visit.appointment_id, ())
         if plan.failed:
             failures.append(Failure(plan.visit.appointment_id,
                                     plan.visit.start.isoformat() if plan.visit.start else None,
-                                    plan.failed))
+                                    plan.failed, tuple(sorted(missing))))
         for f in plan.findings:
             statuses[f.status] += 1
             if f.status.actionable:
                 actionable[f.kind] += 1
         for p in plan.proposals:
-            outcomes[p.outcome] += 1
+            if p.outcome == ProposalOutcome.PROPOSED and p.identifier in missing:
+                unwritten += 1
+            else:
+                outcomes[p.outcome] += 1
     failed = len(failures)
     planned = len(day.plans) - failed
     return RunReport(
@@ -135,7 +152,7 @@ def build_report(day: DayPlan, *, write_back: bool, created: int, already_presen
         visits=VisitCounts(len(day.plans), planned, failed,
                            len({p.visit.patient_id for p in day.plans})),
         findings=dict(statuses), actionable_by_kind=dict(actionable),
-        proposals=ProposalCounts(dict(outcomes), created, already_present),
+        proposals=ProposalCounts(dict(outcomes), created, already_present, unwritten),
         sheets_stored=sheets,
         failures=tuple(failures), source_problems=tuple(problems),
         http_requests=http_requests, timings=timings,

@@ -21,14 +21,14 @@ from typing import Any
 from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.filenames import safe_part
-from previsit.identifiers import DEFAULT_SYSTEM
+from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
 from previsit.jsonio import dumps
 from previsit.plan import DayPlan, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
 from previsit.report import RunReport, SheetCounts, build_report
 from previsit.ruleset import RuleSet
-from previsit.sources import Source, VisitWindow
+from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.suppressions import DeclineLookup, apply_declines
 
 log = logging.getLogger("previsit.run")
@@ -38,6 +38,7 @@ class RunOptions:
     window: VisitWindow
     settings: Settings = field(default_factory=Settings)
     identifier_system: str = DEFAULT_SYSTEM
+    sheet_identifier_system: str = DEFAULT_SHEET_SYSTEM
     as_of: date | None = None  # the authoredOn of proposals; default: the window start
     write_back: bool = False  # send transactions to the source (a server)
     concurrency: int = 8
@@ -118,6 +119,7 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
     bundles: dict[str, dict[str, Any]] = {}
     proposed_for: dict[str, list[tuple[str, str]]] = {}
     writes: Counter[str] = Counter()
+    not_written: dict[str, frozenset[str]] = {}  # appointment -> proposal identifiers
     as_of = options.as_of or options.window.start
     # The last appointment of each patient's day (visits are in start order): an earlier one
     # the same day draws the labs and leaves the rest to it.
@@ -157,9 +159,14 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                                                             key=visit.appointment_id)
                 except SourceError as exc:
                     plan = replace(plan, failed=f"write-back failed: {exc}")
+                    not_written[visit.appointment_id] = _identifiers(proposals.bundle)
                 else:
                     writes["created"] += len(result.created)
                     writes["existing"] += len(result.existing)
+                    if not result.complete:
+                        missing = _identifiers(proposals.bundle, result.missing)
+                        not_written[visit.appointment_id] = missing
+                        plan = replace(plan, failed=_partly_written(plan, missing, result))
         if options.write_back and options.render_sheet is not None and not plan.failed:
             plan = await _store_sheet(source, plan, options.render_sheet, options, as_of,
                                       writes)
@@ -172,7 +179,7 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                   ruleset=ruleset.describe())
     report = build_report(
         day, write_back=options.write_back, created=writes["created"],
-        already_present=writes["existing"],
+        already_present=writes["existing"], not_written=not_written,
         sheets=SheetCounts(writes["sheets_created"], writes["sheets_updated"]),
         problems=source.problems(), http_requests=int(getattr(source, "request_count", 0)),
         timings={"appointments_seconds": round(read_done - started, 3),
@@ -189,8 +196,9 @@ async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitP
     replaced on a re-run). A failure fails the visit: the team asked for the sheet in the EHR."""
     from previsit.documents import sheet_transaction
 
-    bundle = sheet_transaction(plan, render(plan), identifier_system=options.identifier_system,
-                               as_of=as_of)
+    bundle = sheet_transaction(plan, render(plan),
+                               identifier_system=options.sheet_identifier_system,
+                               as_of=as_of, timezone=options.window.timezone)
     try:
         result = await source.write_transaction(bundle, key=f"sheet-{plan.visit.appointment_id}")
     except SourceError as exc:
@@ -198,6 +206,25 @@ async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitP
     writes["sheets_created"] += len(result.created)
     writes["sheets_updated"] += len(result.existing)
     return plan
+
+
+def _identifiers(bundle: dict[str, Any], full_urls: Sequence[str] | None = None
+                 ) -> frozenset[str]:
+    """The proposal identifiers of the bundle's entries (of those with these fullUrls)."""
+    wanted = None if full_urls is None else set(full_urls)
+    return frozenset(
+        str(identifier.get("value")) for entry in bundle.get("entry", ())
+        if wanted is None or entry.get("fullUrl") in wanted
+        for identifier in entry["resource"].get("identifier", ())[:1])
+
+
+def _partly_written(plan: VisitPlan, missing: frozenset[str], result: WriteResult) -> str:
+    """What a partly written visit lacks, by name, and why; a re-run writes the rest."""
+    proposed = [p for p in plan.proposals if p.outcome == ProposalOutcome.PROPOSED]
+    lacking = [f"{p.display} ({p.resource_type})" for p in proposed if p.identifier in missing]
+    return (f"write-back partly done: {len(proposed) - len(lacking)} of {len(proposed)} "
+            f"proposals written; not written: {', '.join(lacking)} — {result.problem}; a "
+            "re-run writes only what is missing")
 
 
 def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:

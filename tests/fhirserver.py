@@ -149,6 +149,15 @@ class FhirServerAdmin:
         result: dict[str, Any] = self._call("GET", "stats")
         return result
 
+    def spend_quota(self, key: str, *, remaining: int, reset_s: float | None = None
+                    ) -> dict[str, Any]:
+        """Leave the client `key` ("client:ID", "address:IP") `remaining` fhirInteractions
+        points in a window that resets in `reset_s` (default: the server's window)."""
+        result: dict[str, Any] = self._call("POST", "ratelimit", {
+            "key": key, "remaining": remaining,
+            **({"reset_s": reset_s} if reset_s is not None else {})})
+        return result
+
     def config(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "config")
         return result
@@ -157,6 +166,20 @@ class FhirServerAdmin:
         """Store a batch/transaction Bundle as the admin (no production rules; PUT keeps ids)."""
         result: dict[str, Any] = self._call("POST", "load", bundle)
         return result
+
+    def load_folder(self, folder: Path, size: int = 200) -> int:
+        """Store every resource of a folder of Bundles/NDJSON as the admin, keeping their ids
+        (PUT Type/id, no production rules): seeding a test or a demo with the sample day.
+        Returns how many resources were stored."""
+        from previsit.upload import read_resources
+
+        resources = read_resources(folder)
+        for start in range(0, len(resources), size):
+            self.load({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": r, "request": {"method": "PUT",
+                                            "url": f"{r['resourceType']}/{r['id']}"}}
+                for r in resources[start:start + size]]})
+        return len(resources)
 
     def preauthorize(self, user: str | None = None, patient: str | None = None, *,
                      client_id: str | None = None, deny: bool = False) -> None:
@@ -193,9 +216,9 @@ def fhir_test_server(
 ) -> Iterator[FhirTestServer]:
     """Start a fresh, empty server on a free 127.0.0.1 port; yield it; stop it on exit.
 
-    profile: lenient (today's kind behaviour), medplum or hapi (README in tests/fhir_server);
-    default: $PREVISIT_TEST_FHIR_PROFILE, else lenient - so the whole suite can be run against
-    the strict profiles before the default changes.
+    profile: medplum (the strict default: a production Medplum's limits), hapi, or lenient (the
+    kind server the tests once had; for tests of one behaviour in isolation) - README in
+    tests/fhir_server; default: $PREVISIT_TEST_FHIR_PROFILE, else medplum.
     clients: SMART clients and users (a dict written to a temporary file, or a file path);
     turns the authorization server on and makes FHIR requests need a token it issued.
     admin_token: True for a random one, a string, or False for none.
@@ -204,7 +227,7 @@ def fhir_test_server(
     """
     node = ensure_installed()
     admin = secrets.token_urlsafe(24) if admin_token is True else (admin_token or None)
-    profile = profile or os.environ.get("PREVISIT_TEST_FHIR_PROFILE", "").strip() or "lenient"
+    profile = profile or os.environ.get("PREVISIT_TEST_FHIR_PROFILE", "").strip() or "medplum"
     cmd = [str(node), str(SERVER_DIR / "server.mjs"), "--port", "0",
            "--latency-ms", str(latency_ms), f"--profile={profile}"]
     if token is not None:

@@ -28,11 +28,12 @@ from previsit.auth import (
     CLIENT_ASSERTION_TYPE,
     BearerToken,
     ClientSecretBasic,
+    NoCredentials,
     Secret,
     SmartBackendAuth,
     auth_from_config,
 )
-from previsit.config import AuthConfig
+from previsit.config import AuthConfig, Config, OutputConfig, SourceConfig, requested_scope
 from previsit.errors import AuthError, SourceError
 from previsit.keys import generate_key_pair
 from previsit.sources import VisitWindow
@@ -333,8 +334,110 @@ def test_client_secret_basic_sends_form_encoded_credentials_in_basic_auth() -> N
 # --- from configuration -----------------------------------------------------------------
 
 
-def test_no_auth_is_none() -> None:
-    assert auth_from_config(AuthConfig(), BASE, {}) is None
+def test_no_auth_sends_nothing() -> None:
+    auth = auth_from_config(AuthConfig(), BASE, {})
+    assert isinstance(auth, NoCredentials)
+    request = next(auth.auth_flow(httpx.Request("GET", BASE)))
+    assert "Authorization" not in request.headers
+
+
+def unauthorized_source(env: dict[str, str], **config: Any) -> HttpSource:
+    router = respx.MockRouter(assert_all_called=False)
+    router.get(f"{BASE}/Appointment").mock(return_value=httpx.Response(401, json={
+        "resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": "login", "details": {"text": "Unauthorized"}}]}))
+    return HttpSource.from_config(SourceConfig(kind="fhir", base_url=BASE),
+                                  AuthConfig(**config), env,
+                                  transport=httpx.MockTransport(router.async_handler))
+
+
+def test_a_401_without_credentials_says_none_are_configured_and_names_the_unused_token(
+) -> None:
+    # PREVISIT_TOKEN set, auth.method left at "none": the token is not sent.
+    source = unauthorized_source({"PREVISIT_TOKEN": "t0k"})
+    with pytest.raises(SourceError) as caught:
+        run(source.appointments(WINDOW))
+    message = str(caught.value)
+    assert "refused our credentials" not in message
+    assert "none are configured: auth.method is \"none\"" in message
+    assert "PREVISIT_TOKEN is set but is only sent with auth.method = \"bearer\"" in message
+    assert "t0k" not in message
+
+
+def test_a_401_without_credentials_and_no_token_says_what_to_configure() -> None:
+    source = unauthorized_source({})
+    with pytest.raises(SourceError, match=r"auth\.method is \"none\"; set \[auth\] method"):
+        run(source.appointments(WINDOW))
+
+
+def test_a_401_with_credentials_still_says_they_were_refused() -> None:
+    source = unauthorized_source({"PREVISIT_TOKEN": "t0k"}, method="bearer")
+    with pytest.raises(SourceError, match="refused our credentials"):
+        run(source.appointments(WINDOW))
+
+
+# --- scopes ------------------------------------------------------------------------------
+
+
+RUN_SCOPE_V2 = ("system/Appointment.rs system/Patient.rs system/Condition.rs "
+                "system/MedicationRequest.crus system/Medication.rs system/Observation.rs "
+                "system/Procedure.rs system/Immunization.rs system/ServiceRequest.crus")
+
+
+def test_the_default_scope_is_smart_v2_for_exactly_what_a_run_needs() -> None:
+    assert requested_scope(Config()) == RUN_SCOPE_V2
+    with_sheets = Config(output=OutputConfig(write_sheets=True))
+    assert requested_scope(with_sheets) == RUN_SCOPE_V2 + " system/DocumentReference.cu"
+
+
+def test_v1_scopes_are_an_option() -> None:
+    config = Config(auth=AuthConfig(scope_version="v1"))
+    assert requested_scope(config) == (
+        "system/Appointment.read system/Patient.read system/Condition.read "
+        "system/MedicationRequest.read system/MedicationRequest.write system/Medication.read "
+        "system/Observation.read system/Procedure.read system/Immunization.read "
+        "system/ServiceRequest.read system/ServiceRequest.write")
+
+
+def test_a_configured_scope_wins() -> None:
+    config = Config(auth=AuthConfig(scope="system/*.rs"), output=OutputConfig(write_sheets=True))
+    assert requested_scope(config) == "system/*.rs"
+    auth = auth_from_config(AuthConfig(method="client-secret", client_id="c",
+                                       scope="system/*.rs"), BASE, {"PREVISIT_CLIENT_SECRET": "s"},
+                            scope="system/Patient.c")
+    assert isinstance(auth, ClientSecretBasic) and auth.requested_scope == "system/*.rs"
+
+
+def test_the_command_scope_is_asked_for_and_the_granted_one_read_from_the_response() -> None:
+    server = TokenServer()
+    auth = auth_from_config(AuthConfig(method="client-secret", client_id="c", token_url=TOKEN_URL),
+                            BASE, {"PREVISIT_CLIENT_SECRET": "s"}, scope=RUN_SCOPE_V2)
+    assert isinstance(auth, ClientSecretBasic)
+    assert auth.granted_scope is None  # no token yet
+
+    async def go() -> None:
+        async with server.client(auth) as client:
+            await get(client)
+
+    run(go())
+    assert server.forms[0]["scope"] == [RUN_SCOPE_V2]
+    assert auth.granted_scope == SCOPE  # what the token endpoint said it granted
+
+
+def test_a_token_response_without_scope_means_the_scope_asked_for() -> None:
+    server = TokenServer()
+    server.token.side_effect = None
+    server.token.return_value = httpx.Response(200, json={"access_token": "x",
+                                                          "token_type": "bearer"})
+    server.valid = {"x"}
+    auth = smart(token_url=TOKEN_URL)
+
+    async def go() -> None:
+        async with server.client(auth) as client:
+            await get(client)
+
+    run(go())
+    assert auth.granted_scope == SCOPE
 
 
 def test_bearer_from_the_environment_or_a_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Generator
 from typing import Any
 
@@ -14,8 +15,17 @@ import pytest
 import respx
 from builders import capability_statement, json_response
 
-from previsit.capability import CheckLine, assess, check_server, parse_capabilities
+from previsit.capability import (
+    CheckLine,
+    assess,
+    assess_scopes,
+    check_access,
+    check_server,
+    parse_capabilities,
+    verify_create,
+)
 from previsit.errors import AuthError
+from previsit.scopes import run_permissions
 
 BASE = "https://ehr.example/fhir/R4"
 SMART = {"token_endpoint": "https://ehr.example/token",
@@ -193,7 +203,8 @@ def test_a_capable_server_in_full() -> None:
         "[ok] records: Patient read is supported",
         "[ok] batch: batch is supported: each patient's record is read in one round trip "
         "(more only for long histories)",
-        "[ok] write-back: transaction is supported: one transaction per visit",
+        "[ok] write-back: transaction is supported (each visit's proposals in transactions of "
+        "source.max_transaction_entries at most)",
         "[ok] write-back: conditional create on ServiceRequest: re-runs cannot duplicate "
         "proposals",
         "[ok] write-back: conditional create on MedicationRequest: re-runs cannot duplicate "
@@ -585,3 +596,137 @@ def test_without_the_probe_no_authenticated_request_is_made() -> None:
     assert levels(lines, "credentials") == []
     assert [c.request.url.path for c in router.calls] == [
         "/fhir/R4/metadata", "/fhir/R4/.well-known/smart-configuration"]
+
+
+# --- the credentials' permissions ------------------------------------------------------------
+
+
+RUN = run_permissions(sheets=False)
+RUN_SCOPE = ("system/Appointment.rs system/Patient.rs system/Condition.rs "
+             "system/MedicationRequest.crus system/Medication.rs system/Observation.rs "
+             "system/Procedure.rs system/Immunization.rs system/ServiceRequest.crus")
+
+
+def test_a_grant_of_what_the_run_asks_for_is_green() -> None:
+    assert [str(line) for line in assess_scopes(RUN_SCOPE, RUN)] == [
+        "[ok] scopes: the token grants every permission the run needs (9 resource types)"]
+
+
+def test_each_missing_permission_is_a_failed_line_naming_the_scope() -> None:
+    # The old default: read everything, v1 writes (Medplum: .write grants nothing).
+    granted = "system/*.read system/ServiceRequest.write system/MedicationRequest.write"
+    lines = assess_scopes(granted, run_permissions(sheets=True))
+    assert [str(line) for line in lines] == [
+        "[fail] scopes: system/DocumentReference.cu is not granted: storing planning sheets "
+        f"will be refused (granted: {granted})",
+        "[warn] scopes: system/ServiceRequest.write, system/MedicationRequest.write: SMART v1 "
+        ".write scopes grant nothing on some servers (Medplum); set auth.scope_version = "
+        "\"v2\" (the default) or ask for v2 scopes"]
+
+
+def test_a_read_only_grant_fails_both_proposal_kinds() -> None:
+    lines = assess_scopes("system/*.rs", RUN)
+    assert [(line.level, line.message.split(" is not granted")[0]) for line in lines] == [
+        ("fail", "system/MedicationRequest.cu"), ("fail", "system/ServiceRequest.cu")]
+    assert "writing renewal proposals will be refused" in lines[0].message
+
+
+def test_only_the_missing_letters_are_named() -> None:
+    granted = RUN_SCOPE.replace("system/ServiceRequest.crus", "system/ServiceRequest.crs")
+    (line,) = assess_scopes(granted, RUN)
+    assert line.message.startswith("system/ServiceRequest.u is not granted")
+
+
+def test_a_static_token_says_nothing_about_its_scope() -> None:
+    (line,) = assess_scopes(None, RUN)
+    assert (line.level, line.topic) == ("info", "scopes")
+
+
+def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": r} for r in resources]}
+
+
+OURS = {"resourceType": "ServiceRequest", "id": "sr-9", "status": "draft",
+        "intent": "proposal", "subject": {"reference": "Patient/p1"},
+        "identifier": [{"system": "urn:previsit:proposal", "value": "pv-1"}],
+        "meta": {"versionId": "2"}}
+
+
+def verify(router: respx.MockRouter, rtype: str = "ServiceRequest") -> CheckLine:
+    need = next(p for p in run_permissions(sheets=True) if p.resource_type == rtype)
+
+    async def checked() -> CheckLine:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as c:
+            return await verify_create(c, BASE, need, "urn:previsit:proposal")
+
+    return asyncio.run(checked())
+
+
+def test_writing_is_verified_by_a_conditional_create_matching_one_of_ours() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    search = router.get("/ServiceRequest").mock(return_value=json_response(searchset(OURS)))
+    create = router.post("/ServiceRequest").mock(return_value=json_response(OURS))
+    line = verify(router)
+    assert str(line) == ("[ok] write check: creating ServiceRequest is allowed (a conditional "
+                         "create matched an existing one: nothing was written)")
+    assert search.calls[0].request.url.params["identifier"] == "urn:previsit:proposal|"
+    sent = create.calls[0].request
+    assert sent.headers["If-None-Exist"] == "identifier=urn:previsit:proposal|pv-1"
+    assert "id" not in json.loads(sent.content) and "meta" not in json.loads(sent.content)
+
+
+def test_without_one_of_ours_any_resource_of_the_type_is_matched_by_id() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    theirs = {**OURS, "id": "sr-1", "identifier": []}
+    router.get("/ServiceRequest").mock(side_effect=[json_response(searchset()),
+                                                    json_response(searchset(theirs))])
+    create = router.post("/ServiceRequest").mock(return_value=json_response(theirs))
+    assert verify(router).level == "ok"
+    assert create.calls[0].request.headers["If-None-Exist"] == "_id=sr-1"
+
+
+def test_a_refused_create_is_a_failed_line() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    router.get("/ServiceRequest").mock(return_value=json_response(searchset(OURS)))
+    router.post("/ServiceRequest").mock(return_value=json_response(
+        {"resourceType": "OperationOutcome", "id": "forbidden", "issue": [
+            {"severity": "error", "code": "forbidden", "details": {"text": "Forbidden"}}]}, 403))
+    line = verify(router)
+    assert line.level == "fail"
+    assert line.message.startswith("creating ServiceRequest is refused (HTTP 403 Forbidden")
+    assert line.message.endswith("writing lab, screening and immunization proposals will "
+                                 "fail; the token needs system/ServiceRequest.crus (SMART v2)")
+
+
+def test_with_nothing_to_match_no_create_is_tried() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    router.get("/DocumentReference").mock(return_value=json_response(searchset()))
+    create = router.post("/DocumentReference")
+    line = verify(router, "DocumentReference")
+    assert (line.level, create.call_count) == ("info", 0)
+    assert "no DocumentReference on the server to match without writing one" in line.message
+
+
+def test_a_create_the_server_did_not_match_is_reported_for_deletion() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    router.get("/ServiceRequest").mock(return_value=json_response(searchset(OURS)))
+    router.post("/ServiceRequest").mock(return_value=json_response({**OURS, "id": "new"}, 201))
+    line = verify(router)
+    assert line.level == "warn" and "created ServiceRequest/new: delete it" in line.message
+
+
+def test_check_access_judges_the_grant_then_tries_each_written_type() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    router.get(path__regex=r"/(ServiceRequest|MedicationRequest)$").mock(
+        return_value=json_response(searchset()))
+
+    async def checked() -> list[CheckLine]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as c:
+            return await check_access(c, BASE, None, RUN, {})
+
+    lines = asyncio.run(checked())
+    assert [(line.level, line.topic) for line in lines] == [
+        ("info", "scopes"), ("info", "write check"), ("info", "write check")]
+    assert [line.message.split(" not tried")[0] for line in lines[1:]] == [
+        "creating MedicationRequest", "creating ServiceRequest"]

@@ -90,3 +90,47 @@ def test_a_bad_configuration_names_the_file_and_the_key(tmp_path: Path, text: st
 def test_the_timezone_error_says_what_is_expected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not an IANA time zone"):
         load_config(write(tmp_path, '[source]\ntimezone = "CST"\n'), env={})
+
+
+def test_paths_given_on_the_command_line_are_relative_to_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `previsit run --config /etc/previsit/previsit.toml --out out` from /srv/job writes to
+    # /srv/job/out, not /etc/previsit/out; the file's own paths stay relative to the file.
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    path = write(config_dir, '[output]\nfolder = "from-file"\n[rules]\nfolder = "rules"\n')
+    job = tmp_path / "job"
+    job.mkdir()
+    monkeypatch.chdir(job)
+    config = load_config(path, env={}, output__folder=Path("out"),
+                         source__path=Path("data"))
+    assert config.output.folder == job / "out"
+    assert config.source.path == job / "data"
+    assert config.rules.folder == config_dir / "rules"
+    assert load_config(path, env={}).output.folder == config_dir / "from-file"
+    absolute = tmp_path / "elsewhere"
+    assert load_config(path, env={}, output__folder=absolute).output.folder == absolute
+
+
+def test_transaction_size_and_the_runs_waiting_budget(tmp_path: Path) -> None:
+    defaults = load_config(None, env={})
+    assert defaults.source.max_transaction_entries == 8  # Medplum's strict-isolation limit
+    assert defaults.source.max_wait_seconds == 900.0
+    path = write(tmp_path, "[source]\nmax_transaction_entries = 50\nmax_wait_seconds = 0\n")
+    config = load_config(path, env={"PREVISIT_SOURCE_MAX_WAIT_SECONDS": "120"})
+    assert config.source.max_transaction_entries == 50
+    assert config.source.max_wait_seconds == 120.0
+    with pytest.raises(ConfigError, match=r"source\.max_transaction_entries"):
+        load_config(write(tmp_path, "[source]\nmax_transaction_entries = 0\n"), env={})
+
+
+def test_scopes_default_to_what_the_run_needs_and_sheets_have_their_own_system(
+        tmp_path: Path) -> None:
+    config = load_config(None, env={})
+    assert config.auth.scope is None and config.auth.scope_version == "v2"
+    assert config.output.sheet_identifier_system == "urn:previsit:sheet"
+    assert config.output.sheet_identifier_system != config.output.identifier_system
+    path = write(tmp_path, '[auth]\nscope_version = "v1"\n')
+    assert load_config(path, env={}).auth.scope_version == "v1"
+    with pytest.raises(ConfigError, match=r"auth\.scope_version"):
+        load_config(write(tmp_path, '[auth]\nscope_version = "v3"\n'), env={})

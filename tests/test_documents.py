@@ -14,8 +14,9 @@ from fhir.resources.R4B.documentreference import DocumentReference
 from previsit.documents import sheet_document, sheet_transaction
 from previsit.plan import Visit, VisitPlan
 
-SYSTEM = "urn:previsit:proposal"
+SYSTEM = "urn:previsit:sheet"
 AS_OF = date(2026, 11, 30)
+TZ = "America/Chicago"
 HTML = "<p>Café</p>"  # 11 characters, 12 bytes in UTF-8
 # sha256("appt-1" + "\x1f" + "planning-sheet"), first 32 hex digits
 APPT_1_SHEET = "pv-sheet-a0dcf0a6c3ee565f427b9763a18e58d5"
@@ -28,7 +29,8 @@ def plan(aid: str = "appt-1", pid: str = "p1") -> VisitPlan:
 
 
 def document(html: str = HTML, **kwargs: Any) -> dict[str, Any]:
-    return sheet_document(plan(**kwargs), html, identifier_system=SYSTEM, as_of=AS_OF)
+    return sheet_document(plan(**kwargs), html, identifier_system=SYSTEM, as_of=AS_OF,
+                          timezone=TZ)
 
 
 def attachment(doc: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def test_the_identifier_is_stable_per_appointment() -> None:
     assert document()["identifier"] == [{"system": SYSTEM, "value": APPT_1_SHEET}]
     # the same appointment on another day, with another sheet: the same identifier
     later = sheet_document(plan(), "<p>changed</p>", identifier_system=SYSTEM,
-                           as_of=date(2026, 12, 1))
+                           as_of=date(2026, 12, 1), timezone=TZ)
     assert later["identifier"] == [{"system": SYSTEM, "value": APPT_1_SHEET}]
     assert document(aid="appt-2")["identifier"][0]["value"] == \
         "pv-sheet-bacbcfdd3f7c43ae30e094319e1f38c2"
@@ -49,7 +51,7 @@ def test_the_identifier_is_stable_per_appointment() -> None:
 
 def test_the_identifier_system_is_the_clinics() -> None:
     doc = sheet_document(plan(), HTML, identifier_system="https://clinic.example/sheets",
-                         as_of=AS_OF)
+                         as_of=AS_OF, timezone=TZ)
     assert doc["identifier"] == [{"system": "https://clinic.example/sheets",
                                   "value": APPT_1_SHEET}]
 
@@ -71,7 +73,8 @@ def test_the_document_says_what_it_is() -> None:
     assert doc["type"] == {"coding": [{"system": "http://loinc.org", "code": "11506-3",
                                        "display": "Progress note"}],
                            "text": "Pre-visit planning sheet"}
-    assert doc["date"] == "2026-11-30T00:00:00Z"
+    # midnight in the clinic's zone, not midnight UTC (the evening before in Chicago)
+    assert doc["date"] == "2026-11-30T00:00:00-06:00"
     assert doc["description"] == "Pre-visit planning sheet prepared by previsit"
 
 
@@ -116,7 +119,8 @@ def test_the_document_validates_as_an_r4b_document_reference() -> None:
 
 
 def transaction(aid: str = "appt-1", html: str = HTML) -> dict[str, Any]:
-    return sheet_transaction(plan(aid), html, identifier_system=SYSTEM, as_of=AS_OF)
+    return sheet_transaction(plan(aid), html, identifier_system=SYSTEM, as_of=AS_OF,
+                             timezone=TZ)
 
 
 def test_one_conditional_update_on_the_identifier() -> None:
@@ -125,7 +129,7 @@ def test_one_conditional_update_on_the_identifier() -> None:
     (entry,) = bundle["entry"]
     assert entry["request"] == {
         "method": "PUT",
-        "url": f"DocumentReference?identifier=urn:previsit:proposal|{APPT_1_SHEET}"}
+        "url": f"DocumentReference?identifier=urn:previsit:sheet|{APPT_1_SHEET}"}
     assert entry["resource"] == document()
 
 
@@ -139,3 +143,11 @@ def test_the_transaction_validates_as_an_r4b_bundle() -> None:
     parsed = Bundle.model_validate(transaction())
     assert parsed.entry is not None and parsed.entry[0].request is not None
     assert parsed.entry[0].request.method == "PUT"
+
+
+def test_the_date_follows_the_zone_and_its_summer_time() -> None:
+    summer = sheet_document(plan(), HTML, identifier_system=SYSTEM, as_of=date(2026, 7, 1),
+                            timezone=TZ)
+    assert summer["date"] == "2026-07-01T00:00:00-05:00"
+    utc = sheet_document(plan(), HTML, identifier_system=SYSTEM, as_of=AS_OF, timezone="UTC")
+    assert utc["date"] == "2026-11-30T00:00:00+00:00"

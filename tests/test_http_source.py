@@ -9,65 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
-from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from datetime import date, datetime
+from typing import Any
 
 import httpx
 import pytest
 import respx
 from builders import capability_statement, json_response, medication, observation, patient
+from http_harness import BASE, NOW, Harness, outcome, run, searchset
 
 from previsit.errors import PatientReadError, SourceError, WriteError
 from previsit.sources import VisitWindow
 from previsit.sources.http import (
     HttpSource,
-    RetryPolicy,
     is_conditional_transaction,
     retry_after_seconds,
 )
-
-BASE = "https://ehr.example/fhir/R4"
-NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
-T = TypeVar("T")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
-
-
-class Harness:
-    """A mocked server, a source talking to it, and the sleeps the source asked for."""
-
-    def __init__(self, **options: Any) -> None:
-        self.router = respx.MockRouter(base_url=BASE, assert_all_called=False)
-        self.sleeps: list[float] = []
-        retry = options.pop("retry", {})
-
-        async def sleep(seconds: float) -> None:
-            self.sleeps.append(seconds)
-
-        self.client = httpx.AsyncClient(transport=httpx.MockTransport(self.router.async_handler))
-        self.source = HttpSource(self.client, BASE, retry=RetryPolicy(
-            sleep=sleep, now=lambda: NOW, **retry), **options)
-
-    def capability(self, *, batch: bool = True) -> respx.Route:
-        return self.router.get("/metadata").mock(return_value=json_response(
-            capability_statement(batch=batch)))
-
-
-def searchset(*resources: dict[str, Any], next_url: str | None = None) -> dict[str, Any]:
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                              "entry": [{"resource": r} for r in resources]}
-    if next_url:
-        bundle["link"] = [{"relation": "self", "url": f"{BASE}/x"},
-                          {"relation": "next", "url": next_url}]
-    return bundle
-
-
-def outcome(text: str, code: str = "invalid") -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
 
 
 def appointment(aid: str, start: str, *, pid: str = "p1", status: str = "booked",

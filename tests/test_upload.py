@@ -1,5 +1,8 @@
 """`previsit upload`: a folder of Bundles / NDJSON read into resources with Type/id
-references, then written as PUT Type/id transactions, referenced types first.
+references, then one transaction in which every resource is created by POST under a
+urn:uuid fullUrl (the server assigns the id), conditional on an identifier naming its id in
+the folder, references between them by fullUrl, what is referred to first. The HTTP source
+splits it to the server's size (tests/test_write_back.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ import pytest
 from builders import bundle, write
 
 from previsit.errors import UploadError
-from previsit.upload import read_resources, transactions
+from previsit.upload import (
+    UPLOAD_SYSTEM,
+    full_url,
+    read_resources,
+    resource_types,
+    upload_transaction,
+)
 
 
 def res(rtype: str, rid: str | None, **fields: Any) -> dict[str, Any]:
@@ -29,9 +38,10 @@ def entry(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
             "request": {"method": "POST", "url": resource["resourceType"]}}
 
 
-def planned(resources: list[dict[str, Any]], size: int = 200) -> list[list[str]]:
-    """Each transaction's request URLs."""
-    return [[e["request"]["url"] for e in tx["entry"]] for tx in transactions(resources, size)]
+def planned(resources: list[dict[str, Any]]) -> list[str]:
+    """The uploaded resources, as Type/id in the folder, in the order they are written."""
+    return [f"{e['request']['url']}/{e['request']['ifNoneExist'].rsplit('|', 1)[1]}"
+            for e in upload_transaction(resources)["entry"]]
 
 
 # --- read_resources ---------------------------------------------------------------------
@@ -151,49 +161,116 @@ def test_resources_without_an_id_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UploadError) as caught:
         read_resources(tmp_path)
     assert str(caught.value) == ("3 resources have no id (Observation, Patient); upload "
-                                 "writes with PUT Type/id so ids must be given")
+                                 "identifies each resource by its id in the folder, so ids "
+                                 "must be given")
 
 
-# --- transactions -----------------------------------------------------------------------
+# --- the upload transaction -------------------------------------------------------------
 
 
-def test_referenced_types_are_written_first() -> None:
-    resources = [res("Observation", "o1"), res("Patient", "p1"), res("Medication", "m1"),
+def test_each_resource_is_a_conditional_post_under_a_urn_uuid_without_its_id() -> None:
+    patient = res("Patient", "pat-maria-lopez", gender="female",
+                  identifier=[{"system": "urn:oid:1.2.3", "value": "RFM-1"}],
+                  meta={"versionId": "3", "lastUpdated": "2026-01-01T00:00:00Z",
+                        "profile": ["http://example.org/p"]})
+    (entry,) = upload_transaction([patient])["entry"]
+    assert entry["fullUrl"] == full_url("Patient", "pat-maria-lopez")
+    assert entry["fullUrl"].startswith("urn:uuid:") and len(entry["fullUrl"]) == 45
+    assert entry["request"] == {
+        "method": "POST", "url": "Patient",
+        "ifNoneExist": "identifier=urn:previsit:upload|pat-maria-lopez"}
+    assert entry["resource"] == {
+        "resourceType": "Patient", "gender": "female",
+        # its own identifiers kept, the upload identifier added
+        "identifier": [{"system": "urn:oid:1.2.3", "value": "RFM-1"},
+                       {"system": UPLOAD_SYSTEM, "value": "pat-maria-lopez"}],
+        # what the server sets itself is left to it
+        "meta": {"profile": ["http://example.org/p"]}}
+
+
+def test_the_full_url_is_stable_and_differs_per_type_and_id() -> None:
+    assert full_url("Patient", "p1") == full_url("Patient", "p1")
+    assert len({full_url("Patient", "p1"), full_url("Patient", "p2"),
+                full_url("Observation", "p1")}) == 3
+
+
+def test_references_between_uploaded_resources_point_at_their_full_urls() -> None:
+    resources = [res("Patient", "p1"),
+                 res("Observation", "o1", subject={"reference": "Patient/p1"},
+                     performer=[{"reference": "Practitioner/elsewhere"}],
+                     note=[{"text": "Patient/p1"}])]
+    by_type = {e["request"]["url"]: e for e in upload_transaction(resources)["entry"]}
+    observation = by_type["Observation"]["resource"]
+    assert observation["subject"] == {"reference": by_type["Patient"]["fullUrl"]}
+    assert observation["performer"] == [{"reference": "Practitioner/elsewhere"}]  # not ours
+    assert observation["note"] == [{"text": "Patient/p1"}]  # text, not a reference
+
+
+def test_what_a_resource_refers_to_is_written_before_it() -> None:
+    # A panel refers to its members; an observation to its encounter; an encounter to the
+    # patient; whatever the types' usual order says.
+    resources = [res("Observation", "a-panel", hasMember=[{"reference": "Observation/z1"},
+                                                          {"reference": "Observation/z2"}]),
+                 res("Observation", "z1", encounter={"reference": "Encounter/e1"}),
+                 res("Observation", "z2"), res("Encounter", "e1",
+                                               subject={"reference": "Patient/p1"}),
+                 res("Patient", "p1", managingOrganization={"reference": "Organization/o"}),
+                 res("Organization", "o")]
+    assert planned(resources) == ["Organization/o", "Patient/p1", "Encounter/e1",
+                                  "Observation/z1", "Observation/z2", "Observation/a-panel"]
+
+
+def test_without_references_referenced_types_come_first_then_type_then_id() -> None:
+    resources = [res("Observation", "o1"), res("Patient", "p2"), res("Medication", "m1"),
                  res("PractitionerRole", "r1"), res("Encounter", "e1"),
-                 res("Location", "l1"), res("Practitioner", "dr1"),
+                 res("Location", "l1"), res("Practitioner", "dr1"), res("Patient", "p10"),
                  res("Organization", "org1"), res("Condition", "c1")]
-    assert planned(resources) == [[
+    assert planned(resources) == [
         "Organization/org1", "Practitioner/dr1", "Location/l1", "PractitionerRole/r1",
-        "Patient/p1", "Medication/m1", "Condition/c1", "Encounter/e1", "Observation/o1"]]
+        "Patient/p10", "Patient/p2", "Medication/m1", "Condition/c1", "Encounter/e1",
+        "Observation/o1"]
 
 
-def test_within_a_type_resources_are_ordered_by_id_as_text() -> None:
-    resources = [res("Patient", "p2"), res("Patient", "p10"), res("Patient", "p1")]
-    assert planned(resources) == [["Patient/p1", "Patient/p10", "Patient/p2"]]
+def test_a_reference_cycle_keeps_every_resource() -> None:
+    resources = [res("Observation", "b", derivedFrom=[{"reference": "Observation/a"}]),
+                 res("Observation", "a", derivedFrom=[{"reference": "Observation/b"}])]
+    assert planned(resources) == ["Observation/a", "Observation/b"]
 
 
-def test_resources_are_chunked_in_order() -> None:
-    resources = [res("Observation", f"o{i}") for i in range(1, 4)] + [res("Patient", "p1"),
-                                                                       res("Patient", "p2")]
-    assert planned(resources, size=2) == [["Patient/p1", "Patient/p2"],
-                                          ["Observation/o1", "Observation/o2"],
-                                          ["Observation/o3"]]
+def test_a_type_with_one_identifier_gets_ours_when_it_has_none() -> None:
+    (entry,) = upload_transaction([res("Bundle", "b1", type="collection")])["entry"]
+    assert entry["resource"]["identifier"] == {"system": UPLOAD_SYSTEM, "value": "b1"}
+    with pytest.raises(UploadError, match="already has its one identifier"):
+        upload_transaction([res("Bundle", "b2", type="collection",
+                                identifier={"system": "urn:x", "value": "1"})])
 
 
-def test_the_default_chunk_is_two_hundred() -> None:
-    resources = [res("Observation", f"o{i:03d}") for i in range(201)]
-    chunks = planned(resources)
-    assert [len(chunk) for chunk in chunks] == [200, 1]
-    assert chunks[1] == ["Observation/o200"]
+def test_a_type_that_cannot_carry_an_identifier_is_refused() -> None:
+    with pytest.raises(UploadError, match=r"^Binary cannot carry an identifier"):
+        upload_transaction([res("Binary", "x1", contentType="text/plain")])
 
 
-def test_each_entry_is_a_put_of_the_resource_by_type_and_id() -> None:
-    patient = res("Patient", "p1", gender="female")
-    (tx,) = transactions([patient])
-    assert tx == {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "p1", "gender": "female"},
-         "request": {"method": "PUT", "url": "Patient/p1"}}]}
+def test_a_resource_twice_in_the_folder_is_refused() -> None:
+    with pytest.raises(UploadError, match=r"^1 resources appear more than once in the folder "
+                                          r"\(Patient/p1\)"):
+        upload_transaction([res("Patient", "p1"), res("Patient", "p1", gender="male")])
 
 
-def test_nothing_to_upload_is_no_transaction() -> None:
-    assert list(transactions([])) == []
+def test_an_id_that_is_not_a_fhir_id_is_refused() -> None:
+    with pytest.raises(UploadError, match=r"^Patient/p 1: the id is not a valid FHIR id"):
+        upload_transaction([res("Patient", "p 1")])
+
+
+def test_an_unknown_resource_type_is_refused() -> None:
+    with pytest.raises(UploadError, match=r"^Patientt is not a FHIR R4 resource type"):
+        upload_transaction([res("Patientt", "p1")])
+
+
+def test_the_types_an_upload_creates() -> None:
+    assert resource_types([res("Observation", "o1"), res("Patient", "p1"),
+                           res("Observation", "o2")]) == ["Observation", "Patient"]
+
+
+def test_nothing_to_upload_is_an_empty_transaction() -> None:
+    assert upload_transaction([]) == {"resourceType": "Bundle", "type": "transaction",
+                                      "entry": []}

@@ -42,14 +42,22 @@ class SourceProblem:
 
 @dataclass(frozen=True)
 class WriteResult:
-    """What happened to one transaction: per entry, created or already there."""
+    """What happened to one transaction: per entry, created or already there.
+
+    A server may take a Bundle only in parts (a transaction-size limit). When a part fails
+    after earlier parts were written, the write is partial: `missing` names the entries
+    not written (their fullUrls, or "entry N") and `problem` says why. A write that wrote
+    nothing at all raises WriteError instead.
+    """
 
     created: tuple[str, ...] = ()  # references of resources created
     existing: tuple[str, ...] = ()  # conditional creates that matched an existing resource
+    missing: tuple[str, ...] = ()
+    problem: str | None = None
 
-
-
-
+    @property
+    def complete(self) -> bool:
+        return not self.missing
 
 
 @runtime_checkable

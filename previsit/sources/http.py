@@ -9,7 +9,10 @@ Reads follow the FHIR conventions in DESIGN.md: only spec-defined search paramet
 batch POST is refused), each patient read once per run, and at most `concurrency` requests
 in flight. Transient failures (429/502/503/504, connect errors, timeouts) are retried with
 exponential backoff and jitter, honouring Retry-After, within a bounded number of
-attempts and a bounded total wait; a write is retried only when it is conditional.
+attempts and a bounded total wait; a write is retried only when it is conditional. A rate
+limit (429 with Retry-After, the IETF RateLimit fields or Medplum's `_msBeforeNext`, or a
+RateLimit field saying the quota is spent) pauses every request of the source until the
+quota resets (`throttle.Throttle`), within the run's budget for waiting.
 
 Errors a person reads name the request as "GET Observation?patient=…": parameter names,
 never values (DESIGN: no patient identifiers at INFO).
@@ -28,7 +31,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as dtime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -37,7 +39,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.capability import ServerCapabilities, parse_capabilities
-from previsit.config import AuthConfig, Config, SourceConfig
+from previsit.config import AuthConfig, Config, SourceConfig, requested_scope
 from previsit.errors import (
     AppointmentError,
     PatientReadError,
@@ -51,6 +53,20 @@ from previsit.operation_outcome import describe_failure, describe_outcome, redac
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
+from previsit.sources.throttle import (
+    Throttle,
+    WaitBudgetSpent,
+    limiter_wait,
+    retry_after_seconds,
+    server_wait,
+    spent_quota_wait,
+)
+from previsit.sources.transactions import (
+    forward_reference,
+    is_transient_conflict,
+    smaller_size,
+    transaction_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +77,28 @@ BATCH_REFUSED = frozenset({400, 404, 405, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
+# Rate-limited attempts of one request are bounded by the run's budget for waiting; this
+# only stops a server that answers 429 "wait 0 s" forever.
+MAX_THROTTLED_ATTEMPTS = 50
+LONG_WRITE = 100  # entries from which a write logs its progress
 
 T = TypeVar("T")
 
-
-
-
+__all__ = ["HttpSource", "RetryPolicy", "build_client", "is_conditional_transaction",
+           "open_http_source", "retry_after_seconds"]
 
 
 class _Retry(Exception):
     """Raised inside one attempt to ask tenacity for another."""
 
     def __init__(self, message: str, *, response: httpx.Response | None = None,
-                 error: Exception | None = None) -> None:
+                 error: Exception | None = None, throttled: bool = False) -> None:
         super().__init__(message)
         self.response = response
         self.error = error
+        # A rate limit with a stated wait: the shared pause does the waiting, and the
+        # attempt does not count against max_attempts (the run's waiting budget bounds it).
+        self.throttled = throttled
 
 
 def _utcnow() -> datetime:
@@ -85,7 +107,8 @@ def _utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try one request. `sleep`/`now` are injectable so tests do not wait."""
+    """How hard to try one request, and how long the whole run may pause for rate limits.
+    `sleep`/`now`/`clock` are injectable so tests do not wait."""
 
     max_attempts: int = 5
     max_retry_seconds: float = 120.0  # total time a request may spend being retried
@@ -94,22 +117,9 @@ class RetryPolicy:
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False,
                                                       repr=False)
     now: Callable[[], datetime] = field(default=_utcnow, compare=False, repr=False)
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from `now`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP-dates are GMT by definition
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+    # The whole run's budget for pausing on rate limits (all requests together).
+    max_wait_seconds: float = 900.0
 
 
 def is_conditional_transaction(bundle: Mapping[str, Any]) -> bool:
@@ -118,30 +128,92 @@ def is_conditional_transaction(bundle: Mapping[str, Any]) -> bool:
     GET/HEAD/PUT/DELETE are idempotent by HTTP's definition; a POST with ifNoneExist
     creates at most one resource however often it is sent.
     """
-    entries = bundle.get("entry") or ()
-    for entry in entries:
-        request = entry.get("request") if isinstance(entry, Mapping) else None
-        if not isinstance(request, Mapping):
+    return all(_repeatable(entry) for entry in bundle.get("entry") or ())
+
+
+def _repeatable(entry: Any) -> bool:
+    request = entry.get("request") if isinstance(entry, Mapping) else None
+    if not isinstance(request, Mapping):
+        return False
+    method = str(request.get("method", "")).upper()
+    if method == "POST":
+        return bool(request.get("ifNoneExist"))
+    return method in ("GET", "HEAD", "PUT", "DELETE")
+
+
+def _backoff_delay(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with up to one initial delay of jitter, so that many clients
+    throttled together do not come back together."""
+    delay = policy.initial_delay * float(2 ** (max(attempt, 1) - 1))
+    return min(policy.max_delay, delay + random.uniform(0, policy.initial_delay))
+
+
+class _Writing:
+    """The state of one write_transaction: what is written, what is still to send."""
+
+    def __init__(self, entries: list[Mapping[str, Any]]) -> None:
+        self.entries = entries
+        self.pending = list(range(len(entries)))
+        self.created: list[str] = []
+        self.existing: list[str] = []
+        self.done: set[int] = set()
+        # fullUrl of a written entry -> what the server made of it ("Patient/123")
+        self.written: dict[str, str] = {}
+        self._tries: dict[int, int] = {}
+
+    def record(self, index: int, status: int, location: str | None) -> None:
+        reference = location or f"entry {index}"
+        (self.created if status == 201 else self.existing).append(reference)
+        self.done.add(index)
+        url = self.entries[index].get("fullUrl")
+        if isinstance(url, str) and location:
+            self.written[url] = location
+
+    def tries(self, indices: list[int]) -> int:
+        return max((self._tries.get(i, 0) for i in indices), default=0)
+
+    def again(self, indices: list[int], attempts: int) -> bool:
+        """Count one more try of these entries; False when they have had `attempts`."""
+        if self.tries(indices) + 1 >= attempts:
             return False
-        method = str(request.get("method", "")).upper()
-        if method == "POST" and not request.get("ifNoneExist"):
-            return False
-        if method not in ("GET", "HEAD", "PUT", "DELETE", "POST"):
-            return False
-    return True
+        for i in indices:
+            self._tries[i] = self._tries.get(i, 0) + 1
+        return True
+
+    def missing(self) -> tuple[str, ...]:
+        return tuple(str(self.entries[i].get("fullUrl") or f"entry {i}") for i in self.pending)
+
+
+def _span(part: list[int]) -> str:
+    return f"{part[0] + 1}-{part[-1] + 1}" if len(part) > 1 else str(part[0] + 1)
 
 
 class _Stop:
-    """Stop after `attempts`, or when the next wait would overrun the time budget."""
+    """Stop after `attempts` failures, or when the next wait would overrun the time budget.
 
-    def __init__(self, attempts: int, budget: float) -> None:
+    Rate-limited attempts are not failures: the throttle's pause (counted against the run's
+    budget for waiting) bounds them, and their pauses do not eat this request's budget. A
+    request that may be sent only once (a write that is not conditional) stops on them too.
+    """
+
+    def __init__(self, attempts: int, budget: float, throttle: Throttle) -> None:
         self.attempts = attempts
         self.budget = budget
+        self.throttle = throttle
+        self.paused_before = throttle.waited
+        self.failures = 0
+        self.throttled = 0
 
     def __call__(self, state: RetryCallState) -> bool:
-        if state.attempt_number >= self.attempts:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.throttled and self.attempts > 1:
+            self.throttled += 1
+            return self.throttled >= MAX_THROTTLED_ATTEMPTS
+        self.failures += 1
+        if self.failures >= self.attempts:
             return True
-        elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
+        paused = self.throttle.waited - self.paused_before
+        elapsed = max(state.idle_for, (state.seconds_since_start or 0.0) - paused)
         return elapsed + state.upcoming_sleep > self.budget
 
 
@@ -150,15 +222,23 @@ class HttpSource:
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, *, concurrency: int = 8,
                  page_size: int = 100, use_batch: bool = True,
-                 retry: RetryPolicy | None = None, owns_client: bool = False) -> None:
+                 retry: RetryPolicy | None = None, owns_client: bool = False,
+                 max_transaction_entries: int = 8) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_transaction_entries < 1:
+            raise ValueError("max_transaction_entries must be at least 1")
         self._client = client
         self.base_url = base_url.rstrip("/")
         self._base = httpx.URL(self.base_url + "/")  # for joining relative paths
         self._root = httpx.URL(self.base_url)  # batch and transaction go to [base] itself
         self._page_size = page_size
         self._retry = retry or RetryPolicy()
+        # One pause for every request of this source when the server's quota is spent.
+        self.throttle = Throttle(self._retry.max_wait_seconds, sleep=self._retry.sleep,
+                                 clock=self._retry.clock)
+        # Entries per transaction: as configured, or smaller once the server refused a size.
+        self.transaction_limit = max_transaction_entries
         self._owns_client = owns_client
         self._new_client: Callable[[], httpx.AsyncClient] | None = None  # from_config's
         self._concurrency = concurrency
@@ -182,14 +262,17 @@ class HttpSource:
 
     @classmethod
     def from_config(cls, source: SourceConfig, auth: AuthConfig, env: Mapping[str, str], *,
-                    transport: httpx.AsyncBaseTransport | None = None) -> HttpSource:
-        """A source with its own client (closed by aclose), auth from files/environment."""
+                    transport: httpx.AsyncBaseTransport | None = None,
+                    scope: str | None = None) -> HttpSource:
+        """A source with its own client (closed by aclose), auth from files/environment;
+        `scope`: what the command needs (auth.scope, when set, wins)."""
         from previsit.auth import auth_from_config
 
         if not source.base_url:
             raise SourceError("source.kind is fhir but source.base_url is not set "
                               "(or set PREVISIT_SOURCE_BASE_URL)")
-        flow = auth_from_config(auth, source.base_url, env)  # one token cache for all
+        # one token cache for all
+        flow = auth_from_config(auth, source.base_url, env, scope=scope)
 
         def new_client() -> httpx.AsyncClient:
             return build_client(source, flow, transport=transport)
@@ -197,8 +280,9 @@ class HttpSource:
         made = cls(new_client(), source.base_url, concurrency=source.concurrency,
                    page_size=source.page_size, use_batch=source.use_batch,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
-                                     max_retry_seconds=source.max_retry_seconds),
-                   owns_client=True)
+                                     max_retry_seconds=source.max_retry_seconds,
+                                     max_wait_seconds=source.max_wait_seconds),
+                   owns_client=True, max_transaction_entries=source.max_transaction_entries)
         made._new_client = new_client
         return made
 
@@ -266,45 +350,139 @@ class HttpSource:
         return await asyncio.shield(task)
 
     async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> WriteResult:
-        """POST a transaction; 201 entries were created, 200 entries already existed.
+        """Write a transaction Bundle, in parts of at most `transaction_limit` entries.
 
-        Retried on transient failures only when every create in it is conditional:
-        otherwise a lost response could mean a second, duplicate write.
+        201 entries were created, 200 entries already existed. A part refused for its size
+        is split smaller (and the smaller size kept for the rest of the run). A part, or an
+        entry of a non-atomic transaction-response, is sent again after a transient failure
+        (429/502/503/504, a rate limit, a conflict with another writer) only when it is
+        conditional: otherwise a lost response could mean a second, duplicate write.
+
+        When a part fails after earlier parts were written, the result is partial: it names
+        the entries not written (`missing`) and why (`problem`). WriteError when nothing was
+        written.
         """
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
             raise ValueError("write_transaction needs a Bundle of type transaction")
-        conditional = is_conditional_transaction(bundle)
+        writing = _Writing([e if isinstance(e, Mapping) else {} for e in
+                            bundle.get("entry") or ()])
+        problem: str | None = None
+        tenths = 0  # progress of a long write (an upload), logged every tenth
+        while writing.pending and problem is None:
+            try:
+                problem = await self._write_part(writing, key)
+            except SourceError as exc:
+                problem = f"writing the transaction for {key}: {exc}"
+            if len(writing.entries) >= LONG_WRITE and \
+                    len(writing.done) * 10 // len(writing.entries) > tenths:
+                tenths = len(writing.done) * 10 // len(writing.entries)
+                log.info("%d of %d entries written", len(writing.done), len(writing.entries))
+        if problem is None:
+            return WriteResult(created=tuple(writing.created), existing=tuple(writing.existing))
+        if not writing.created and not writing.existing:
+            raise WriteError(key, problem)
+        log.warning("a transaction was written in part: %d of %d entries are missing",
+                    len(writing.pending), len(writing.entries))
+        return WriteResult(created=tuple(writing.created), existing=tuple(writing.existing),
+                           missing=writing.missing(), problem=problem)
+
+    async def _write_part(self, writing: _Writing, key: str) -> str | None:
+        """Send the next part; None when it went (or is to be sent again), else the problem."""
+        part = writing.pending[:self.transaction_limit]
+        later = writing.pending[len(part):]
+        step = f"writing the transaction for {key}"
+        if later or len(part) < len(writing.entries):
+            step += f" (entries {_span(part)} of {len(writing.entries)})"
+        ahead = forward_reference(writing.entries, part, later)
+        if ahead is not None:
+            return (f"{step}: entry {ahead[0]} refers to an entry written later (entry "
+                    f"{ahead[1]}), which the server's transaction size "
+                    f"({self.transaction_limit}) keeps out of its transaction; order the "
+                    "entries so that references point back")
+        body = transaction_of(writing.entries, part, writing.written)
+        conditional = is_conditional_transaction(body)
         try:
-            response = await self._request("POST", self._root, json_body=bundle,
-                                           idempotent=conditional,
-                                           step=f"writing the transaction for {key}")
-            body = _json_object(response, self._base)
+            response = await self._request("POST", self._root, json_body=body,
+                                           idempotent=conditional, step=step, errors=False)
         except RequestFailed as exc:
             unsure = "" if conditional or exc.status is not None else (
                 " — it may or may not have been applied, and it is not retried because its "
                 "creates are not conditional")
-            raise WriteError(key, f"{exc}{unsure}") from None
-        except SourceError as exc:
-            raise WriteError(key, f"writing the transaction for {key}: {exc}") from None
-        if body.get("type") != "transaction-response":
-            raise WriteError(key, f"writing the transaction for {key}: the server answered "
-                             f"with a {body.get('type') or body.get('resourceType')}, not a "
-                             "transaction-response")
-        created: list[str] = []
-        existing: list[str] = []
-        for index, entry in enumerate(body.get("entry") or ()):
-            answer = entry.get("response") if isinstance(entry, Mapping) else None
+            return f"{exc}{unsure}"
+        answer = object_or_none(response.content)
+        if not response.is_success:
+            size = smaller_size(response.status_code, answer, len(part))
+            if size is not None:
+                self._learn_transaction_limit(size, len(part))
+                return None
+            if conditional and is_transient_conflict(response.status_code, answer) and \
+                    writing.again(part, self._retry.max_attempts):
+                # the step names the appointment: at DEBUG only (no identifiers at INFO)
+                log.warning("a conditional write met another writer (HTTP %d); sending it again",
+                            response.status_code)
+                log.debug("%s: conflict, sent again", step)
+                await self._backoff(_backoff_delay(self._retry, writing.tries(part)))
+                return None
+            return str(self._refusal(response, step))
+        if answer is None or answer.get("type") != "transaction-response":
+            kind = (answer or {}).get("type") or (answer or {}).get("resourceType") or \
+                "body that is not a FHIR Bundle"
+            return f"{step}: the server answered with a {kind}, not a transaction-response"
+        results = answer.get("entry") or []
+        if not isinstance(results, list):
+            results = []
+        if len(results) != len(part):
+            return (f"{step}: the server answered {len(results)} entries for a transaction "
+                    f"of {len(part)}")
+        return await self._read_part(writing, part, later, results, step)
+
+    async def _read_part(self, writing: _Writing, part: list[int], later: list[int],
+                         results: list[Any], step: str) -> str | None:
+        """Record each entry's answer; queue the transient failures of conditional entries
+        to be sent again; the first other failure is the problem."""
+        again: list[int] = []
+        failure: str | None = None
+        throttled = False
+        for index, result in zip(part, results, strict=True):
+            answer = result.get("response") if isinstance(result, Mapping) else None
             status = _entry_status(answer)
-            location = _location(answer, entry, self._base)
-            if status == 201:
-                created.append(location or f"entry {index}")
-            elif status == 200:
-                existing.append(location or f"entry {index}")
-            elif status is None or status >= 300:
-                detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
-                raise WriteError(key, f"writing the transaction for {key}: entry {index} "
-                                 f"answered {status or 'without a status'}: {detail}")
-        return WriteResult(created=tuple(created), existing=tuple(existing))
+            outcome = answer.get("outcome") if isinstance(answer, Mapping) else None
+            if status is not None and 200 <= status < 300:
+                writing.record(index, status, _location(answer, result, self._base))
+                continue
+            transient = status is not None and (status in RETRY_STATUSES or
+                                                is_transient_conflict(status, outcome))
+            # a rate-limited entry is bounded by the run's waiting budget, not max_attempts
+            limit = MAX_THROTTLED_ATTEMPTS if status == 429 else self._retry.max_attempts
+            if failure is None and transient and _repeatable(writing.entries[index]) and \
+                    writing.again([index], limit):
+                again.append(index)
+                if status == 429:
+                    try:
+                        self._note_entry_quota(answer, "an entry of a transaction: HTTP 429")
+                        throttled = throttled or self.throttle.paused_for > 0
+                    except WaitBudgetSpent as exc:
+                        failure = f"{step}: {exc}"
+                continue
+            if failure is None:
+                detail = describe_outcome(outcome) or "no outcome given"
+                failure = (f"{step}: entry {index} answered {status or 'without a status'}: "
+                           f"{detail}")
+        unwritten = [i for i in part if i not in writing.done]
+        writing.pending = unwritten + later
+        if failure is not None:
+            return failure
+        if again and not throttled:
+            await self._backoff(_backoff_delay(self._retry, writing.tries(again)))
+        return None
+
+    def _learn_transaction_limit(self, size: int, refused: int) -> None:
+        if size < self.transaction_limit:
+            log.warning("the server refused a transaction of %d entries as too large; writing "
+                        "at most %d entries per transaction from now on (set "
+                        "source.max_transaction_entries = %d to start there)", refused, size,
+                        size)
+            self.transaction_limit = size
 
     def problems(self) -> Sequence[SourceProblem]:
         return tuple(self._problems)
@@ -401,13 +579,21 @@ class HttpSource:
                     return [resource]
                 return await self._pages(resource, step, first=_relative(path, params))
             if status in RETRY_STATUSES or status is None:
-                # One entry hit a transient failure: ask for it alone, with retries.
+                # One entry hit a transient failure: ask for it alone, with retries (after
+                # the pause its rate limit asked for, shared with every other request).
                 return await self._query(step, path, params)
             detail = describe_outcome((answer or {}).get("outcome")) or "no outcome given"
             target = redacted_target(self._base.join(path), self._base)
             raise RequestFailed(f"{step}: GET {target} in the batch answered {status}: "
                                 f"{detail}", status=status)
 
+        for entry in entries:  # the batch's answer is one moment: pause once, from it
+            answer = entry.get("response") if isinstance(entry, Mapping) else None
+            if _entry_status(answer) == 429:
+                try:
+                    self._note_entry_quota(answer, "reading the record (batch)")
+                except WaitBudgetSpent as exc:
+                    raise RequestFailed(str(exc), status=429) from None
         parts = await _all([one(entry, query) for entry, query in zip(entries, queries,
                                                                        strict=True)])
         return _unique([r for part in parts for r in part])
@@ -497,15 +683,19 @@ class HttpSource:
     async def _request(self, method: str, url: httpx.URL, *,
                        params: list[tuple[str, str]] | None = None,
                        json_body: Mapping[str, Any] | None = None, idempotent: bool = True,
-                       step: str) -> httpx.Response:
-        """A 2xx response with its body read, or RequestFailed saying what went wrong."""
+                       step: str, errors: bool = True) -> httpx.Response:
+        """A 2xx response with its body read, or RequestFailed saying what went wrong.
+
+        With `errors=False` a final 4xx/5xx answer is returned for the caller to read (a
+        transaction refused for its size, or for a transient conflict) instead of raised.
+        """
         policy = self._retry
         attempts = policy.max_attempts if idempotent and not self._unreachable else 1
         retrying = AsyncRetrying(
-            stop=_Stop(attempts, policy.max_retry_seconds),
+            stop=_Stop(attempts, policy.max_retry_seconds, self.throttle),
             wait=self._wait,
             retry=retry_if_exception_type(_Retry),
-            sleep=policy.sleep,
+            sleep=self._backoff,
             before_sleep=self._note_retry,
             reraise=True)
         headers = {"Accept": FHIR_JSON}
@@ -525,8 +715,7 @@ class HttpSource:
             tries = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}" \
                 f" in {spent:.1f} s"
             if exc.response is not None:
-                after = retry_after_seconds(exc.response.headers.get("Retry-After"),
-                                            policy.now())
+                after = server_wait(exc.response, policy.now())
                 wait = f"; the server asked to wait {after:.0f} s more" if after else ""
                 raise RequestFailed(f"{step}: {describe_failure(exc.response, self._base)} "
                                     f"({tries}{wait})",
@@ -538,20 +727,24 @@ class HttpSource:
             raise RequestFailed(f"{step}: {exc} ({tries})") from None
         except RequestFailed as exc:  # not retried: say which step it was
             raise RequestFailed(f"{step}: {exc}", status=exc.status) from None
-        if response.is_success:
+        if response.is_success or not errors:
             return response
+        raise self._refusal(response, step)
+
+    def _refusal(self, response: httpx.Response, step: str) -> RequestFailed:
         message = f"{step}: {describe_failure(response, self._base)}"
         if response.status_code == 401:
             message += " — the server refused our credentials"
         elif response.status_code == 403:
             message += " — the credentials do not allow this request (scopes?)"
-        raise RequestFailed(message, status=response.status_code)
+        return RequestFailed(message, status=response.status_code)
 
     async def _send(self, method: str, url: httpx.URL, params: list[tuple[str, str]] | None,
                     headers: dict[str, str], content: bytes | None, target: str
                     ) -> httpx.Response:
         started = time.monotonic()
         self._bind_loop()
+        await self.throttle.ready()
         try:
             async with self._gate:
                 self.request_count += 1
@@ -573,25 +766,59 @@ class HttpSource:
         self._unreachable = False
         log.debug("%s %s -> %d (%.0f ms)", method, target, response.status_code,
                   (time.monotonic() - started) * 1000)
+        words = f"{method} {target}: HTTP {response.status_code}"
+        throttled = self._note_quota(response, words)
         if response.status_code in RETRY_STATUSES:
-            raise _Retry(f"{method} {target}: HTTP {response.status_code}", response=response)
+            raise _Retry(words, response=response, throttled=throttled)
         return response
+
+    def _note_quota(self, response: httpx.Response, words: str) -> bool:
+        """Pause the whole source when the answer says the quota is spent: a 429 with a
+        stated wait, or any answer whose RateLimit field reports nothing left (the next
+        request would be refused). True when this answer was such a rate limit."""
+        if response.status_code == 429:
+            wait = server_wait(response, self._retry.now())
+        else:
+            wait = spent_quota_wait(response.headers)
+        if wait is None:
+            return False
+        try:
+            self.throttle.pause(wait, f"rate limit reached ({words})")
+        except WaitBudgetSpent as exc:
+            if response.status_code != 429:
+                return False  # this answer is good; the next request will say more
+            raise RequestFailed(str(exc), status=response.status_code) from None
+        return response.status_code == 429
+
+    def _note_entry_quota(self, answer: Any, words: str) -> None:
+        """A 429 entry inside a batch/transaction-response: pause the source for as long as
+        its OperationOutcome says (Medplum puts the limiter's `_msBeforeNext` there)."""
+        wait = limiter_wait(answer.get("outcome") if isinstance(answer, Mapping) else None)
+        if wait is not None:
+            self.throttle.pause(wait, f"rate limit reached ({words})")
+
+    async def _backoff(self, seconds: float) -> None:
+        # A rate-limited retry waits in Throttle.ready() (with every other request), so
+        # tenacity's own wait for it is zero and not slept.
+        if seconds > 0:
+            await self._retry.sleep(seconds)
 
     def _wait(self, state: RetryCallState) -> float:
         failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.throttled:
+            return 0.0
         if isinstance(failure, _Retry) and failure.response is not None:
             after = retry_after_seconds(failure.response.headers.get("Retry-After"),
                                         self._retry.now())
             if after is not None:
                 return after
-        # Exponential backoff with up to one initial delay of jitter, so that many
-        # clients throttled together do not come back together.
-        policy = self._retry
-        delay = policy.initial_delay * float(2 ** (state.attempt_number - 1))
-        return min(policy.max_delay, delay + random.uniform(0, policy.initial_delay))
+        return _backoff_delay(self._retry, state.attempt_number)
 
     def _note_retry(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, _Retry) and failure.throttled:
+            log.debug("%s; sent again when the rate limit resets", failure)
+            return
         log.warning("%s; retry %d of %d in %.1f s", failure, state.attempt_number,
                     self._retry.max_attempts - 1, state.upcoming_sleep)
 
@@ -607,10 +834,13 @@ def build_client(source: SourceConfig, auth: httpx.Auth | None, *,
         transport=transport)
 
 
-def open_http_source(config: Config, env: Mapping[str, str] | None = None) -> HttpSource:
-    """The configured HTTP source (it owns its client; `aclose()` closes it)."""
+def open_http_source(config: Config, env: Mapping[str, str] | None = None, *,
+                     scope: str | None = None) -> HttpSource:
+    """The configured HTTP source (it owns its client; `aclose()` closes it), asking for
+    `scope` (default: what a run needs, config.requested_scope)."""
     return HttpSource.from_config(config.source, config.auth,
-                                  os.environ if env is None else env)
+                                  os.environ if env is None else env,
+                                  scope=scope or requested_scope(config))
 
 
 # --- helpers ---------------------------------------------------------------------------------

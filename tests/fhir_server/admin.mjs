@@ -12,6 +12,10 @@
 //                                  /oauth2/authorize (for that client) completes without the page
 //   POST   /__admin/load           a batch/transaction Bundle stored as the admin (no limits,
 //                                  scopes, faults or id rules; client ids kept by PUT)
+//   POST   /__admin/ratelimit      {"key": "client:ID" | "address:IP", "remaining": N,
+//                                  "reset_s": S}: that client's "fhirInteractions" window now has
+//                                  N points left and resets in S seconds (default: the window) -
+//                                  a quota nearly spent by the client's other work
 //   GET    /__admin/config         the effective configuration
 import { FaultSpecError } from './faults.mjs';
 import { ClientRegistrationError } from './smart.mjs';
@@ -86,6 +90,17 @@ export class AdminApi {
         }
         const [status, resource] = await this.fhirService.load(body);
         return fhir(status, resource);
+      }
+      if (path === '/__admin/ratelimit' && method === 'POST') {
+        const limiter = this.fhirService.pointLimiter;
+        if (!limiter) {
+          return json(409, { error: 'rate limits are off (--rate-limit)' });
+        }
+        if (typeof body?.key !== 'string' || !Number.isFinite(body?.remaining) || body.remaining < 0) {
+          return json(400, { error: 'ratelimit takes {"key": "client:ID", "remaining": N, "reset_s": S}' });
+        }
+        const resetMs = Number.isFinite(body.reset_s) ? body.reset_s * 1000 : limiter.windowMs;
+        return json(200, limiter.set(body.key, body.remaining, resetMs).body);
       }
       if (path === '/__admin/config' && method === 'GET') {
         const { clients, smartConfig, requireToken, adminToken, ...rest } = this.config;

@@ -70,7 +70,9 @@ const OPTIONS = {
   'max-count': { type: 'string', default: '1000' },
   validate: { type: 'boolean', default: true },
   verbose: { type: 'boolean', default: false },
-  profile: { type: 'string', default: 'lenient' },
+  // The strict profile by default (DESIGN.md: production servers are stricter than a kind test
+  // server; tests must meet their limits, not be spared them).
+  profile: { type: 'string', default: 'medplum' },
   // Behaviours a profile switches (undefined = the profile's default).
   'transaction-limits': { type: 'boolean' },
   'max-strict-entries': { type: 'string', default: '8' },

@@ -38,12 +38,21 @@ export class FixedWindowLimiter {
     const now = this.now();
     let w = this.windows.get(key);
     let first = false;
-    if (!w || now >= w.start + this.windowMs) {
-      w = { start: now, consumed: 0 };
+    if (!w || now >= w.end) {
+      w = { start: now, end: now + this.windowMs, consumed: 0 };
       this.windows.set(key, w);
       first = true;
     }
     return { w, first, now };
+  }
+
+  // Test tooling (/__admin/ratelimit): the client's window now has `remaining` points left and
+  // ends in `resetMs`, as if its other work had spent the rest.
+  set(key, remaining, resetMs) {
+    const now = this.now();
+    const w = { start: now, end: now + resetMs, consumed: Math.max(0, this.limit - remaining) };
+    this.windows.set(key, w);
+    return this.describe(w, now, false);
   }
 
   // Adds `points` to the client's window. Returns the limiter's view after the consume, in
@@ -66,7 +75,7 @@ export class FixedWindowLimiter {
       spent: w.consumed >= this.limit,
       body: {
         _remainingPoints: Math.max(0, this.limit - w.consumed),
-        _msBeforeNext: Math.max(0, w.start + this.windowMs - now),
+        _msBeforeNext: Math.max(0, w.end - now),
         _consumedPoints: w.consumed,
         _isFirstInDuration: isFirstInDuration,
         limit: this.limit,
@@ -83,8 +92,8 @@ export class FixedWindowLimiter {
     const now = this.now();
     const out = {};
     for (const [key, w] of this.windows) {
-      if (now < w.start + this.windowMs) {
-        out[key] = { consumed: w.consumed, limit: this.limit, ms_before_next: w.start + this.windowMs - now };
+      if (now < w.end) {
+        out[key] = { consumed: w.consumed, limit: this.limit, ms_before_next: w.end - now };
       }
     }
     return out;

@@ -12,6 +12,7 @@ import {
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
   isResourceType,
+  matchesSearchRequest,
   toPeriod,
   validateResource,
 } from '@medplum/core';
@@ -203,6 +204,41 @@ export class TestRepository extends MemoryRepository {
       await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
     }
     return { ...all, entry: entries.length ? entries : undefined };
+  }
+
+  // Conditional creates and updates search by one identifier (`identifier=system|value`), twice per
+  // entry (the batch's identity resolution, then the create), and MemoryRepository evaluates
+  // FHIRPath on every stored resource of the type each time: loading a clinic day became quadratic
+  // (minutes), where a real server looks the identifier up in an index. Here the resources holding
+  // that system and value (compared ignoring case, so never fewer than Medplum matches) are picked
+  // first and Medplum's own matcher decides among them, so the answer is unchanged.
+  searchSync(searchRequest) {
+    const only = searchRequest.filters?.length === 1 ? searchRequest.filters[0] : undefined;
+    const [system, value] = only?.value?.split('|') ?? [];
+    if (
+      only?.code !== 'identifier' ||
+      only.operator !== 'eq' ||
+      !system ||
+      !value ||
+      /[,\\$|]/.test(value) ||
+      searchRequest.sortRules?.length
+    ) {
+      return super.searchSync(searchRequest);
+    }
+    const wanted = [system.toLowerCase(), value.toLowerCase()];
+    const held = (r) =>
+      [r.identifier ?? []].flat().some((i) => i?.system?.toLowerCase() === wanted[0] && i?.value?.toLowerCase() === wanted[1]);
+    const matches = [...(this.resources.get(searchRequest.resourceType)?.values() ?? [])].filter(
+      (r) => held(r) && matchesSearchRequest(r, { ...searchRequest, count: undefined, offset: undefined })
+    );
+    let entry = matches.map((r) => ({ search: { mode: 'match' }, resource: structuredClone(r) }));
+    if (searchRequest.offset !== undefined) {
+      entry = entry.slice(searchRequest.offset);
+    }
+    if (searchRequest.count !== undefined) {
+      entry = entry.slice(0, searchRequest.count);
+    }
+    return { resourceType: 'Bundle', type: 'searchset', entry: entry.length ? entry : undefined, total: matches.length };
   }
 
   // MemoryRepository.readHistory calls reverse() on its stored array, so every read flips the order.

@@ -5,6 +5,8 @@
 // - when any wildcard-type scope (`patient/*.rs`) is present it alone decides for every type, so a
 //   type-specific scope beside it (`patient/ServiceRequest.cu`) adds nothing: writes are refused;
 // - `patient/` scopes are not confined to the launch patient (the app must confine itself);
+// - for a type, only the first scope naming it counts (Medplum's getScopeForResourceType finds
+//   one scope per type): `system/ServiceRequest.rs system/ServiceRequest.cu` is read-only;
 // - the context (patient/user/system) otherwise makes no difference; `?criteria` is ignored.
 // A token whose scope holds no resource scope at all may do nothing on the FHIR API.
 
@@ -39,10 +41,8 @@ export class Grant {
       if (m[2] === '*') {
         this.wildcard ??= new Set();
         for (const l of letters) this.wildcard.add(l);
-      } else {
-        const set = this.byType.get(m[2]) ?? new Set();
-        for (const l of letters) set.add(l);
-        this.byType.set(m[2], set);
+      } else if (!this.byType.has(m[2])) {
+        this.byType.set(m[2], new Set(letters));
       }
     }
   }

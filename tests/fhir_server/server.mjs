@@ -24,7 +24,9 @@
 //   --no-validate            store resources without validating them
 //   --smart-config FILE      serve FILE as .well-known/smart-configuration (without --clients)
 //   --verbose                log every request to stderr
-// Profiles (--profile lenient | medplum | hapi; default lenient) set the defaults of:
+// Profiles (--profile lenient | medplum | hapi; default medplum, the strict one: production
+// servers are stricter than a kind test server, and tests must meet their limits) set the
+// defaults of:
 //   option                        lenient   medplum    hapi
 //   --[no-]transaction-limits     off       on         off     8 entries with a conditional write,
 //       --max-strict-entries 8, --max-updates 50                50 PUTs per transaction (Medplum)

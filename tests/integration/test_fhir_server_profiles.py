@@ -282,6 +282,41 @@ def test_the_requests_budget_counts_http_requests() -> None:
         assert ratelimit_headers(answers[2])[0] == '"requests";r=0;t=60'
 
 
+def test_the_admin_can_leave_a_client_a_nearly_spent_quota() -> None:
+    with fhir_test_server(profile="lenient", rate_limit=True, rate_limit_window_s=60) as server, \
+            httpx.Client(base_url=server.base_url, headers=FHIR_JSON) as client:
+        assert client.get("Patient").status_code == 200  # opens this address's window
+        key = next(iter(server.admin.stats()["rate_limits"]["fhirInteractions"]))
+
+        state = server.admin.spend_quota(key, remaining=30, reset_s=5)
+        first = client.get("Patient")  # 20 points: 10 left
+        second = client.get("Patient")  # 20 more: refused until the window it set ends
+
+        assert (state["_remainingPoints"], state["limit"]) == (30, 50000)
+        assert ratelimit_headers(first)[1] == '"fhirInteractions";r=10;t=5'
+        assert second.status_code == 429
+        assert 4000 < second.json()["_msBeforeNext"] <= 5000
+
+
+def test_conditional_creates_find_their_identifier_as_medplums_matcher_does(
+        mp: httpx.Client) -> None:
+    # The test server looks a conditional write's identifier up directly (no FHIRPath over
+    # every resource); the answers are those of Medplum's matcher, case-insensitive value.
+    first = mp.post("ServiceRequest", json=service_request("Key-1"),
+                    headers={"If-None-Exist": f"identifier={ORDERS}|Key-1"})
+    same = mp.post("ServiceRequest", json=service_request("Key-1"),
+                   headers={"If-None-Exist": f"identifier={ORDERS}|key-1"})
+    other_system = mp.post("ServiceRequest", json=service_request("Key-1"),
+                           headers={"If-None-Exist": "identifier=urn:other|Key-1"})
+
+    assert (first.status_code, same.status_code, other_system.status_code) == (201, 200, 201)
+    assert same.json()["id"] == first.json()["id"]
+    # the copy created under the other condition carries ORDERS|Key-1 too: two now match
+    ambiguous = mp.post("ServiceRequest", json=service_request("Key-1"),
+                        headers={"If-None-Exist": f"identifier={ORDERS}|Key-1"})
+    assert ambiguous.status_code == 412
+
+
 @pytest.mark.parametrize("kind", ["batch", "transaction"])
 def test_a_budget_spent_inside_a_bundle_answers_429_per_entry_with_the_bundle_200(
         kind: str) -> None:

@@ -519,6 +519,20 @@ def test_v2_create_scope_with_explicit_read_types_may_post(fresh: FhirTestServer
     assert other.status_code == 403
 
 
+def test_for_one_type_only_its_first_scope_counts(fresh: FhirTestServer, keys: Keys) -> None:
+    # Medplum looks up one scope per type: read and write for a type go in one scope.
+    split = system_token(fresh, keys, "system/ServiceRequest.rs system/ServiceRequest.cu")
+    merged = system_token(fresh, keys, "system/ServiceRequest.crus")
+
+    refused = httpx.post(f"{fresh.base_url}/ServiceRequest", headers=bearer(split),
+                         json=service_request())
+    searched = httpx.get(f"{fresh.base_url}/ServiceRequest", headers=bearer(split))
+    written = httpx.post(f"{fresh.base_url}/ServiceRequest", headers=bearer(merged),
+                         json=service_request())
+
+    assert (refused.status_code, searched.status_code, written.status_code) == (403, 200, 201)
+
+
 def test_a_wildcard_read_scope_overrides_a_type_specific_write_scope(
         fresh: FhirTestServer, browser: httpx.Client) -> None:
     token = app_token(fresh, browser, "patient/*.rs patient/ServiceRequest.cu")["access_token"]

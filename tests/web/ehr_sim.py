@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO / "tests"))
 from fhirserver import FhirTestServer, fhir_test_server  # noqa: E402
 
 from previsit.config import Config, load_config  # noqa: E402
-from previsit.upload import read_resources, transactions  # noqa: E402
 
 CLIENT_ID = "previsit"
 STATIC_TOKEN = "nightly-static-token"  # the nightly run's bearer token on the test server
@@ -64,8 +63,7 @@ def ehr_server(app_url: str, **options: Any) -> Iterator[FhirTestServer]:
 
 
 def seed(server: FhirTestServer) -> None:
-    for bundle in transactions(read_resources(REPO / "sample_bundles")):
-        server.admin.load(bundle)
+    server.admin.load_folder(REPO / "sample_bundles")
 
 
 def web_config(tmp_path: Path, server: FhirTestServer, app_url: str, *,
