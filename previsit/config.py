@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from previsit.errors import ConfigError
 from previsit.files import read_text
 from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
-from previsit.scopes import ScopeVersion, run_permissions, scope_text
+from previsit.scopes import READ, Permission, ScopeVersion, run_permissions, scope_text
 from previsit.web.settings import WebSettings
 
 ENV_PREFIX = "PREVISIT_"
@@ -116,7 +116,7 @@ class BulkConfig(_Section):
     state_folder: Path | None = None  # the kept export and its state; default <output>/bulk-state
     incremental: bool = True  # export only what changed (_since) since the last clean export
     full_every_days: int = Field(default=7, ge=1)  # and a full export at least this often
-    max_wait_seconds: float = Field(default=3600.0, gt=0)  # for the server to finish an export
+    max_export_seconds: float = Field(default=3600.0, gt=0)  # for the server to finish an export
 
 
 class Config(_Section):
@@ -153,8 +153,10 @@ def requested_scope(config: Config) -> str:
     proposals' writes, and the sheets' when output.write_sheets is on)."""
     if config.auth.scope:
         return config.auth.scope
-    return scope_text(run_permissions(sheets=config.output.write_sheets),
-                      config.auth.scope_version)
+    needs = run_permissions(sheets=config.output.write_sheets)
+    if config.source.kind == "bulk":  # the clinic's panel: read it and export it
+        needs = (*needs, Permission("Group", READ, "exporting the clinic's panel"))
+    return scope_text(needs, config.auth.scope_version)
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,

@@ -23,7 +23,7 @@ from builders import RXNORM, condition, json_response, observation, patient
 
 import previsit.sources.bulkstore as bulkstore
 from previsit.auth import BearerToken
-from previsit.config import load_config
+from previsit.config import load_config, requested_scope
 from previsit.errors import SourceError
 from previsit.record import PatientRecord
 from previsit.sources import Source, VisitWindow
@@ -445,11 +445,11 @@ def test_a_kick_off_without_a_status_url_falls_back_to_search(tmp_path: Path) ->
 
 
 def test_an_export_that_does_not_finish_in_time_is_cancelled(tmp_path: Path) -> None:
-    h = Harness(tmp_path, max_wait_seconds=1000)
+    h = Harness(tmp_path, max_export_seconds=1000)
     h.server.kickoff()
     h.server.router.get("/$export-poll/job1").mock(return_value=httpx.Response(
         202, headers={"Retry-After": "600", "X-Progress": "Exported 10 of 90 patients"}))
-    _fails_over_to_search(h, "did not finish within 1000 s (bulk.max_wait_seconds)",
+    _fails_over_to_search(h, "did not finish within 1000 s (bulk.max_export_seconds)",
                           "last progress: Exported 10 of 90 patients")
     assert h.sleeps == [600.0]
     assert h.server.delete.call_count == 1
@@ -704,3 +704,12 @@ def test_a_failed_download_stops_the_others(tmp_path: Path) -> None:
     fetched = [c.request.url.path for r in h.server.router.routes for c in r.calls
                if "/$export-file/" in c.request.url.path]
     assert fetched == ["/fhir/R4/$export-file/output-Patient.ndjson"]
+
+
+def test_a_bulk_run_asks_also_to_read_the_panels_group() -> None:
+    bulk = requested_scope(load_config(env={"PREVISIT_SOURCE_KIND": "bulk"}))
+    fhir = requested_scope(load_config(env={"PREVISIT_SOURCE_KIND": "fhir"}))
+    assert bulk == f"{fhir} system/Group.rs"
+    assert "Group" not in fhir
+    given = load_config(env={"PREVISIT_SOURCE_KIND": "bulk", "PREVISIT_AUTH_SCOPE": "system/*.rs"})
+    assert requested_scope(given) == "system/*.rs"

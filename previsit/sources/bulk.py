@@ -6,7 +6,7 @@ hands over the whole panel at once: the source asks for `[base]/Group/<bulk.grou
 with `_type` limited to what a record is built from (Patient, `record.RECORD_SEARCHES` and
 the types they `_include`), polls the status URL the server returns (honouring
 `Retry-After`, else backing off exponentially, logging `X-Progress`, within
-`bulk.max_wait_seconds`), downloads the NDJSON files of the completion manifest (with the
+`bulk.max_export_seconds`), downloads the NDJSON files of the completion manifest (with the
 same access token when it says `requiresAccessToken`, and then only from the FHIR server's
 own host), including its `error` and `deleted` files, and loads them into the local store
 (`bulkstore.py`). Then each record is one indexed read from disk.
@@ -45,7 +45,7 @@ from typing import IO, Any, TypeVar
 
 import httpx
 
-from previsit.config import Config
+from previsit.config import Config, requested_scope
 from previsit.errors import PatientReadError, RecordError, RequestFailed, SourceError
 from previsit.intervals import parse_fhir_datetime
 from previsit.jsonio import object_or_none
@@ -158,7 +158,7 @@ class BulkSource:
 
     def __init__(self, search: HttpSource, client: httpx.AsyncClient, *, group_id: str,
                  state_folder: Path, incremental: bool = True, full_every_days: int = 7,
-                 max_wait_seconds: float = 3600.0, concurrency: int = 8,
+                 max_export_seconds: float = 3600.0, concurrency: int = 8,
                  retry: RetryPolicy | None = None, owns_client: bool = False) -> None:
         if not FHIR_ID.fullmatch(group_id):
             raise SourceError(f"bulk.group_id {group_id!r} is not a FHIR id")
@@ -168,7 +168,7 @@ class BulkSource:
         self._folder = state_folder
         self._incremental = incremental
         self._full_every = timedelta(days=full_every_days)
-        self._max_wait = max_wait_seconds
+        self._max_wait = max_export_seconds
         self._concurrency = concurrency
         self._retry = retry or RetryPolicy()
         self._owns_client = owns_client
@@ -196,12 +196,14 @@ class BulkSource:
         if not bulk.group_id:
             raise SourceError("source.kind is bulk but bulk.group_id is not set: the id of "
                               "the Group of the clinic's panel (or set PREVISIT_BULK_GROUP_ID)")
-        flow = auth_from_config(config.auth, source.base_url, env)
-        search = HttpSource.from_config(source, config.auth, env)
+        scope = requested_scope(config)  # a run's, and the panel's Group
+        flow = auth_from_config(config.auth, source.base_url, env, scope=scope)
+        search = HttpSource.from_config(source, config.auth, env, scope=scope)
         return cls(search, build_client(source, flow), group_id=bulk.group_id,
                    state_folder=bulk.state_folder or config.output.folder / "bulk-state",
                    incremental=bulk.incremental, full_every_days=bulk.full_every_days,
-                   max_wait_seconds=bulk.max_wait_seconds, concurrency=source.concurrency,
+                   max_export_seconds=bulk.max_export_seconds,
+                   concurrency=source.concurrency,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
                                      max_retry_seconds=source.max_retry_seconds),
                    owns_client=True)
@@ -457,9 +459,9 @@ class BulkSource:
             wait = backoff if after is None else after
             backoff = min(POLL_MAX_SECONDS, backoff * 2)
             if waited + wait > self._max_wait:
-                raise RequestFailed(
-                    f"the bulk export did not finish within {self._max_wait:.0f} s "
-                    f"(bulk.max_wait_seconds){'; last progress: ' + progress if progress else ''}")
+                last = f"; last progress: {progress}" if progress else ""
+                raise RequestFailed(f"the bulk export did not finish within "
+                                    f"{self._max_wait:.0f} s (bulk.max_export_seconds){last}")
             log.info("bulk export in progress%s; asking again in %.0f s",
                      f" ({progress})" if progress else "", wait)
             await self._retry.sleep(wait)

@@ -23,7 +23,7 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 def server() -> Iterator[FhirTestServer]:
     with fhir_test_server(token=TOKEN, export_polls=2, export_retry_after_s=3,
                           export_file_lines=2) as running:
-        with client(running) as c:
+        with client(running, admin=True) as c:
             for pid in ("p1", "p2", "p3"):
                 assert c.put(f"Patient/{pid}", json={"resourceType": "Patient", "id": pid,
                                                      "gender": "female"}).is_success
@@ -46,8 +46,10 @@ def server() -> Iterator[FhirTestServer]:
         yield running
 
 
-def client(server: FhirTestServer, *, token: bool = True) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {TOKEN}"} if token else {}
+def client(server: FhirTestServer, *, token: bool = True, admin: bool = False) -> httpx.Client:
+    """A client with the static token (or none); the admin's may store readable ids."""
+    bearer = server.admin_token if admin else TOKEN
+    headers = {"Authorization": f"Bearer {bearer}"} if token else {}
     return httpx.Client(base_url=server.base_url + "/", headers=headers, timeout=30)
 
 
@@ -124,7 +126,7 @@ def test_polling_answers_in_progress_with_progress_and_retry_after(
 def test_since_keeps_what_changed_after_it(server: FhirTestServer) -> None:
     _, first = export(server, _type="Patient,Observation")
     time.sleep(0.01)
-    with client(server) as c:
+    with client(server, admin=True) as c:
         assert c.put("Observation/o2", json={**observation("o2", "p1"),
                                              "status": "amended"}).is_success
     _, second = export(server, _type="Patient,Observation", _since=first["transactionTime"])

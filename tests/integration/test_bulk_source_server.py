@@ -3,9 +3,10 @@ Group export of the clinic's panel is the day planned by search, file for file; 
 night exports only what changed since the first export's transactionTime, and still plans
 exactly what search plans.
 
-The server requires a bearer token (so the manifest says requiresAccessToken and every
-file is fetched with it), answers two status polls with 202 before the manifest, and
-writes at most 1,000 resources a file (the sample's Observations span three files).
+The server is the strict (Medplum-like) one, seeded as the admin; it requires a bearer
+token (so the manifest says requiresAccessToken and every file is fetched with it),
+answers two status polls with 202 before the manifest, and writes at most 1,000 resources
+a file (the sample's Observations span three files).
 """
 
 from __future__ import annotations
@@ -84,9 +85,11 @@ class Night:
         assert proc.returncode == 0, shown(proc)
         return self.tmp / out
 
-    def client(self) -> httpx.Client:
+    def client(self, *, admin: bool = False) -> httpx.Client:
+        """A client of the server; as the admin, it may change the data as the EHR would."""
+        token = self.server.admin_token if admin else self.server.token
         return httpx.Client(base_url=self.server.base_url + "/", timeout=30, headers={
-            "Authorization": f"Bearer {self.server.token}"})
+            "Authorization": f"Bearer {token}"})
 
     def jobs(self) -> list[dict[str, Any]]:
         jobs: list[dict[str, Any]] = self.server.admin.stats()["bulk"]["jobs"]
@@ -99,16 +102,16 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Night]:
     with fhir_test_server(token=token, export_polls=2, export_retry_after_s=0,
                           export_file_lines=1000) as server:
         tonight = Night(server, tmp_path_factory.mktemp("bulk"))
-        proc = previsit("upload", SAMPLE, "--config", tonight.config("fhir"), token=token)
-        assert proc.returncode == 0, shown(proc)
+        server.admin.load_folder(SAMPLE)  # the sample's ids, on a strict server
         with tonight.client() as client:
             patients = client.get("Patient", params={"_count": "500"}).json()["entry"]
-            members = sorted(e["resource"]["id"] for e in patients)
-            assert client.put(f"Group/{GROUP}", json={
-                "resourceType": "Group", "id": GROUP, "type": "person", "actual": True,
-                "name": "Riverside Family Medicine panel",
-                "member": [{"entity": {"reference": f"Patient/{m}"}} for m in members],
-            }).status_code in (200, 201)
+        members = sorted(e["resource"]["id"] for e in patients)
+        server.admin.load({"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "request": {"method": "PUT", "url": f"Group/{GROUP}"},
+            "resource": {"resourceType": "Group", "id": GROUP, "type": "person", "actual": True,
+                         "name": "Riverside Family Medicine panel",
+                         "member": [{"entity": {"reference": f"Patient/{m}"}}
+                                    for m in members]}}]})
         yield tonight
 
 
@@ -151,7 +154,7 @@ def test_the_first_night_is_one_full_export_of_the_panel(night: Night,
 def test_the_next_night_exports_only_what_changed_and_plans_as_search_does(
         night: Night, first: tuple[Path, Path]) -> None:
     since = json.loads((night.tmp / "bulk-state" / "state.json").read_text())["since"]
-    with night.client() as client:
+    with night.client(admin=True) as client:
         # Walter Kowalski's last INR was redated (an update of a resource the store holds) …
         inrs = client.get("Observation", params={
             "patient": "pat-walter-kowalski", "code": "http://loinc.org|6301-6",

@@ -1,9 +1,10 @@
 """Four shards at once against one server, then `previsit merge`: the union is the single
 run's day, and the server holds each proposal once.
 
-The sample day is loaded into a fresh test server; `previsit run --shard K/4 --write-back`
-runs as four processes started together (as an Indexed Job's pods or four cron hosts
-would), `previsit merge` joins their folders, and a shard is run again (a retried pod).
+The sample day is loaded into a fresh (strict, Medplum-like) test server; `previsit run
+--shard K/4 --write-back` runs as four processes started together (as an Indexed Job's
+pods or four cron hosts would), `previsit merge` joins their folders, and a shard is run
+again (a retried pod).
 Then the server is emptied and reloaded and one unsharded `--write-back` run plans the same
 day: every output file of the merge equals the single run's, except the run report's
 timings and HTTP request count (each shard reads the day's appointment list and the
@@ -50,11 +51,6 @@ def day_args(base_url: str, out: Path) -> list[str | Path]:
             "America/Chicago", "--write-back", "--quiet", "--out", out]
 
 
-def load_sample(base_url: str) -> None:
-    proc = previsit("upload", SAMPLE, "--fhir-url", base_url)
-    assert proc.returncode == 0, shown(proc)
-
-
 def proposals_on(base_url: str) -> Counter[str]:
     """How many resources on the server carry each of our proposal identifiers."""
     seen: Counter[str] = Counter()
@@ -96,7 +92,7 @@ class Night:
 def night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Night]:
     tmp = tmp_path_factory.mktemp("shards")
     with fhir_test_server() as server:
-        load_sample(server.base_url)
+        server.admin.load_folder(SAMPLE)
         shards = [tmp / f"out-{k}" for k in range(1, 5)]
         running = [subprocess.Popen([*CLI, *map(str, day_args(server.base_url, out)),
                                      "--shard", f"{k}/4"], cwd=ROOT, env=ENV,
@@ -112,7 +108,7 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Night]:
         after_retry = proposals_on(server.base_url)
 
         server.admin.reset(data=True)
-        load_sample(server.base_url)
+        server.admin.load_folder(SAMPLE)
         single = previsit(*day_args(server.base_url, tmp / "single"))
         assert single.returncode == 0, shown(single)
         yield Night(shards, tmp / "day", tmp / "single", after_shards, retry, after_retry)
