@@ -21,6 +21,7 @@ from previsit.errors import ConfigError, PrevisitError, RuleError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.intervals import Duration
 from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
+from previsit.plausibility import DEFAULT_BOUNDS, Bounds
 from previsit.report import EXIT_NOTHING, EXIT_PARTIAL
 from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
@@ -28,6 +29,7 @@ from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
 from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
 from previsit.suppressions import DeclineLookup, store_declines
+from previsit.timeline import run_and_clinic_day
 
 
 class _Guarded(TyperGroup):
@@ -96,8 +98,12 @@ def _ruleset(config: Config, rules_dir: Path | None = None) -> RuleSet:
 
 def _settings(config: Config) -> Settings:
     horizon = config.planning.renewal_horizon_days
+    plausible = {**DEFAULT_BOUNDS, **{code: Bounds(r.unit, r.min, r.max)
+                                      for code, r in config.planning.implausible.items()}}
     return Settings(due_soon=Duration(config.planning.due_soon_days, "d"),
-                    renewal_horizon=Duration(horizon, "d") if horizon is not None else None)
+                    renewal_horizon=Duration(horizon, "d") if horizon is not None else None,
+                    plausible={code: b for code, b in plausible.items()
+                               if b.low is not None or b.high is not None})
 
 
 T = TypeVar("T")
@@ -141,16 +147,31 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _default_date(config: Config) -> date:
-    return datetime.now(ZoneInfo(config.source.timezone)).date() + timedelta(days=1)
+def _today(config: Config) -> date:
+    """Today in the clinic's time zone: the run day of a nightly run."""
+    return datetime.now(ZoneInfo(config.source.timezone)).date()
+
+
+def _day_option(value: str | None, option: str) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        raise fail(f"{option} {value!r} is not a date (YYYY-MM-DD)", 2) from None
 
 
 @app.command()
 def run(
     config_path: ConfigOpt = None,
-    day: Annotated[str | None, typer.Option("--date", "-d", help="First clinic day "
-                                            "(YYYY-MM-DD); default: tomorrow in the clinic's "
-                                            "time zone.")] = None,
+    day: Annotated[str | None, typer.Option("--date", "-d", help="The clinic day to prepare "
+                                            "(sheets, huddle, every proposal; YYYY-MM-DD); "
+                                            "default: the day after the run day.")] = None,
+    run_date: Annotated[str | None, typer.Option(
+        "--run-date", help="The day the run writes its orders (YYYY-MM-DD): no order is dated "
+        "before it. Default: today in the clinic's time zone, or the day before --date when "
+        "only --date is given (a back-fill runs as that night's run did).")] = None,
+    labs_ahead_days: Annotated[int | None, typer.Option(
+        "--labs-ahead-days", min=0, max=60, help="Also order the pre-visit labs of visits up "
+        "to this many days after the run day (default: planning.labs_ahead_days, 7).")] = None,
     days: Annotated[int | None, typer.Option(help="Number of clinic days to plan.")] = None,
     source_dir: Annotated[Path | None, typer.Option(
         "--source", help="Folder of FHIR Bundles / NDJSON to read instead of a server.",
@@ -186,13 +207,16 @@ def run(
     part = _shard(shard)
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
                                  "planning__days": days,
+                                 "planning__labs_ahead_days": labs_ahead_days,
                                  "output__write_sheets": write_sheets}
     config = _config(config_path, **overrides, **_source_overrides(source_dir, fhir_url))
     ruleset = _ruleset(config, rules_dir)
-    try:
-        start = date.fromisoformat(day) if day else _default_date(config)
-    except ValueError:
-        raise fail(f"--date {day!r} is not a date (YYYY-MM-DD)", 2) from None
+    run_on, start = run_and_clinic_day(clinic_day=_day_option(day, "--date"),
+                                       run_day=_day_option(run_date, "--run-date"),
+                                       today=_today(config))
+    if start < run_on:
+        raise fail(f"--date {start.isoformat()} is before the run day {run_on.isoformat()}: "
+                   "nothing can be ordered for a day that has passed", 2)
     window = VisitWindow(
         start=start, end=start + timedelta(days=config.planning.days),
         timezone=config.source.timezone, statuses=config.planning.statuses,
@@ -210,6 +234,8 @@ def run(
     options = RunOptions(window=window, settings=_settings(config),
                          identifier_system=config.output.identifier_system,
                          sheet_identifier_system=config.output.sheet_identifier_system,
+                         run_day=run_on, labs_ahead_days=config.planning.labs_ahead_days,
+                         lab_only_codes=config.planning.lab_only_codes,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None,
@@ -308,6 +334,13 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
              else f"FHIR server {config.source.base_url}")
     echo(f"previsit: {report.date.isoformat()} (+{report.days - 1} days), {where}, "
          f"time zone {config.source.timezone}")
+    ahead = result.labs_ahead
+    if result.day.run_day is not None:
+        further = (f"; pre-visit labs also ordered for visits {ahead.start.isoformat()} to "
+                   f"{(ahead.end - timedelta(days=1)).isoformat()}"
+                   if ahead is not None and ahead.end > ahead.start else "")
+        echo(f"  run day {result.day.run_day.isoformat()}: no order is dated before it"
+             f"{further}")
     echo(f"  appointments: {visits.total} ({visits.patients} patients): "
          f"{visits.planned} planned, {visits.failed} failed")
     kinds = report.actionable_by_kind
@@ -333,6 +366,18 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
          f"{p[ProposalOutcome.DECLINED]} declined, {p[ProposalOutcome.DONE]} done, "
          f"{p[ProposalOutcome.EARLIER_VISIT] + p[ProposalOutcome.LATER_VISIT]} for the "
          "patient's other visit that day")
+    if ahead is not None and ahead.end > ahead.start:
+        made = ahead.proposals.get(ProposalOutcome.PROPOSED, 0) + \
+            ahead.proposals.get(ProposalOutcome.DRY_RUN, 0)
+        verb = ("in transaction bundles" if local else "written" if write_back
+                else "would be written (dry run)")
+        known = sum(ahead.proposals.get(o, 0) for o in (
+            ProposalOutcome.ALREADY_WRITTEN, ProposalOutcome.ALREADY_OPEN,
+            ProposalOutcome.DECLINED, ProposalOutcome.DONE))
+        echo(f"  labs ahead: {ahead.visits} appointments: {made} pre-visit lab orders {verb}, "
+             f"{known} already ordered or decided earlier")
+        for appointment, reason in ahead.failures:
+            echo(f"  FAILED (labs ahead) appointment {appointment}: {reason}")
     if stored_sheets:
         stored = report.sheets_stored
         echo(f"  sheets stored on the server: {stored.created} new, {stored.updated} replaced")

@@ -60,12 +60,27 @@ def visit_from_appointment(resource: Mapping[str, Any], timezone: str = "UTC") -
         break
     description = resource.get("description")
     return Visit(
+        codes=_appointment_codes(resource),
         appointment_id=rid, patient_id=bare_id(patient.reference), start=start,
         status=str(resource.get("status") or ""),
         practitioner=_participant(resource, "Practitioner/") or
         _participant(resource, "PractitionerRole/"),
         location=_participant(resource, "Location/"), service_type=service, reason=reason,
         description=description if isinstance(description, str) else None)
+
+
+# The fields that say what kind of appointment it is (a lab draw or a visit).
+_KIND_FIELDS = ("serviceCategory", "serviceType", "specialty", "appointmentType")
+
+
+def _appointment_codes(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every coding of the appointment's kind, as "system|code", in a stable order."""
+    out: list[str] = []
+    for name in _KIND_FIELDS:
+        value = resource.get(name)
+        for concept in value if isinstance(value, list) else [value]:
+            out += [f"{c.system}|{c.code}" for c in Concept.from_json(concept).codings]
+    return tuple(dict.fromkeys(out))
 
 
 def _codes(resource: Mapping[str, Any]) -> set[str]:

@@ -95,12 +95,27 @@ class Concept:
 
 
 @dataclass(frozen=True)
+class Group:
+    """An entry of an expansion that holds others: "Schedule II" (v2-0477 II), or a
+    code-less abstract group such as "exempted products"."""
+
+    system: str
+    code: str  # "" for a group without a code
+    display: str
+
+
+@dataclass(frozen=True)
 class ValueSet:
     url: str
     title: str
     codes: frozenset[tuple[str, str]]
     displays: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, hash=False)
     source: str = ""
+    # For a hierarchical expansion: each code's enclosing groups, nearest first. This is how
+    # a set says *why* a drug is in it (its DEA schedule, its high-risk category) in plain
+    # FHIR R4 (expansion.contains.contains), with no extension.
+    groups: dict[tuple[str, str], tuple[Group, ...]] = field(
+        default_factory=dict, compare=False, hash=False)
 
     def __contains__(self, coding: object) -> bool:
         return isinstance(coding, Coding) and coding.key() in self.codes
@@ -108,14 +123,29 @@ class ValueSet:
     def matches(self, concept: Concept) -> bool:
         return any(c.key() in self.codes for c in concept.codings)
 
+    def groups_of(self, concept: Concept) -> tuple[Group, ...]:
+        """The groups enclosing the first of the concept's codings that is in the set,
+        nearest first; () when none is, or the set is flat."""
+        for coding in concept.codings:
+            if coding.key() in self.codes:
+                return self.groups.get(coding.key(), ())
+        return ()
 
 
-
-def _walk_contains(items: Iterable[Any]) -> Iterator[dict[str, Any]]:
+def _walk_contains(items: Iterable[Any], parents: tuple[Group, ...] = ()
+                   ) -> Iterator[tuple[dict[str, Any], tuple[Group, ...]]]:
+    """Every entry of an expansion with its enclosing groups, nearest first."""
     for item in items:
         if isinstance(item, dict):
-            yield item
-            yield from _walk_contains(item.get("contains") or ())
+            yield item, parents
+            children = item.get("contains") or ()
+            if children:
+                system, code = item.get("system"), item.get("code")
+                display = item.get("display")
+                group = Group(canonical_system(system if isinstance(system, str) else None),
+                              code if isinstance(code, str) else "",
+                              display if isinstance(display, str) else "")
+                yield from _walk_contains(children, (group, *parents))
 
 
 def valueset_from_json(data: Any, source: str = "") -> ValueSet:
@@ -131,19 +161,22 @@ def valueset_from_json(data: Any, source: str = "") -> ValueSet:
         raise ValueSetError(f"{source}: ValueSet has no canonical url")
     codes: set[tuple[str, str]] = set()
     displays: dict[tuple[str, str], str] = {}
+    groups: dict[tuple[str, str], tuple[Group, ...]] = {}
 
-    def take(system: Any, code: Any, display: Any) -> None:
+    def take(system: Any, code: Any, display: Any, parents: tuple[Group, ...] = ()) -> None:
         if isinstance(code, str) and code:
             key = (canonical_system(system if isinstance(system, str) else None), code)
             codes.add(key)
             if isinstance(display, str):
                 displays[key] = display
+            if parents:
+                groups.setdefault(key, parents)
 
     expansion = data.get("expansion")
     if isinstance(expansion, dict) and isinstance(expansion.get("contains"), list) \
             and expansion["contains"]:
-        for item in _walk_contains(expansion["contains"]):
-            take(item.get("system"), item.get("code"), item.get("display"))
+        for item, parents in _walk_contains(expansion["contains"]):
+            take(item.get("system"), item.get("code"), item.get("display"), parents)
     else:
         compose = data.get("compose") or {}
         includes = compose.get("include", []) if isinstance(compose, dict) else None
@@ -165,7 +198,7 @@ def valueset_from_json(data: Any, source: str = "") -> ValueSet:
         raise ValueSetError(f"{source}: {url} has no codes (empty expansion and compose)")
     title = data.get("title") or data.get("name") or url
     return ValueSet(url=url, title=str(title), codes=frozenset(codes), displays=displays,
-                    source=source)
+                    source=source, groups=groups)
 
 
 class ValueSetRegistry:

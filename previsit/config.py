@@ -77,6 +77,14 @@ class AuthConfig(_Section):
     client_secret_file: Path | None = None
 
 
+class PlausibleRange(_Section):
+    """The range of results a patient can have, for one LOINC code in one unit."""
+
+    unit: str  # the UCUM code results must carry for the range to apply
+    min: float | None = None
+    max: float | None = None
+
+
 class PlanningConfig(_Section):
     days: int = Field(default=1, ge=1, le=31)  # how many clinic days from the start date
     due_soon_days: int = Field(default=60, ge=0)
@@ -85,6 +93,15 @@ class PlanningConfig(_Section):
     practitioners: tuple[str, ...] = ()
     locations: tuple[str, ...] = ()
     service_types: tuple[str, ...] = ()
+    # The nightly run also orders the pre-visit labs of visits up to this many days after
+    # the run day (AMA: labs 1-2 weeks before the visit); 0 turns the labs-ahead horizon off.
+    labs_ahead_days: int = Field(default=7, ge=0, le=60)
+    # Appointment codes ("system|code" or a bare code) of lab-only appointments, besides the
+    # shipped lab-only-appointment value set (HL7 service-type pathology, SNOMED phlebotomy).
+    lab_only_codes: tuple[str, ...] = ()
+    # Plausible result ranges by LOINC code, replacing previsit's own (previsit/plausibility.py);
+    # a range with neither min nor max switches the check off for that code.
+    implausible: dict[str, PlausibleRange] = Field(default_factory=dict)
 
 
 class RulesConfig(_Section):
@@ -131,7 +148,7 @@ class Config(_Section):
 
 
 _LIST_KEYS = {"statuses", "practitioners", "locations", "service_types", "disabled",
-              "valuesets", "frame_ancestors", "read_types", "cds_algorithms"}
+              "valuesets", "frame_ancestors", "read_types", "cds_algorithms", "lab_only_codes"}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ clinic's settings are passed in. `Truth` is a criterion's three-valued answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Generic, TypeVar
@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 from previsit.codes import Concept, ValueSet, ValueSetRegistry
 from previsit.intervals import Duration, age_on
 from previsit.plan import EvidenceRef
+from previsit.plausibility import DEFAULT_BOUNDS, Bounds, implausible
 from previsit.record import Observation, PatientRecord
 
 # Results that count: final, amended or corrected (not preliminary, registered, cancelled).
@@ -30,6 +31,13 @@ class Settings:
     due_soon: Duration = Duration(60, "d")
     renewal_horizon: Duration | None = None  # overrides the renewal rule's horizon
     season_start_month: int = 8  # influenza seasons start in August (CDC)
+    # The last month a season's vaccine is offered (its lots expire June 30); from the month
+    # after it until the next season starts no dose is proposed (ACIP: adults are not
+    # vaccinated in July-August unless they cannot be reached later).
+    season_last_month: int = 6
+    # Plausible ranges of results by LOINC code: a value outside is "check this value".
+    plausible: Mapping[str, Bounds] = field(default_factory=lambda: dict(DEFAULT_BOUNDS),
+                                            hash=False)
 
 
 @dataclass
@@ -85,9 +93,15 @@ class EvaluationContext:
         self.procedures = CodeIndex(record.procedures, lambda p: p.code)
         self.conditions = CodeIndex(record.conditions, lambda c: c.code)
         self.immunizations = CodeIndex(record.immunizations, lambda i: i.vaccine)
+        self.encounters = CodeIndex(record.encounters, lambda e: e.type)
         self.service_requests = CodeIndex(
             [r for r in record.requests if r.resource_type == "ServiceRequest"],
             lambda r: r.code)
+        # Results no patient can have: never used, shown as "check this value" (by ref).
+        self.implausible: dict[str, str] = {}
+        for obs in record.observations:
+            if obs.day <= visit_day and (why := implausible(obs, settings.plausible)):
+                self.implausible[obs.ref] = why
 
     def vs(self, url: str) -> ValueSet:
         return self.valuesets.get(url)
@@ -100,13 +114,22 @@ class EvaluationContext:
         words = concept.words()
         return any(name in words for name in names)
 
-    def latest_observation(self, url: str, lookback: Duration | None) -> Observation | None:
-        """The latest result in the set within the look-back, on or before the visit."""
+    def usable(self, obs: Observation, *, needs_value: bool = True) -> bool:
+        """Whether a result can decide anything: final (amended, corrected), believable,
+        and — unless `needs_value` is off — carrying a value (CMS122 counts an HbA1c
+        without one as a gap, CMS130 a stool test without one as not done)."""
+        return obs.status in DONE_OBSERVATION and obs.ref not in self.implausible \
+            and (obs.has_value or not needs_value)
+
+    def latest_observation(self, url: str, lookback: Duration | None, *,
+                           needs_value: bool = False) -> Observation | None:
+        """The latest usable result in the set within the look-back, on or before the
+        visit."""
         vs = self.vs(url)
         since = lookback.before(self.day) if lookback else date.min
         best: Observation | None = None
         for obs in self.observations.matching(vs):
-            if obs.status in DONE_OBSERVATION and since < obs.day <= self.day \
+            if self.usable(obs, needs_value=needs_value) and since < obs.day <= self.day \
                     and (best is None or obs.day > best.day):
                 best = obs
         return best

@@ -233,6 +233,45 @@ class ServiceRequestCriterion(_OnRecord):
             for text in (f"{r.code.label()} ordered {fmt(day)}",)])
 
 
+# Encounters that took place (the CMS Status library's "isEncounterPerformed").
+_PERFORMED = frozenset({"finished", "arrived", "triaged", "in-progress", "onleave"})
+_ONGOING = frozenset({"arrived", "triaged", "in-progress", "onleave"})
+
+
+@criterion("encounter")
+class EncounterCriterion(_OnRecord):
+    """An encounter that took place, of a type in the set (and, with `discharge`,
+    discharged to a disposition in that set), whose period overlaps the look-back before
+    the visit — or, with `period: ends`, ended in it. These are the CMS Hospice library's
+    "Hospice Encounter" (overlaps) and "Encounter Inpatient" discharged to hospice (ends)."""
+
+    encounter: ValueSetUrl  # Encounter.type
+    discharge: OptionalValueSetUrl = None  # hospitalization.dischargeDisposition
+    period: Literal["overlaps", "ends"] = "overlaps"
+
+    def evaluate(self, ctx: EvaluationContext) -> Truth:
+        vs = ctx.vs(self.encounter)
+        since = self.lookback.before(ctx.day) if self.lookback else date.min
+        hits = []
+        for enc in ctx.encounters.matching(vs):
+            if enc.status not in _PERFORMED or (
+                    self.discharge and not ctx.vs(self.discharge).matches(enc.discharge)):
+                continue
+            start = enc.start or enc.end
+            # An encounter still going on (a hospice stay) lasts until the visit, as far as
+            # the chart knows; a finished one without an end ended the day it started.
+            end = enc.end or (ctx.day if enc.status in _ONGOING else start)
+            if start is None or end is None or start > ctx.day:
+                continue
+            last = min(end, ctx.day)
+            if last <= since or (self.period == "ends" and not since < end <= ctx.day):
+                continue
+            text = f"{enc.type.label()} {fmt(start)}" + (
+                f" to {fmt(enc.end)}" if enc.end and enc.end != start else "")
+            hits.append((last, text, EvidenceRef(enc.ref, last, text, "reason")))
+        return self._latest(vs, hits)
+
+
 @criterion("medication")
 class MedicationCriterion(Criterion):
     medication: ValueSetUrl  # ingredients and clinical drugs
@@ -309,7 +348,11 @@ class ObservationCriterion(Criterion):
 
     def evaluate(self, ctx: EvaluationContext) -> Truth:
         label = self.label or ctx.vs(self.observation).title
-        obs = ctx.latest_observation(self.observation, self.lookback)
+        # A criterion that compares the value looks at the latest result that has one (a
+        # BMI entered without a value does not hide the one before it).
+        compares = self.value is not None or self.value_in is not None \
+            or self.value_date_within is not None
+        obs = ctx.latest_observation(self.observation, self.lookback, needs_value=compares)
         missing_value: bool | None = None if self.missing == "unknown" else False
         if obs is None:
             within = f" in the last {self.lookback.words()}" if self.lookback else " on record"

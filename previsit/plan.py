@@ -8,7 +8,7 @@ serialise to plain JSON (`to_json`) and back (`visit_plan_from_json`) so that
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -83,6 +83,8 @@ class FindingFlag(StrEnum):
 
     PHYSICIAN_REVIEW = "physician-review"
     CONTROLLED_SUBSTANCE = "controlled-substance"
+    HIGH_RISK = "high-risk"  # a high-risk medicine: the physician renews it, not a protocol
+    POSITIVE_RESULT = "positive-result"  # a positive screening test needs a follow-up test
     ABNORMAL = "abnormal"  # the latest value was outside the rule's review range
     SHARED_DECISION = "shared-decision"
 
@@ -107,6 +109,15 @@ class ProposalOutcome(StrEnum):
     DONE = "done"  # ours, completed
     EARLIER_VISIT = "earlier-visit"  # a lab drawn at the patient's earlier visit that day
     LATER_VISIT = "later-visit"  # left to the patient's later visit that day
+    LAB_ONLY = "lab-only"  # done at a visit, and this is a lab-only appointment
+
+
+class Horizon(StrEnum):
+    """Which of a nightly run's two horizons a visit is in (CLINICAL.md "The pre-visit
+    timeline")."""
+
+    HUDDLE = "huddle"  # the clinic day being prepared: sheets, huddle, every proposal
+    LABS_AHEAD = "labs-ahead"  # a visit further out: only its pre-visit labs are ordered
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,9 @@ class Visit:
     service_type: str | None = None
     reason: str | None = None
     description: str | None = None
+    # Every coding of serviceCategory, serviceType, appointmentType and specialty, as
+    # "system|code": what tells a lab-only appointment from a visit.
+    codes: tuple[str, ...] = ()
 
     @property
     def day(self) -> date | None:
@@ -156,7 +170,13 @@ class Order:
     category: OrderCategory
     role: Role
     before_visit: bool  # pre-visit lab: drawn ahead so results are in at the visit
-    lead_days: int = 0
+    lead_days: int = 0  # the result takes this long: drawn at the latest visit - lead_days
+    # point-of-care or same-day labs (INR): drawn no earlier than visit - draw_within_days
+    draw_within_days: int | None = None
+
+    def latest_draw(self, visit_day: date) -> date:
+        """The last day the lab can be drawn for its result to be in at the visit."""
+        return visit_day - timedelta(days=self.lead_days)
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,9 @@ class Finding:
     measure: str | None = None
     citation: str | None = None
     medication_ref: str | None = None  # renewals: the MedicationRequest to renew
+    # A dose due but not allowed yet at the visit (minimum interval, outside the influenza
+    # season): the earliest date it may be given. Such a finding is due-soon with no order.
+    not_before: date | None = None
 
     @property
     def needs_physician(self) -> bool:
@@ -193,6 +216,31 @@ class ProposalSummary:
     role: Role
     outcome: ProposalOutcome
     existing: str | None = None  # the existing resource that suppressed it
+    # A pre-visit lab's draw window is [occurrence_start, occurrence]: `occurrence` is the
+    # "draw by" day; the two are equal for a lab drawn at check-in.
+    occurrence_start: date | None = None
+
+
+class LabState(StrEnum):
+    """What became of a pre-visit lab previsit proposed for a visit, as the huddle sees it."""
+
+    RESULTED = "resulted"  # a result with a value came back since it was ordered
+    TO_DRAW = "to-draw"  # accepted (ordered) but not resulted: draw at check-in
+    UNSIGNED = "unsigned"  # still our proposal: nobody signed it; sign, then draw
+    DISMISSED = "dismissed"  # a clinician revoked the proposal
+
+
+@dataclass(frozen=True)
+class LabProgress:
+    """A pre-visit lab previsit proposed for this appointment on an earlier night."""
+
+    code: str
+    display: str
+    proposal: str  # the proposal on the chart ("ServiceRequest/…")
+    ordered_on: date | None  # the proposal's authoredOn
+    state: LabState
+    result: str | None = None  # "HbA1c 7.9 %" when resulted
+    result_day: date | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +254,11 @@ class VisitPlan:
     proposals: tuple[ProposalSummary, ...] = ()
     issues: tuple[str, ...] = ()
     failed: str | None = None  # why this visit could not be planned
+    # Why this visit was deliberately not planned (the patient is recorded as deceased):
+    # not a failure, an input problem for the scheduler to fix.
+    not_planned: str | None = None
+    checks: tuple[str, ...] = ()  # "check this value": implausible results, not used
+    labs: tuple[LabProgress, ...] = ()  # what became of pre-visit labs proposed earlier
 
     def by_status(self, *statuses: Status) -> list[Finding]:
         return [f for f in self.findings if f.status in statuses]
@@ -243,6 +296,12 @@ def _ref(value: Any) -> Ref | None:
     return Ref(value.get("reference"), value.get("display")) if isinstance(value, dict) else None
 
 
+def _lab_from_json(data: dict[str, Any]) -> LabProgress:
+    return LabProgress(code=data["code"], display=data["display"], proposal=data["proposal"],
+                       ordered_on=_day(data.get("ordered_on")), state=LabState(data["state"]),
+                       result=data.get("result"), result_day=_day(data.get("result_day")))
+
+
 def visit_from_json(data: dict[str, Any]) -> Visit:
     start = data.get("start")
     return Visit(
@@ -250,7 +309,8 @@ def visit_from_json(data: dict[str, Any]) -> Visit:
         start=datetime.fromisoformat(start) if isinstance(start, str) else None,
         status=data.get("status", ""), practitioner=_ref(data.get("practitioner")),
         location=_ref(data.get("location")), service_type=data.get("service_type"),
-        reason=data.get("reason"), description=data.get("description"))
+        reason=data.get("reason"), description=data.get("description"),
+        codes=tuple(data.get("codes", ())))
 
 
 def _finding_from_json(data: dict[str, Any]) -> Finding:
@@ -266,7 +326,7 @@ def _finding_from_json(data: dict[str, Any]) -> Finding:
         due_date=_day(data.get("due_date")),
         flags=tuple(FindingFlag(f) for f in data.get("flags", ())),
         measure=data.get("measure"), citation=data.get("citation"),
-        medication_ref=data.get("medication_ref"))
+        medication_ref=data.get("medication_ref"), not_before=_day(data.get("not_before")))
 
 
 def visit_plan_from_json(data: dict[str, Any]) -> VisitPlan:
@@ -277,25 +337,35 @@ def visit_plan_from_json(data: dict[str, Any]) -> VisitPlan:
         findings=tuple(_finding_from_json(f) for f in data.get("findings", ())),
         proposals=tuple(ProposalSummary(**{**p, "rule_ids": tuple(p["rule_ids"]),
                                            "occurrence": _day(p.get("occurrence")),
+                                           "occurrence_start": _day(p.get("occurrence_start")),
                                            "role": Role(p["role"]),
                                            "outcome": ProposalOutcome(p["outcome"])})
                         for p in data.get("proposals", ())),
-        issues=tuple(data.get("issues", ())), failed=data.get("failed"))
+        issues=tuple(data.get("issues", ())), failed=data.get("failed"),
+        not_planned=data.get("not_planned"), checks=tuple(data.get("checks", ())),
+        labs=tuple(_lab_from_json(lab) for lab in data.get("labs", ())))
 
 
 @dataclass(frozen=True)
 class DayPlan:
-    """Every visit planned in one run, in time order: what plan.json holds."""
+    """Every visit planned in one run, in time order: what plan.json holds.
+
+    `plans` are the huddle horizon's visits (the clinic day being prepared: sheets are made
+    from them); `ahead` the visits further out whose pre-visit labs the run ordered."""
 
     generated_for: date
     days: int
     plans: tuple[VisitPlan, ...]
     ruleset: dict[str, Any] = field(default_factory=dict)
+    run_day: date | None = None  # the day the run wrote its orders (their authoredOn)
+    ahead: tuple[VisitPlan, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"resourceType": "previsit-plan", "version": 1,
                 "date": self.generated_for.isoformat(), "days": self.days,
-                "ruleset": self.ruleset, "visits": [to_json(p) for p in self.plans]}
+                "run_date": self.run_day.isoformat() if self.run_day else None,
+                "ruleset": self.ruleset, "visits": [to_json(p) for p in self.plans],
+                "labs_ahead": [to_json(p) for p in self.ahead]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DayPlan:
@@ -303,4 +373,5 @@ class DayPlan:
             raise ValueError("not a previsit plan.json (resourceType is not 'previsit-plan')")
         return cls(generated_for=date.fromisoformat(data["date"]), days=int(data["days"]),
                    plans=tuple(visit_plan_from_json(v) for v in data["visits"]),
-                   ruleset=data.get("ruleset", {}))
+                   ruleset=data.get("ruleset", {}), run_day=_day(data.get("run_date")),
+                   ahead=tuple(visit_plan_from_json(v) for v in data.get("labs_ahead", ())))

@@ -12,16 +12,22 @@ What is NOT proposed:
 - our own proposal for this appointment, whatever its status now: outcome
   `already-written` while open, `declined` when a clinician revoked it, `done` when
   completed — a clinician's decision is never overridden by re-proposing;
-- for a patient with two appointments the same day: the labs at the first (`earlier-visit`
-  at the second), everything done at a visit at the last (`later-visit` at the first).
+- for a patient with two appointments the same day: the labs where they are drawn, what is
+  done at a visit at the physician visit (`earlier-visit` / `later-visit` at the other one;
+  `lab-only` at a lone lab-only appointment): which appointment does what is `SameDay`,
+  decided by previsit.timeline.
+
+When a pre-visit lab is drawn is decided outside too (previsit.timeline: the run day, the
+horizon, the lab's turnaround): `merge_orders` takes it as a function of the order.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
+from enum import StrEnum
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -32,7 +38,15 @@ from previsit.codes import SNOMED
 from previsit.errors import ProposalError
 from previsit.identifiers import proposal_identifier
 from previsit.intervals import Duration
-from previsit.plan import Finding, Order, OrderCategory, ProposalOutcome, ProposalSummary, VisitPlan
+from previsit.plan import (
+    Finding,
+    Order,
+    OrderCategory,
+    ProposalOutcome,
+    ProposalSummary,
+    Role,
+    VisitPlan,
+)
 from previsit.record import MedicationOrder, OpenRequest, PatientRecord
 
 ROLE_SYSTEM = "https://previsit.dev/fhir/CodeSystem/care-team-role"
@@ -49,6 +63,30 @@ _CATEGORY = {
 }
 
 
+# When an order is done: (from, by). A pre-visit lab ordered ahead has a window; everything
+# else, and a lab drawn at check-in, is one day.
+Dating = Callable[[Order], tuple[date, date]]
+
+
+class Where(StrEnum):
+    """Which of the patient's appointments that day does something."""
+
+    HERE = "here"
+    EARLIER = "earlier"
+    LATER = "later"
+    NOWHERE = "nowhere"  # a lab-only appointment with no visit that day: not done today
+
+
+@dataclass(frozen=True)
+class SameDay:
+    """Where a visit's pre-visit labs are drawn and where what is done at a visit is done."""
+
+    labs: Where = Where.HERE
+    visit_work: Where = Where.HERE
+
+
+_ELSEWHERE = {Where.EARLIER: ProposalOutcome.EARLIER_VISIT,
+              Where.LATER: ProposalOutcome.LATER_VISIT, Where.NOWHERE: ProposalOutcome.LAB_ONLY}
 
 
 @dataclass
@@ -58,8 +96,9 @@ class Proposal:
     order: Order
     findings: list[Finding] = field(default_factory=list)
     identifier: str = ""
-    occurrence: date | None = None
+    occurrence: date | None = None  # the day it is done by (a lab's "draw by")
     medication: MedicationOrder | None = None
+    occurrence_start: date | None = None  # the first day it may be done
 
     @property
     def rule_ids(self) -> tuple[str, ...]:
@@ -72,15 +111,16 @@ class Proposal:
 
 
 def merge_orders(plan: VisitPlan, record: PatientRecord, *,
-                 draw_here: bool = False) -> list[Proposal]:
+                 dating: Dating | None = None) -> list[Proposal]:
     """One proposal per code for the visit (potassium due under two rules: one order).
 
-    A pre-visit lab is dated its lead time before the visit; with `draw_here` (the patient
-    has a later appointment the same day, which this one prepares: a lab draw before the
-    physician visit) it is dated this visit's day, since it is drawn here.
+    `dating` says when each order is done (default: on the visit day). Two rules that want
+    the same lab get the window both can live with: the latest start, the earliest end (the
+    longest turnaround wins, so every rule's result is in on time).
     """
     visit_day = plan.visit.day
     assert visit_day is not None
+    when = dating or (lambda order: (visit_day, visit_day))
     meds = {m.ref: m for m in record.medications}
     merged: dict[tuple[str, str], Proposal] = {}
     for finding in plan.findings:
@@ -88,21 +128,20 @@ def merge_orders(plan: VisitPlan, record: PatientRecord, *,
             continue
         for order in finding.orders:
             key = (order.system, order.code or finding.medication_ref or "")
+            start, end = when(order)
             proposal = merged.get(key)
             if proposal is None:
-                occurrence = (visit_day - timedelta(days=order.lead_days)
-                              if order.before_visit and not draw_here else visit_day)
-                proposal = Proposal(order=order, occurrence=occurrence,
+                proposal = Proposal(order=order, occurrence=end, occurrence_start=start,
                                     identifier=proposal_identifier(
                                         plan.visit.appointment_id, order.system,
                                         order.code or finding.medication_ref or ""),
                                     medication=meds.get(finding.medication_ref or ""))
                 merged[key] = proposal
-            elif order.before_visit and not draw_here and proposal.occurrence and \
-                    order.lead_days and \
-                    visit_day - timedelta(days=order.lead_days) < proposal.occurrence:
-                # the longest lead time wins, so every rule's result is in on time
-                proposal.occurrence = visit_day - timedelta(days=order.lead_days)
+            else:
+                assert proposal.occurrence is not None and proposal.occurrence_start is not None
+                proposal.occurrence = min(proposal.occurrence, end)
+                proposal.occurrence_start = min(max(proposal.occurrence_start, start),
+                                                proposal.occurrence)
             proposal.findings.append(finding)
     return sorted(merged.values(), key=lambda p: (p.resource_type, p.order.display.lower()))
 
@@ -204,8 +243,12 @@ def service_request(proposal: Proposal, plan: VisitPlan, *, identifier_system: s
         "supportingInfo": supporting,
         "note": _notes(proposal),
     }
-    if proposal.occurrence:
-        resource["occurrenceDateTime"] = proposal.occurrence.isoformat()
+    start, end = proposal.occurrence_start, proposal.occurrence
+    if start and end and start < end:
+        # a window: draw from the night it is ordered until the result can still be in
+        resource["occurrencePeriod"] = {"start": start.isoformat(), "end": end.isoformat()}
+    elif end:
+        resource["occurrenceDateTime"] = end.isoformat()
     if reasons:
         resource["reasonReference"] = reasons
     return resource
@@ -226,9 +269,11 @@ def medication_request(proposal: Proposal, plan: VisitPlan, *, identifier_system
         "subject": {"reference": f"Patient/{plan.visit.patient_id}"},
         "authoredOn": authored.isoformat(),
         "priorPrescription": _reference(prior.ref, prior.medication.label()),
-        "note": [*_notes(proposal),
-                 {"text": f"Renewal for {renew_for.words()} under protocol "
-                          f"({proposal.order.role.performer})."}],
+        "note": [*_notes(proposal), {"text": (
+            f"Renewal for {renew_for.words()}: the physician decides and signs."
+            if proposal.order.role == Role.PHYSICIAN else
+            f"Renewal for {renew_for.words()} under protocol "
+            f"({proposal.order.role.performer}).")}],
     }
     for name in ("medicationCodeableConcept", "medicationReference", "dosageInstruction"):
         if name in raw:
@@ -270,7 +315,8 @@ class VisitProposals:
 
 def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system: str,
                    authored: date, already_this_run: Sequence[tuple[str, str]] = (),
-                   later_visit: bool = False) -> VisitProposals:
+                   same_day: SameDay = SameDay(), dating: Dating | None = None,
+                   labs_only: bool = False) -> VisitProposals:
     """Merge, de-duplicate against the chart, build and validate the visit's transaction.
 
     `already_this_run` holds (resource type, code) handled at an earlier visit of the same
@@ -278,21 +324,28 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
     appointments the same day: one draw, not two; a revoked proposal is not re-proposed for
     the second visit).
 
-    `later_visit`: the patient has a later appointment the same day. This one then draws the
-    pre-visit labs (dated today), and what is done at a visit — screenings, vaccines,
-    renewals — is left to the later one (outcome `later-visit`): an 8:00 lab draw before a
-    9:20 physician visit gets the labs, the physician visit the rest.
+    `same_day`: which of the patient's appointments that day draws the pre-visit labs and
+    which does what is done at a visit — screenings, vaccines, renewals. What another
+    appointment does is `earlier-visit` / `later-visit` here (an 8:00 lab draw before a 9:20
+    physician visit gets the labs, the physician visit the rest); at a lone lab-only
+    appointment what is done at a visit is `lab-only`. `dating` dates each order (see
+    merge_orders). `labs_only`: propose only pre-visit labs (a visit further out, whose other
+    work is proposed the night before it).
     """
     summaries: list[ProposalSummary] = []
     entries: list[dict[str, Any]] = []
-    for proposal in merge_orders(plan, record, draw_here=later_visit):
+    for proposal in merge_orders(plan, record, dating=dating):
+        if labs_only and not proposal.order.before_visit:
+            continue
         outcome, existing = existing_outcome(proposal, record.requests, identifier_system)
-        if later_visit and not proposal.order.before_visit and (
-                outcome == ProposalOutcome.PROPOSED or (
-                    outcome == ProposalOutcome.ALREADY_OPEN and _ours(
-                    record.requests, existing, identifier_system))):
-            # ours for the later visit (a re-run) is that visit's, not someone's order
-            outcome, existing = ProposalOutcome.LATER_VISIT, None
+        where = same_day.labs if proposal.order.before_visit else same_day.visit_work
+        if where != Where.HERE and (outcome == ProposalOutcome.PROPOSED or (
+                outcome == ProposalOutcome.ALREADY_OPEN and (
+                    proposal.order.before_visit or _ours(record.requests, existing,
+                                                         identifier_system)))):
+            # The other appointment's work, whoever's open order it is (ours for it, on a
+            # re-run, is that appointment's too): not a second task here.
+            outcome, existing = _ELSEWHERE[where], None
         # The earlier visit's order (ours, written by this or an earlier run) is not
         # "someone's open order": say earlier-visit, so that a re-run reads like the first run.
         # Someone's open lab order is drawn at the earlier visit too: not a second task here.
@@ -321,7 +374,8 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
             resource_type=proposal.resource_type, identifier=proposal.identifier,
             code=proposal.order.code, display=proposal.order.display,
             rule_ids=proposal.rule_ids, occurrence=proposal.occurrence,
-            role=proposal.order.role, outcome=outcome, existing=existing))
+            role=proposal.order.role, outcome=outcome, existing=existing,
+            occurrence_start=proposal.occurrence_start))
     bundle = None
     if entries:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -28,6 +28,12 @@ RECORD_SEARCHES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Procedure", ()),
     ("Immunization", ()),
     ("ServiceRequest", ()),
+    # Hospice and palliative care recorded as encounters, inpatient discharges to hospice
+    # (the CMS Hospice library reads them); what was dispensed, and what the patient says
+    # they take (renewals).
+    ("Encounter", ()),
+    ("MedicationDispense", ()),
+    ("MedicationStatement", ()),
 )
 
 # The intents of a request that is an order (FHIR R4 request-intent: order and its
@@ -39,10 +45,12 @@ ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-or
 @dataclass(frozen=True)
 class Quantity:
     value: float
-    unit: str | None = None
+    unit: str | None = None  # as shown (unit, else the code)
+    code: str | None = None  # the coded unit (UCUM), for checks that depend on the unit
+    comparator: str | None = None  # "<", "<=", ">=", ">": the value is a bound, not a result
 
     def __str__(self) -> str:
-        value = f"{self.value:g}"
+        value = f"{self.comparator or ''}{self.value:g}"
         return f"{value} {self.unit}" if self.unit else value
 
 
@@ -64,9 +72,16 @@ class Observation:
     value_concept: Concept | None = None
     value_date: date | None = None
     members: tuple[str, ...] = ()
+    value_string: str | None = None
+    # Whether the result carries a value of any type (and no dataAbsentReason): CMS122 and
+    # CMS130 count a result only when it has one ("result is not null").
+    has_value: bool = False
+    absent_reason: str | None = None  # dataAbsentReason, as a person reads it
+    interpretation: Concept = field(default_factory=Concept)  # every coding of every flag
 
     def value_text(self) -> str:
-        """The result's value as a sheet shows it ("8.4 %", "Positive"), or ""."""
+        """The result's value as a sheet shows it ("8.4 %", "Positive"), or "" (a free-text
+        report is not repeated in an explanation)."""
         if self.value_quantity is not None:
             return str(self.value_quantity)
         if self.value_concept is not None:
@@ -129,6 +144,8 @@ class MedicationOrder:
     repeats: int | None
     identifiers: tuple[tuple[str, str], ...] = ()
     raw: JSON = field(default_factory=dict, compare=False, repr=False)
+    # courseOfTherapyType: continuous, acute, seasonal (or a local code), "" when absent
+    course: str = ""
 
     @property
     def active(self) -> bool:
@@ -136,6 +153,52 @@ class MedicationOrder:
         # plan is how some EHRs record a home medication).
         return self.status == "active" and (self.intent in ORDER_INTENTS
                                             or self.intent == "plan")
+
+
+@dataclass(frozen=True)
+class Dispense:
+    """A MedicationDispense: what the pharmacy actually handed over, and for how long."""
+
+    ref: str
+    medication: Concept
+    status: str
+    handed_over: date | None  # whenHandedOver, else whenPrepared
+    days_supply: int | None
+    prescription: tuple[str, ...] = ()  # authorizingPrescription references
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed" and self.handed_over is not None
+
+
+# MedicationStatement statuses that say the patient does not take the drug (any more).
+_NOT_TAKING = frozenset({"stopped", "completed", "not-taken"})
+
+
+@dataclass(frozen=True)
+class MedicationUse:
+    """A MedicationStatement: whether the patient says they take a drug (no supply)."""
+
+    ref: str
+    medication: Concept
+    status: str  # active, completed, stopped, not-taken, intended, on-hold, ...
+    day: date | None  # dateAsserted, else the end (or start) of effective[x]
+
+    @property
+    def stopped(self) -> bool:
+        return self.status in _NOT_TAKING
+
+
+@dataclass(frozen=True)
+class Encounter:
+    ref: str
+    type: Concept  # the codings of every Encounter.type
+    status: str
+    start: date | None
+    end: date | None
+    discharge: Concept = field(default_factory=Concept)  # hospitalization.dischargeDisposition
+    diagnoses: tuple[str, ...] = ()  # Encounter.diagnosis.condition references
+    class_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +212,7 @@ class OpenRequest:
     intent: str
     identifiers: tuple[tuple[str, str], ...]
     authored_on: date | None
+    based_on: tuple[str, ...] = ()  # the requests this one fulfils (an order from a proposal)
 
     @property
     def open(self) -> bool:
@@ -163,6 +227,7 @@ class Patient:
     name: str | None
     mrn: str | None
     deceased: bool = False
+    deceased_on: date | None = None  # deceasedDateTime, when the chart gives the date
 
 
 @dataclass(frozen=True)
@@ -175,13 +240,15 @@ class PatientRecord:
     immunizations: tuple[Immunization, ...] = ()
     requests: tuple[OpenRequest, ...] = ()
     issues: tuple[DataIssue, ...] = ()
+    encounters: tuple[Encounter, ...] = ()
+    dispenses: tuple[Dispense, ...] = ()
+    statements: tuple[MedicationUse, ...] = ()
 
     @property
     def resource_count(self) -> int:
         return 1 + sum(map(len, (self.conditions, self.medications, self.observations,
-                                 self.procedures, self.immunizations, self.requests)))
-
-
+                                 self.procedures, self.immunizations, self.requests,
+                                 self.encounters, self.dispenses, self.statements)))
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -213,8 +280,48 @@ def _status_code(concept: Any) -> str:
 def _quantity(value: Any) -> Quantity | None:
     if isinstance(value, dict) and isinstance(value.get("value"), (int, float)) \
             and not isinstance(value.get("value"), bool):
-        return Quantity(float(value["value"]), _str(value.get("unit")) or _str(value.get("code")))
+        return Quantity(float(value["value"]), _str(value.get("unit")) or _str(value.get("code")),
+                        code=_str(value.get("code")), comparator=_str(value.get("comparator")))
     return None
+
+
+# Units of a duration Quantity (UCUM codes and the words EHRs send), in days.
+_DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30,
+                  "month": 30, "months": 30}
+
+
+def _days(value: Any) -> int | None:
+    """A duration Quantity (expectedSupplyDuration, daysSupply) in whole days."""
+    if not isinstance(value, dict) or not isinstance(value.get("value"), (int, float)) \
+            or isinstance(value.get("value"), bool):
+        return None
+    unit = str(value.get("code") or value.get("unit") or "d").lower()
+    factor = _DAYS_PER_UNIT.get(unit)
+    return round(value["value"] * factor) if factor is not None else None
+
+
+def _references(items: Any, name: str | None = None) -> tuple[str, ...]:
+    """The reference strings of a list of References (or of the field `name` of each item)."""
+    out = []
+    for item in items if isinstance(items, list) else ():
+        ref = item.get(name) if name and isinstance(item, dict) else item
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            out.append(ref["reference"])
+    return tuple(out)
+
+
+def _concepts(items: Any) -> Concept:
+    """Every coding of a list of CodeableConcepts as one concept (Encounter.type,
+    Observation.interpretation), with the first text."""
+    concepts = [Concept.from_json(c) for c in items] if isinstance(items, list) else []
+    return Concept(tuple(c for concept in concepts for c in concept.codings),
+                   next((c.text for c in concepts if c.text), None))
+
+
+# The value[x] types of an Observation other than Quantity, CodeableConcept, string and
+# dateTime, which are kept: their presence is what counts ("the result has a value").
+_OTHER_VALUES = ("valueBoolean", "valueInteger", "valueRange", "valueRatio",
+                 "valueSampledData", "valueTime", "valuePeriod")
 
 
 def _effective(resource: JSON, *names: str, period_end: bool = False) -> date | None:
@@ -274,9 +381,10 @@ def parse_patient(resource: JSON) -> Patient:
     if resource.get("resourceType") != "Patient" or not isinstance(resource.get("id"), str):
         raise RecordError("expected a Patient resource with an id")
     sex = _str(resource.get("gender"))
-    deceased = bool(resource.get("deceasedBoolean")) or "deceasedDateTime" in resource
+    deceased = resource.get("deceasedBoolean") is True or "deceasedDateTime" in resource
     return Patient(id=resource["id"], birth_date=parse_fhir_date(resource.get("birthDate")),
-                   sex=sex, name=human_name(resource), mrn=_mrn(resource), deceased=deceased)
+                   sex=sex, name=human_name(resource), mrn=_mrn(resource), deceased=deceased,
+                   deceased_on=parse_fhir_date(resource.get("deceasedDateTime")))
 
 
 def _medication_concept(resource: JSON, medications: Mapping[str, JSON]) -> Concept:
@@ -292,18 +400,10 @@ def _medication_concept(resource: JSON, medications: Mapping[str, JSON]) -> Conc
 
 
 def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -> MedicationOrder:
-    contained = {f"#{c.get('id')}": c for c in resource.get("contained") or ()
-                 if isinstance(c, dict) and c.get("resourceType") == "Medication"}
+    contained = _contained_medications(resource)
     dispense = resource.get("dispenseRequest") or {}
     validity = dispense.get("validityPeriod") or {}
-    supply = dispense.get("expectedSupplyDuration") or {}
-    supply_days = None
-    if isinstance(supply.get("value"), (int, float)):
-        unit = (supply.get("code") or supply.get("unit") or "d").lower()
-        factor = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30,
-                  "month": 30, "months": 30}.get(unit)
-        if factor is not None:
-            supply_days = round(supply["value"] * factor)
+    supply_days = _days(dispense.get("expectedSupplyDuration"))
     repeats = dispense.get("numberOfRepeatsAllowed")
     return MedicationOrder(
         ref=_ref(resource),
@@ -317,10 +417,83 @@ def _parse_medication_request(resource: JSON, medications: Mapping[str, JSON]) -
         repeats=repeats if isinstance(repeats, int) and not isinstance(repeats, bool) else None,
         identifiers=_identifiers(resource),
         raw=resource,
+        course=_status_code(resource.get("courseOfTherapyType")),
     )
 
 
+def _contained_medications(resource: JSON) -> dict[str, JSON]:
+    return {f"#{c.get('id')}": c for c in resource.get("contained") or ()
+            if isinstance(c, dict) and c.get("resourceType") == "Medication"}
+
+
+def _drug_fields(resource: JSON, medications: Mapping[str, JSON]) -> dict[str, Any]:
+    """What a dispense and a statement share: the reference, the drug and the status."""
+    return {"ref": _ref(resource),
+            "medication": _medication_concept(resource, {**medications,
+                                                         **_contained_medications(resource)}),
+            "status": _str(resource.get("status")) or ""}
+
+
+def _parse_dispense(resource: JSON, medications: Mapping[str, JSON]) -> Dispense:
+    return Dispense(
+        **_drug_fields(resource, medications),
+        handed_over=parse_fhir_date(resource.get("whenHandedOver"))
+        or parse_fhir_date(resource.get("whenPrepared")),
+        days_supply=_days(resource.get("daysSupply")),
+        prescription=_references(resource.get("authorizingPrescription")))
+
+
+def _parse_statement(resource: JSON, medications: Mapping[str, JSON]) -> MedicationUse:
+    return MedicationUse(
+        **_drug_fields(resource, medications),
+        day=parse_fhir_date(resource.get("dateAsserted"))
+        or _effective(resource, "effectiveDateTime", "effectivePeriod", period_end=True))
+
+
+def _parse_encounter(resource: JSON) -> Encounter:
+    period = resource.get("period") or {}
+    if not isinstance(period, dict):
+        raise TypeError("period is not a Period")
+    hospitalization = resource.get("hospitalization") or {}
+    klass = resource.get("class")
+    return Encounter(
+        ref=_ref(resource), type=_concepts(resource.get("type")),
+        status=_str(resource.get("status")) or "",
+        start=parse_fhir_date(period.get("start")), end=parse_fhir_date(period.get("end")),
+        discharge=_concept(hospitalization, "dischargeDisposition"),
+        diagnoses=_references(resource.get("diagnosis"), "condition"),
+        class_code=_str(klass.get("code")) or "" if isinstance(klass, dict) else "")
+
+
+def _parse_observation(resource: JSON, ref: str, day: date) -> Observation:
+    quantity = _quantity(resource.get("valueQuantity"))
+    integer = resource.get("valueInteger")
+    if quantity is None and isinstance(integer, int) and not isinstance(integer, bool):
+        quantity = Quantity(float(integer))
+    value_concept = resource.get("valueCodeableConcept")
+    text = resource.get("valueString")
+    value_string = text.strip() if isinstance(text, str) and text.strip() else None
+    value_date = parse_fhir_date(resource.get("valueDateTime"))
+    absent = resource.get("dataAbsentReason")
+    members = _references(resource.get("hasMember"))
+    # A panel's values are its members' (a CBC panel has none of its own).
+    has_value = absent is None and (
+        quantity is not None or isinstance(value_concept, dict) or value_string is not None
+        or value_date is not None or bool(members)
+        or any(resource.get(n) is not None for n in _OTHER_VALUES))
+    return Observation(
+        ref=ref, code=_concept(resource, "code"), day=day,
+        status=_str(resource.get("status")) or "",
+        value_quantity=quantity,
+        value_concept=Concept.from_json(value_concept) if value_concept else None,
+        value_date=value_date,
+        members=members, value_string=value_string, has_value=has_value,
+        absent_reason=Concept.from_json(absent).label() if absent is not None else None,
+        interpretation=_concepts(resource.get("interpretation")))
+
+
 _UNUSABLE = ("entered-in-error", "cancelled")
+_MEDICATION_USES = frozenset({"MedicationRequest", "MedicationDispense", "MedicationStatement"})
 
 
 def build_record(resources: Iterable[JSON]) -> PatientRecord:
@@ -328,7 +501,8 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
 
     Resources that cannot be used (no date on a result, wrong shape) become DataIssues.
     Observations that are cancelled or entered in error are dropped silently: they are
-    the chart's own way of saying "this did not happen".
+    the chart's own way of saying "this did not happen". A result without a value is kept
+    (`has_value` is false): whether that counts is the rule's question, not the reader's.
     """
     patient: Patient | None = None
     conditions: list[Condition] = []
@@ -338,7 +512,8 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
     immunizations: list[Immunization] = []
     requests: list[OpenRequest] = []
     issues: list[DataIssue] = []
-    med_requests: list[JSON] = []
+    encounters: list[Encounter] = []
+    med_uses: list[JSON] = []
     medications: dict[str, JSON] = {}
 
     for resource in resources:
@@ -358,17 +533,7 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                 if day is None:
                     issues.append(DataIssue(ref, "result has no date; not used"))
                     continue
-                value_concept = resource.get("valueCodeableConcept")
-                observations.append(Observation(
-                    ref=ref, code=_concept(resource, "code"), day=day,
-                    status=_str(resource.get("status")) or "",
-                    value_quantity=_quantity(resource.get("valueQuantity")),
-                    value_concept=Concept.from_json(value_concept) if value_concept else None,
-                    value_date=parse_fhir_date(resource.get("valueDateTime")),
-                    members=tuple(str(m["reference"]) for m in resource.get("hasMember") or ()
-                                  if isinstance(m, dict) and isinstance(m.get("reference"),
-                                                                        str)),
-                ))
+                observations.append(_parse_observation(resource, ref, day))
             elif rtype == "Condition":
                 conditions.append(Condition(
                     ref=ref, code=_concept(resource, "code"),
@@ -396,10 +561,13 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                 immunizations.append(Immunization(
                     ref, _concept(resource, "vaccineCode"), day,
                     _str(resource.get("status")) or ""))
-            elif rtype == "MedicationRequest":
-                med_requests.append(resource)
+            elif rtype in _MEDICATION_USES:
+                # read once every Medication they may reference has been seen
+                med_uses.append(resource)
             elif rtype == "Medication":
                 medications[ref] = resource
+            elif rtype == "Encounter":
+                encounters.append(_parse_encounter(resource))
             elif rtype == "ServiceRequest":
                 requests.append(OpenRequest(
                     ref=ref, resource_type="ServiceRequest",
@@ -407,14 +575,24 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
                     status=_str(resource.get("status")) or "",
                     intent=_str(resource.get("intent")) or "",
                     identifiers=_identifiers(resource),
-                    authored_on=parse_fhir_date(resource.get("authoredOn"))))
+                    authored_on=parse_fhir_date(resource.get("authoredOn")),
+                    based_on=_references(resource.get("basedOn"))))
         except (AttributeError, TypeError, ValueError) as exc:
             issues.append(DataIssue(ref, f"could not be read ({exc.__class__.__name__}: {exc})"))
 
     if patient is None:
         raise RecordError("no Patient resource among the resources")
-    for resource in med_requests:
+    dispenses: list[Dispense] = []
+    statements: list[MedicationUse] = []
+    for resource in med_uses:
+        rtype = resource.get("resourceType")
         try:
+            if rtype == "MedicationDispense":
+                dispenses.append(_parse_dispense(resource, medications))
+                continue
+            if rtype == "MedicationStatement":
+                statements.append(_parse_statement(resource, medications))
+                continue
             order = _parse_medication_request(resource, medications)
         except (AttributeError, TypeError, ValueError) as exc:
             issues.append(DataIssue(_ref(resource), f"could not be read "
@@ -425,10 +603,12 @@ def build_record(resources: Iterable[JSON]) -> PatientRecord:
             # medication the patient takes.
             requests.append(OpenRequest(order.ref, "MedicationRequest", order.medication,
                                         order.status, order.intent, order.identifiers,
-                                        order.authored_on))
+                                        order.authored_on,
+                                        _references(resource.get("basedOn"))))
         else:
             meds.append(order)
     return PatientRecord(patient=patient, conditions=tuple(conditions), medications=tuple(meds),
                          observations=tuple(observations), procedures=tuple(procedures),
                          immunizations=tuple(immunizations), requests=tuple(requests),
-                         issues=tuple(issues))
+                         issues=tuple(issues), encounters=tuple(encounters),
+                         dispenses=tuple(dispenses), statements=tuple(statements))

@@ -61,6 +61,40 @@ class ValueLookback(Strict):
     note: str | None = None
 
 
+class OrderSpec(Strict):
+    system: str
+    code: str
+    display: str
+    category: Literal["laboratory", "imaging", "procedure", "immunization", "counselling"]
+    # A pre-visit lab: ordered ahead and drawn between the day it is ordered and
+    # visit - lead_days, so that the result (the lab's turnaround) is in at the visit.
+    before_visit: bool = False
+    lead_days: int = Field(default=0, ge=0)
+    # A point-of-care or same-day lab (INR): drawn no earlier than visit - draw_within_days,
+    # however far ahead it is ordered.
+    draw_within_days: int | None = Field(default=None, ge=0)
+    role: Role | None = None  # who does it, when not the rule's role
+
+    @model_validator(mode="after")
+    def _window(self) -> OrderSpec:
+        if self.draw_within_days is not None and self.draw_within_days < self.lead_days:
+            raise ValueError("draw_within_days must be at least lead_days")
+        return self
+
+
+class PositiveSpec(Strict):
+    """A positive screening result does not satisfy: it needs a follow-up test (a positive
+    FIT needs a colonoscopy, USMSTF 2017), which the physician orders."""
+
+    # A result is positive when its value is in `values`, an interpretation flag is in
+    # `interpretations`, or its text reads positive ("POSITIVE", "Detected", "+").
+    values: ValueSetUrl = "https://previsit.dev/fhir/ValueSet/positive-result"
+    interpretations: ValueSetUrl = "https://previsit.dev/fhir/ValueSet/positive-interpretation"
+    follow_up: ValueSetUrl  # a completed Procedure in this set, on or after the result
+    label: str  # how the sheet names the follow-up ("colonoscopy")
+    order: OrderSpec
+
+
 class EvidenceSpec(Strict):
     """One way of satisfying a requirement: a kind of resource in a value set, recently."""
 
@@ -74,6 +108,13 @@ class EvidenceSpec(Strict):
     if_value: ValueLookback | None = None
     review_if: Range | None = None  # the latest value outside this range: physician review
     unit: str | None = None
+    # Observations count only with a value (CMS122, CMS130: "result is not null"); an
+    # imaging study filed as an Observation without one says `value_required: false`.
+    value_required: bool = True
+    # Series doses closer than this to the dose before (less the ACIP 4-day grace) are
+    # invalid and do not count (CDC General Best Practice Guidelines, Table 3-1).
+    min_interval: OptionalDuration = None
+    if_positive: PositiveSpec | None = None
     with_: tuple[EvidenceSpec, ...] = Field(default=(), alias="with")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -95,14 +136,21 @@ class EvidenceSpec(Strict):
         return str(getattr(self, self.resource_kind))
 
 
-class OrderSpec(Strict):
-    system: str
-    code: str
-    display: str
-    category: Literal["laboratory", "imaging", "procedure", "immunization", "counselling"]
-    before_visit: bool = False  # a pre-visit lab, drawn lead_days before the visit
-    lead_days: int = 0
-    role: Role | None = None  # who does it, when not the rule's role
+class ShorterInterval(Strict):
+    when: Criterion
+    min_interval: DurationField
+
+    _c = field_validator("when", mode="before")(parse_criterion)
+
+
+class DoseInterval(Strict):
+    """The next dose is allowed only this long after the last dose in the set (ACIP
+    minimum intervals): before that the requirement is due-soon with the date, no order."""
+
+    after: ValueSetUrl  # immunizations
+    label: str  # how the explanation names that dose ("PCV13")
+    min_interval: DurationField
+    shorter: ShorterInterval | None = None  # e.g. 8 weeks when immunocompromised
 
 
 class Requirement(Strict):
@@ -114,14 +162,23 @@ class Requirement(Strict):
     # 60-day default a 4-week test could never be satisfied. The narrower of this and the
     # clinic's window applies.
     due_soon: OptionalDuration = None
+    min_intervals: tuple[DoseInterval, ...] = ()
+    # Only offered in the influenza season (from Settings.season_start_month through
+    # season_last_month): out of season the requirement is due-soon from the next start.
+    in_season: bool = False
 
 
 class RenewalSpec(Strict):
     horizon: DurationField = Duration(90, "d")
     renew_for: DurationField = Duration(12, "mo")
-    controlled: ValueSetUrl  # controlled substances
+    controlled: ValueSetUrl  # controlled substances (grouped by DEA schedule)
     controlled_names: tuple[str, ...] = ()
     controlled_role: Role = Role.PHYSICIAN
+    # High-risk medicines (grouped by category): renewed by the physician even when their
+    # monitoring is current, never under a protocol.
+    high_risk: OptionalValueSetUrl = None
+    high_risk_names: tuple[str, ...] = ()
+    high_risk_role: Role = Role.PHYSICIAN
 
 
 class Citation(Strict):
@@ -172,7 +229,7 @@ class Rule(Strict):
         return valueset_urls(self)
 
 
-for _model in (Exclusion, EvidenceSpec, Rule):
+for _model in (Exclusion, EvidenceSpec, ShorterInterval, Rule):
     _model.model_rebuild()
 
 

@@ -3,7 +3,8 @@
 This is the only module that sequences the edges; each step is a call into a module
 that knows nothing of the others. A patient whose record cannot be read, or whose
 write-back fails, marks that patient's visits `failed` with the reason; the run goes on
-and the exit code tells the scheduler.
+and the exit code tells the scheduler. Which visits are prepared in full and which only
+get their pre-visit labs, and when those are drawn, is previsit.timeline's.
 """
 
 from __future__ import annotations
@@ -14,32 +15,38 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from previsit import timeline as tl
 from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.filenames import safe_part
 from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
 from previsit.jsonio import dumps
-from previsit.plan import DayPlan, ProposalOutcome, Visit, VisitPlan
+from previsit.plan import DayPlan, Horizon, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
-from previsit.report import RunReport, SheetCounts, build_report
+from previsit.report import EXIT_OK, EXIT_PARTIAL, RunReport, SheetCounts, build_report
 from previsit.ruleset import RuleSet
-from previsit.sources import Source, VisitWindow, WriteResult
+from previsit.sources import Source, SourceProblem, VisitWindow, WriteResult
 from previsit.suppressions import DeclineLookup, apply_declines
 
 log = logging.getLogger("previsit.run")
 
 @dataclass(frozen=True)
 class RunOptions:
-    window: VisitWindow
+    window: VisitWindow  # the clinic day(s) prepared in full: the huddle horizon
     settings: Settings = field(default_factory=Settings)
     identifier_system: str = DEFAULT_SYSTEM
     sheet_identifier_system: str = DEFAULT_SHEET_SYSTEM
-    as_of: date | None = None  # the authoredOn of proposals; default: the window start
+    # The run day: the authoredOn of proposals, and no order is dated before it. Default:
+    # the day before the window (the nightly run that prepares it).
+    run_day: date | None = None
+    # Visits up to run day + this many days get their pre-visit labs ordered tonight.
+    labs_ahead_days: int = tl.DEFAULT_LABS_AHEAD_DAYS
+    lab_only_codes: tuple[str, ...] = ()  # the clinic's own codes of lab-only appointments
     write_back: bool = False  # send transactions to the source (a server)
     concurrency: int = 8
     # Also store each planned visit's sheet as a DocumentReference (with write_back only).
@@ -57,11 +64,19 @@ class RunOptions:
 class RunResult:
     day: DayPlan
     bundles: dict[str, dict[str, Any]]  # appointment id -> transaction Bundle to write
-    report: RunReport
+    report: RunReport  # the huddle horizon; its exit code covers both horizons
+    labs_ahead: tl.LabsAhead | None = None
 
     @property
     def exit_code(self) -> int:
         return self.report.exit_code
+
+    def report_json(self) -> dict[str, Any]:
+        """run-report.json: the report, with what the labs-ahead horizon did."""
+        out = self.report.to_json()
+        out["labs_ahead"] = self.labs_ahead.to_json() if self.labs_ahead else None
+        out["run_date"] = self.day.run_day.isoformat() if self.day.run_day else None
+        return out
 
 
 def _failed_plan(visit: Visit, reason: str) -> VisitPlan:
@@ -104,43 +119,47 @@ async def _read_records(source: Source, patient_ids: Sequence[str], concurrency:
 
 async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                   on_progress: Progress | None = None) -> RunResult:
-    """Plan every appointment in the window. Raises SourceError when nothing can be read."""
+    """Plan both horizons from one read. Raises SourceError when nothing can be read."""
     started = time.perf_counter()
-    visits = list(await source.appointments(options.window))
+    timeline = tl.Timeline(
+        run_day=options.run_day or options.window.start - timedelta(days=1),
+        huddle=options.window, labs_ahead_days=options.labs_ahead_days)
+    visits = list(await source.appointments(timeline.read_window))
     if options.patients is not None:
         visits = [v for v in visits if options.patients(v.patient_id)]
     read_done = time.perf_counter()
-    log.info("planning %d appointments", len(visits))
+    ahead_count = sum(timeline.horizon(v) == Horizon.LABS_AHEAD for v in visits)
+    log.info("planning %d appointments, and the pre-visit labs of %d further out",
+             len(visits) - ahead_count, ahead_count)
     patient_ids = list(dict.fromkeys(v.patient_id for v in visits))
     records = await _read_records(source, patient_ids, options.concurrency, on_progress)
     records_done = time.perf_counter()
 
-    plans: list[VisitPlan] = []
+    plans: dict[Horizon, list[VisitPlan]] = {Horizon.HUDDLE: [], Horizon.LABS_AHEAD: []}
     bundles: dict[str, dict[str, Any]] = {}
     proposed_for: dict[str, list[tuple[str, str]]] = {}
     writes: Counter[str] = Counter()
     not_written: dict[str, frozenset[str]] = {}  # appointment -> proposal identifiers
-    as_of = options.as_of or options.window.start
-    # The last appointment of each patient's day (visits are in start order): an earlier one
-    # the same day draws the labs and leaves the rest to it.
-    last_of_day = {(v.patient_id, v.day): i for i, v in enumerate(visits, start=1)}
+    as_of = timeline.run_day
+    same_day = tl.same_day(visits, tl.lab_only_test(ruleset.valuesets, options.lab_only_codes))
     for index, visit in enumerate(visits, start=1):
+        horizon = timeline.horizon(visit)
         record = records.get(visit.patient_id)
         if not isinstance(record, PatientRecord):
-            plans.append(_failed_plan(visit, record or "record was not read"))
+            plans[horizon].append(_failed_plan(visit, record or "record was not read"))
             continue
         plan = evaluate(record, ruleset, visit, options.settings)
         if options.declines is not None:
             plan = apply_declines(plan, options.declines(visit))
-        later_visit = visit.day is not None and \
-            last_of_day[(visit.patient_id, visit.day)] > index
         try:
-            proposals = plan_proposals(plan, record, identifier_system=options.identifier_system,
-                                       authored=as_of,
-                                       already_this_run=proposed_for.get(visit.patient_id, ()),
-                                       later_visit=later_visit)
+            proposals = plan_proposals(
+                plan, record, identifier_system=options.identifier_system, authored=as_of,
+                already_this_run=proposed_for.get(visit.patient_id, ()),
+                same_day=same_day[visit.appointment_id],
+                dating=tl.dating(plan, timeline, same_day[visit.appointment_id]),
+                labs_only=horizon == Horizon.LABS_AHEAD)
         except ProposalError as exc:
-            plans.append(replace(plan, failed=f"proposals could not be built: {exc}"))
+            plans[horizon].append(replace(plan, failed=f"proposals could not be built: {exc}"))
             continue
         proposed_for.setdefault(visit.patient_id, []).extend(
             (p.resource_type, p.code) for p in proposals.summaries
@@ -151,6 +170,10 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                               if p.outcome == ProposalOutcome.PROPOSED else p
                               for p in summaries)
         plan = replace(plan, proposals=summaries)
+        if horizon == Horizon.HUDDLE:
+            plan = replace(plan, labs=tl.lab_progress(plan, record, ruleset,
+                                                      options.identifier_system,
+                                                      options.settings))
         if proposals.bundle is not None:
             bundles[visit.appointment_id] = proposals.bundle
             if options.write_back:
@@ -167,27 +190,39 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                         missing = _identifiers(proposals.bundle, result.missing)
                         not_written[visit.appointment_id] = missing
                         plan = replace(plan, failed=_partly_written(plan, missing, result))
-        if options.write_back and options.render_sheet is not None and not plan.failed:
+        if options.write_back and options.render_sheet is not None and not plan.failed \
+                and horizon == Horizon.HUDDLE:
             plan = await _store_sheet(source, plan, options.render_sheet, options, as_of,
                                       writes)
-        plans.append(plan)
+        plans[horizon].append(plan)
         if on_progress:
             on_progress("visits", index, len(visits))
     finished = time.perf_counter()
     day = DayPlan(generated_for=options.window.start,
-                  days=(options.window.end - options.window.start).days, plans=tuple(plans),
-                  ruleset=ruleset.describe())
+                  days=(options.window.end - options.window.start).days,
+                  plans=tuple(plans[Horizon.HUDDLE]), ruleset=ruleset.describe(),
+                  run_day=timeline.run_day, ahead=tuple(plans[Horizon.LABS_AHEAD]))
+    ahead = tl.labs_ahead(timeline, day.ahead)
+    # A deceased patient's stale booking is not a failure: an input problem to fix.
+    stale = [SourceProblem(f"Appointment/{p.visit.appointment_id}", p.not_planned,
+                           p.visit.patient_id)
+             for p in (*day.plans, *day.ahead) if p.not_planned]
     report = build_report(
         day, write_back=options.write_back, created=writes["created"],
         already_present=writes["existing"], not_written=not_written,
         sheets=SheetCounts(writes["sheets_created"], writes["sheets_updated"]),
-        problems=source.problems(), http_requests=int(getattr(source, "request_count", 0)),
+        problems=[*source.problems(), *stale],
+        http_requests=int(getattr(source, "request_count", 0)),
         timings={"appointments_seconds": round(read_done - started, 3),
                  "records_seconds": round(records_done - read_done, 3),
                  "planning_seconds": round(finished - records_done, 3),
                  "total_seconds": round(finished - started, 3)})
-    log.info("planned %d of %d appointments", report.visits.planned, len(visits))
-    return RunResult(day=day, bundles=bundles, report=report)
+    if report.exit_code == EXIT_OK and ahead.failures:
+        # the clinic day is fine, but some labs could not be ordered ahead: partial
+        report = replace(report, exit_code=EXIT_PARTIAL)
+    log.info("planned %d of %d appointments; %d further out for their pre-visit labs",
+             report.visits.planned, len(day.plans), len(day.ahead))
+    return RunResult(day=day, bundles=bundles, report=report, labs_ahead=ahead)
 
 
 async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitPlan], str],
@@ -241,7 +276,7 @@ def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
         stale.unlink()
     paths = {"plan": out_dir / "plan.json", "report": out_dir / "run-report.json"}
     _dump(result.day.to_json(), paths["plan"])
-    _dump(result.report.to_json(), paths["report"])
+    _dump(result.report_json(), paths["report"])
     for appointment_id, bundle in result.bundles.items():
         _dump(bundle, tx_dir / f"{safe_part(appointment_id)}.json")
     paths["transactions"] = tx_dir

@@ -290,6 +290,9 @@ DRUGS: dict[str, tuple[str, str, str, str]] = {
     "biktarvy": ("1999667", "bictegravir 50 MG / emtricitabine 200 MG / tenofovir "
                  "alafenamide 25 MG Oral Tablet", "Biktarvy 50-200-25 mg tablet",
                  "Take 1 tablet by mouth daily."),
+    # as Synthea codes it (RxNorm SCD)
+    "amoxicillin500": ("308192", "Amoxicillin 500 MG Oral Tablet", "amoxicillin 500 mg tablet",
+                       "Take 1 tablet (500 mg total) by mouth 3 times daily for 10 days."),
     "metoprolol25": ("866924", "metoprolol tartrate 25 MG Oral Tablet",
                      "metoprolol tartrate 25 mg tablet",
                      "Take 1 tablet (25 mg total) by mouth 2 times daily."),
@@ -328,7 +331,8 @@ class Chart:
 
     def __init__(self, pid: str, *, given: list[str], family: str, sex: str | None,
                  born: date | None, mrn: str, pcp: str, phone: str, address: str,
-                 name_text: str | None = None, language: str | None = None) -> None:
+                 name_text: str | None = None, language: str | None = None,
+                 died: date | None = None) -> None:
         self.pid = pid
         self.pcp = pcp
         self.slug = pid.removeprefix("pat-")
@@ -361,6 +365,8 @@ class Chart:
             patient["gender"] = sex
         if born is not None:
             patient["birthDate"] = born.isoformat()
+        if died is not None:
+            patient["deceasedDateTime"] = stamp(died, 4, 10)
         if language:
             patient["communication"] = [{"language": cc("urn:ietf:bcp:47", language,
                                                          {"es": "Spanish", "pl": "Polish",
@@ -485,9 +491,10 @@ class Chart:
     def lab(self, key: str, day: date, value: float | None, *, encounter: str | None = None,
             status: str = "final", low: float | None = None, high: float | None = None,
             system: str = LOINC, when: str = "dateTime", note: str | None = None,
-            hour: int = 8) -> str:
+            hour: int = 8, absent: tuple[str, str] | None = None) -> str:
         """One laboratory result. `when`: dateTime, period (specimen collected over a
-        period) or none (no effective date at all)."""
+        period) or none (no effective date at all). `absent`: no value, with this
+        dataAbsentReason (code, display)."""
         code, display, unit, ucum = LABS[key]
         oid = self.next_id("obs")
         obs: dict[str, Any] = {
@@ -520,6 +527,9 @@ class Chart:
                 obs["interpretation"] = [cc(
                     "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
                     flag, {"H": "High", "L": "Low", "N": "Normal"}[flag])]
+        if absent:
+            obs["dataAbsentReason"] = cc(
+                "http://terminology.hl7.org/CodeSystem/data-absent-reason", *absent)
         if note:
             obs["note"] = [{"text": note}]
         return self.add(obs)["id"]  # type: ignore[no-any-return]
@@ -542,9 +552,15 @@ class Chart:
 
     def coded_result(self, code: str, display: str, day: date, value: tuple[str, str, str],
                      *, category: str = "laboratory", text: str | None = None,
-                     status: str = "final", system: str = LOINC) -> None:
+                     status: str = "final", system: str = LOINC,
+                     interpretation: tuple[str, str] | None = None) -> None:
         """A result whose value is a concept (negative, NILM, HPV not detected)."""
-        self.add({
+        extra: dict[str, Any] = {}
+        if interpretation:
+            extra["interpretation"] = [cc(
+                "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                *interpretation)]
+        self.add({**extra,
             "resourceType": "Observation", "id": self.next_id("obs"), "status": status,
             "category": [cc(OBS_CATEGORY, category, category.title())],
             "code": {"coding": [{"system": system, "code": code, "display": display}],
@@ -642,7 +658,7 @@ class Chart:
                   who: str | None = None, reason: tuple[str, str] | None = None,
                   style: str = "codeable", authored: bool = True,
                   quantity_per_fill: float | None = None, form: str = "TAB",
-                  outside: str | None = None) -> str:
+                  outside: str | None = None, course: str | None = None) -> str:
         """A medication and its refill history: an order at `start`, renewed every `every`
         until the active order written on `last` (earlier orders completed). `style`:
         codeable (RxNorm), reference (a Medication resource, Epic style) or text (no
@@ -678,6 +694,12 @@ class Chart:
             if outside:
                 res["reportedBoolean"] = True
                 res["requester"] = {"display": outside}
+            if course:
+                res["courseOfTherapyType"] = cc(
+                    "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy",
+                    course, {"acute": "Short course (acute) therapy",
+                             "continuous": "Continuous long term therapy",
+                             "seasonal": "Seasonal"}[course])
             if style == "codeable":
                 res["medicationCodeableConcept"] = {
                     "coding": [{"system": RXNORM, "code": code, "display": name}],
@@ -722,6 +744,36 @@ class Chart:
             self.add(res)
             current = mid
         return current
+
+    def dispense(self, key: str, day: date, prescription: str, *, days_supply: int = 90,
+                 quantity_value: int | None = None) -> None:
+        """What the pharmacy handed over (a completed MedicationDispense) for a prescription."""
+        code, name, text, sig = DRUGS[key]
+        self.add({
+            "resourceType": "MedicationDispense", "id": self.next_id("disp"),
+            "status": "completed",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code,
+                                                      "display": name}], "text": text},
+            "subject": self.subject,
+            "authorizingPrescription": [{"reference": f"MedicationRequest/{prescription}"}],
+            "quantity": {"value": quantity_value or days_supply, "unit": "tablet",
+                         "system": "http://terminology.hl7.org/CodeSystem/v3-orderableDrugForm",
+                         "code": "TAB"},
+            "daysSupply": {"value": days_supply, "unit": "days", "system": UCUM, "code": "d"},
+            "whenPrepared": stamp(day, 10, 5), "whenHandedOver": stamp(day, 17, 40),
+            "dosageInstruction": [{"sequence": 1, "text": sig}],
+            "performer": [{"actor": {"display": "Walgreens #04321, Berwyn IL"}}]})
+
+    def hospice_encounter(self, start: date) -> None:
+        """A home hospice stay still going on: how an EHR with a hospice module records it
+        (an Encounter of a Hospice Encounter type), with no hospice diagnosis or assessment."""
+        self.add({
+            "resourceType": "Encounter", "id": self.next_id("enc"), "status": "in-progress",
+            "class": {"system": ACT_CODE, "code": "HH", "display": "home health"},
+            "type": [cc(SNOMED, "305336008", "Admission to hospice")],
+            "subject": self.subject,
+            "period": {"start": stamp(start, 13)},
+            "serviceProvider": {"display": "Heartland Home Hospice"}})
 
     def service_request(self, code: str, display: str, day: date, *, system: str = LOINC,
                         status: str = "active", category: str = "laboratory",
@@ -801,13 +853,30 @@ VISIT_KINDS: dict[str, tuple[str, str, str, str]] = {
                 "A follow up visit from a previous appointment"),
     "acute": ("ACUTE", "Acute / same-day visit", "WALKIN",
               "A previously unscheduled walk-in visit"),
-    "nurse": ("RNLAB", "Nurse visit / lab draw", "ROUTINE",
+    "nurse": ("RNVIS", "Nurse visit", "ROUTINE",
               "Routine appointment - default if not valued"),
+    "lab": ("RNLAB", "Nurse visit / lab draw", "ROUTINE",
+            "Routine appointment - default if not valued"),
     "new": ("NEWPT", "New patient visit", "ROUTINE",
             "Routine appointment - default if not valued"),
     "sports": ("SPORTS", "Sports / school physical", "CHECKUP",
                "A routine check-up, such as an annual physical"),
 }
+
+
+# A lab draw's visit type also carries the standard code an interface engine maps it to
+# (SNOMED CT 396540005 Phlebotomy, in previsit's lab-only-appointment value set): that, not
+# the time of day, is how a lab-only appointment is told from a visit.
+STANDARD_SERVICE = {"lab": (SNOMED, "396540005", "Phlebotomy")}
+
+
+def service_type(kind: str) -> dict[str, Any]:
+    code, display, _, _ = VISIT_KINDS[kind]
+    concept = cc(VISIT_TYPES, code, display)
+    if kind in STANDARD_SERVICE:
+        system, standard, name = STANDARD_SERVICE[kind]
+        concept["coding"].append({"system": system, "code": standard, "display": name})
+    return concept
 
 
 def appointment(aid: str, chart_or_pid: Chart | tuple[str, str], day: date, hh: int, mm: int,
@@ -819,7 +888,7 @@ def appointment(aid: str, chart_or_pid: Chart | tuple[str, str], day: date, hh: 
         pid, pname = chart_or_pid.pid, chart_or_pid.name
     else:
         pid, pname = chart_or_pid
-    code, display, atype, atype_display = VISIT_KINDS[kind]
+    _, _, atype, atype_display = VISIT_KINDS[kind]
     start = datetime.combine(day, time(hh, mm), tzinfo=TZ)
     participants: list[dict[str, Any]] = [
         {"actor": {"reference": f"Patient/{pid}", "display": pname},
@@ -837,7 +906,7 @@ def appointment(aid: str, chart_or_pid: Chart | tuple[str, str], day: date, hh: 
         "resourceType": "Appointment", "id": aid, "status": status,
         "serviceCategory": [cc("http://terminology.hl7.org/CodeSystem/service-category", "17",
                                "General Practice")],
-        "serviceType": [cc(VISIT_TYPES, code, display)],
+        "serviceType": [service_type(kind)],
         "appointmentType": cc(APPT_REASON, atype, atype_display),
         "description": description,
         "start": start.isoformat(),
@@ -914,6 +983,7 @@ def main(argv: list[str] | None = None) -> int:
 # meant to show on 2026-12-01; README.md has the table.
 
 NEG = (SNOMED, "260385009", "Negative")
+POS = (SNOMED, "10828004", "Positive")
 NOT_DETECTED = (SNOMED, "260415000", "Not detected")
 NILM = (SNOMED, "373887005", "Negative for intraepithelial lesion or malignancy")
 NEVER = ("266919005", "Never smoked tobacco")
@@ -1001,9 +1071,11 @@ def pap(c: Chart, day: date, *, hpv: bool = False) -> None:
                        day, NOT_DETECTED, text="HPV high risk")
 
 
-def fit(c: Chart, day: date) -> None:
+def fit(c: Chart, day: date, *, positive: bool = False) -> None:
     c.coded_result("29771-3", "Hemoglobin.gastrointestinal.lower [Presence] in Stool by "
-                   "Immunoassay", day, NEG, text="FIT (fecal immunochemical test)")
+                   "Immunoassay", day, POS if positive else NEG,
+                   text="FIT (fecal immunochemical test)",
+                   interpretation=("POS", "Positive") if positive else None)
 
 
 def colonoscopy(c: Chart, day: date, finding: str = "No polyps") -> None:
@@ -1096,7 +1168,10 @@ def maria_lopez() -> Chart:
 def margaret_obrien() -> Chart:
     """50 F with hypothyroidism (on the problem list in ICD-10-CM only) on levothyroxine.
     Mammogram last done 3.5 years ago (overdue), cytology-only Pap 3.6 years ago
-    (overdue), TSH from an outside lab coded with the LOINC OID, due in about a month."""
+    (overdue), TSH from an outside lab coded with the LOINC OID, due in about a month.
+    Her second Shingrix was given at a pharmacy 20 days after the first: too soon (minimum
+    4 weeks), so it does not count, and the repeat dose is allowed only from 4 weeks after
+    it (3 days after the visit): due-soon with that date, nothing proposed today."""
     c = Chart("pat-margaret-obrien", given=["Margaret", "Anne"], family="O'Brien",
               sex="female", born=date(1976, 9, 2), mrn="RFM-100871", pcp="prac-whitfield",
               phone="(708) 555-0112", address="77 Forest Ave")
@@ -1121,6 +1196,8 @@ def margaret_obrien() -> Chart:
     flu_seasons(c, 2019, 2026, month=10, day=3)
     for n, day in enumerate([date(1999, 2, 1), date(1999, 3, 3), date(1999, 8, 9)], 1):
         c.immunize("hepb", day, dose=n, series=3)
+    c.immunize("shingrix", ago(45), dose=1, series=2)
+    c.immunize("shingrix", ago(25), dose=2, series=2, primary=False)
     c.prescribe("levothyroxine100", date(2011, 4, 20), ago(200),
                 reason=("40930008", "Hypothyroidism"), who="prac-whitfield")
     return c
@@ -1130,7 +1207,9 @@ def margaret_obrien() -> Chart:
 def harold_jensen() -> Chart:
     """72 M, COPD, ex-smoker (45 pack-years, quit 2014) on losartan + HCTZ and
     atorvastatin. Annual wellness visit: low-dose CT lapsed (13 months), AAA ultrasound
-    never done, RSV vaccine due (COPD), electrolytes and lipids due next month."""
+    never done, RSV vaccine due (COPD), electrolytes and lipids due next month. A potassium
+    of 0.4 mmol/L from a point-of-care meter 2 weeks ago is impossible (a decimal slip): it
+    is listed as "check this value" and does not satisfy the potassium monitoring."""
     c = Chart("pat-harold-jensen", given=["Harold", "Eugene"], family="Jensen", sex="male",
               born=date(1954, 6, 21), mrn="RFM-100412", pcp="prac-okafor",
               phone="(312) 555-0143", address="905 S Harlem Ave")
@@ -1149,6 +1228,7 @@ def harold_jensen() -> Chart:
     for day in list(visits)[-11::2]:
         bmp(c, day, k=4.1, cr=1.05, egfr=71)
         lipids(c, day, ldl=88, chol=162, hdl=41, tg=166)
+    lab(c, "potassium", ago(14), 0.4, hour=11, note="i-STAT, entered by hand")
     c.procedure("16334891000119106", "Low dose computed tomography of thorax", ago("13mo"),
                 extra_codings=[(CPT, "71271", "CT thorax low dose lung cancer screening")],
                 text="LDCT lung cancer screening — Lung-RADS 2, benign appearance")
@@ -1419,8 +1499,10 @@ def james_whitehorse() -> Chart:
 @persona
 def kevin_tran() -> Chart:
     """44 M, healthy, same-day visit for a cough. Too young for colorectal screening
-    (45), BMI 23.8 (no diabetes screen), no prescriptions; declined this season's flu
-    shot at his October visit (Immunization status not-done)."""
+    (45), BMI 23.8 (no diabetes screen); declined this season's flu shot at his October
+    visit (Immunization status not-done). His only prescription is a 10-day amoxicillin
+    course from an urgent-care visit 6 days ago (courseOfTherapyType acute): it runs out in
+    4 days, and is never proposed for a 12-month renewal."""
     c = Chart("pat-kevin-tran", given=["Kevin", "Minh"], family="Tran", sex="male",
               born=date(1982, 6, 15), mrn="RFM-101377", pcp="prac-whitfield",
               phone="(773) 555-0190", address="4410 N Broadway, Unit 3")
@@ -1437,6 +1519,9 @@ def kevin_tran() -> Chart:
     # must never count as given.
     c.immunize("flu", ago(50), status="not-done", reason_not_given=("PATOBJ",
                                                                      "patient objection"))
+    c.prescribe("amoxicillin500", ago(6), ago(6), supply_days=10, repeats=0, validity="30d",
+                quantity_per_fill=30, course="acute", who="prac-whitfield",
+                reason=("36971009", "Sinusitis"))
     return c
 
 
@@ -1492,7 +1577,9 @@ def jose_nunez() -> Chart:
     reference) and lisinopril; former smoker (quit 21 years ago: no lung screening; AAA
     ultrasound done). HbA1c and the kidney panel fall due within weeks; the 24-hour urine
     albumin has an effectivePeriod; his pharmacy flu shot and second Shingrix dose are
-    only in the state registry; lisinopril runs out in 20 days."""
+    only in the state registry; lisinopril runs out in 20 days. An HbA1c drawn 3 weeks ago
+    came back without a value (haemolysed specimen, dataAbsentReason error): it does not
+    count, so the HbA1c is still due-soon."""
     c = Chart("pat-jose-nunez", given=["José", "Luis"], family="Núñez", sex="male",
               born=date(1959, 8, 9), mrn="RFM-100777", pcp="prac-okafor",
               phone="(773) 555-0177", address="2548 S Sawyer Ave", language="es")
@@ -1515,6 +1602,8 @@ def jose_nunez() -> Chart:
     lab(c, "uacr24", ago("11mo"), 41.0, when="period")
     lab(c, "uacr", ago("1y+11mo"), 36.0)
     lab(c, "b12", ago("8mo"), 412)
+    lab(c, "hba1c", ago(21), None, absent=("error", "Error"),
+        note="Specimen haemolysed; recollect.")
     aaa_ultrasound(c, date(2024, 2, 20), "aorta 2.1 cm, normal")
     colonoscopy(c, date(2019, 7, 30))
     hcv(c, date(2016, 2, 22))
@@ -1563,7 +1652,9 @@ def ruth_adeyemi() -> Chart:
 def jordan_reyes() -> Chart:
     """52, administrative gender `unknown` (not captured at registration), type 2 diabetes
     at goal on metformin; smoker whose pack-years were never recorded. Sex-specific rules
-    are `unknown`; lung screening is `unknown` (pack-years missing); B12 due next month."""
+    are `unknown`; lung screening is `unknown` (pack-years missing); B12 due next month.
+    PPSV23 alone 7 months ago: the pneumococcal conjugate dose is due-soon, allowed only from
+    a year after it (nothing proposed today)."""
     c = Chart("pat-jordan-reyes", given=["Jordan", "A."], family="Reyes", sex="unknown",
               born=date(1974, 2, 28), mrn="RFM-101842", pcp="prac-okafor",
               phone="(773) 555-0124", address="1700 W Division St")
@@ -1581,6 +1672,9 @@ def jordan_reyes() -> Chart:
     hcv(c, date(2019, 6, 10))
     hiv(c, date(2019, 6, 10))
     c.immunize("tdap", date(2022, 1, 10))
+    # PPSV23 alone, 7 months ago (a pharmacy, for diabetes and smoking): the conjugate
+    # vaccine that completes the series is allowed only a year after it (ACIP).
+    c.immunize("ppsv23", ago("7mo"), primary=False)
     flu_seasons(c, 2019, 2026, month=10, day=12)
     c.prescribe("metformin500", date(2019, 6, 10), ago(60), quantity_per_fill=180)
     return c
@@ -1588,9 +1682,13 @@ def jordan_reyes() -> Chart:
 
 @persona
 def dorothy_jackson() -> Chart:
-    """71 F, Medicare annual wellness visit. DXA due in 3 weeks, colonoscopy 11 years ago,
-    potassium/creatinine (HCTZ) and lipids (simvastatin) lapsed; flu shot recorded both
-    by the clinic and, again, by the state registry."""
+    """71 F, Medicare annual wellness visit. DXA due in 3 weeks, colonoscopy 11 years ago
+    and a positive FIT 10 weeks ago with no colonoscopy since (follow-up colonoscopy for
+    the physician, not "screened"), potassium/creatinine (HCTZ) and lipids (simvastatin)
+    lapsed; flu shot recorded both by the clinic and, again, by the state registry. Her
+    amlodipine prescription's arithmetic says it runs out in 2 months, but she collected
+    her refills late (MedicationDispense): two fills are left and last until after the
+    renewal horizon."""
     c = Chart("pat-dorothy-jackson", given=["Dorothy", "Mae"], family="Jackson",
               sex="female", born=date(1955, 3, 12), mrn="RFM-100199", pcp="prac-whitfield",
               phone="(708) 555-0131", address="401 Burlington Ave")
@@ -1610,6 +1708,7 @@ def dorothy_jackson() -> Chart:
     c.imaging("38267-1", "DXA Lumbar spine [T-score] Bone density", ago("23mo"), "-1.8")
     mammogram(c, ago("13mo"))
     colonoscopy(c, date(2015, 12, 3))
+    fit(c, ago(70), positive=True)
     hcv(c, date(2016, 5, 10))
     c.immunize("ppsv23", date(2015, 4, 6))
     c.immunize("td", date(2013, 3, 25))
@@ -1618,7 +1717,9 @@ def dorothy_jackson() -> Chart:
     flu_seasons(c, 2018, 2025, key="flu_hd", month=9, day=18)
     c.immunize("flu_hd", date(2026, 9, 17), lot="HD3391")
     c.prescribe("hctz25", date(2008, 4, 15), ago(200), who="prac-whitfield")
-    c.prescribe("amlodipine5", date(2014, 8, 1), ago(200), who="prac-whitfield")
+    amlodipine = c.prescribe("amlodipine5", date(2014, 8, 1), ago(300), who="prac-whitfield")
+    for day in (ago(300), ago(150)):  # 90 days each, the second fill two months late
+        c.dispense("amlodipine5", day, amlodipine)
     c.prescribe("simvastatin20", date(2011, 1, 20), ago(200), who="prac-whitfield")
     return c
 
@@ -1944,8 +2045,10 @@ def andre_williams() -> Chart:
 def michelle_novak() -> Chart:
     """56 F, metastatic breast cancer (left mastectomy 2021, bone metastases), in home
     hospice since October: the younger hospice patient, so the rules that stop at 59
-    (hepatitis B) show the hospice exclusion too. Video visit; her morphine ER runs out
-    before the next visit (controlled: physician review)."""
+    (hepatitis B) show the hospice exclusion too. Her hospice is recorded only as the
+    hospice's Encounter (no hospice diagnosis or assessment), which is what excludes her.
+    Video visit; her morphine ER runs out before the next visit (controlled: physician
+    review)."""
     c = Chart("pat-michelle-novak", given=["Michelle", "Lynn"], family="Novak", sex="female",
               born=date(1970, 4, 22), mrn="RFM-101077", pcp="prac-okafor",
               phone="(708) 555-0118", address="3214 Maple Ave")
@@ -1954,12 +2057,13 @@ def michelle_novak() -> Chart:
                 date(2021, 2, 9))
     c.condition(("94222008", "Metastatic malignant neoplasm to bone"),
                 ("C79.51", "Secondary malignant neoplasm of bone"), ago("7mo"))
-    c.condition(("170935008", "Full care by hospice"), None, ago(48))
     c.procedure("19303", "Mastectomy, simple, complete", date(2021, 3, 16), system=CPT,
                 text="Left simple mastectomy with sentinel node biopsy")
+    # Her hospice care is on the chart only as the hospice's Encounter (and as an
+    # "Admission to hospice" Procedure, which the CMS Hospice library does not count).
+    c.hospice_encounter(ago(48))
     c.procedure("305336008", "Admission to hospice", ago(48),
                 text="Admitted to Heartland Home Hospice")
-    hospice_assessment(c, ago(48))
     history(c, dates("5y", "6mo", 50), weight=64, height=166, bp=(118, 72), gain=-0.5,
             smoking=NEVER)
     mammogram(c, date(2020, 12, 1))
@@ -1975,6 +2079,32 @@ def michelle_novak() -> Chart:
     return c
 
 
+@persona
+def stanley_wojcik() -> Chart:
+    """84 M, type 2 diabetes, heart failure: died in hospital on 2026-10-19, but the
+    follow-up booked in September was never cancelled. A stale booking: no plan, no order;
+    listed under input problems ("cancel it")."""
+    c = Chart("pat-stanley-wojcik", given=["Stanley"], family="Wojcik", sex="male",
+              born=date(1942, 1, 30), mrn="RFM-100021", pcp="prac-whitfield",
+              phone="(708) 555-0105", address="2940 S Oak Park Ave", language="pl",
+              died=date(2026, 10, 19))
+    c.condition(*T2DM, date(2009, 3, 2))
+    c.condition(*HTN, date(2001, 5, 1))
+    c.condition(("84114007", "Heart failure"),
+                ("I50.22", "Chronic systolic (congestive) heart failure"), date(2021, 8, 3))
+    visits = history(c, dates("4y", "6mo", "3mo"), weight=77, height=172, bp=(132, 70),
+                     smoking=EX, who="prac-whitfield")
+    for day in list(visits)[-4:]:
+        lab(c, "hba1c", day, 7.6)
+        bmp(c, day, k=4.8, cr=1.41, egfr=48)
+    c.immunize("pcv20", date(2023, 10, 2))
+    flu_seasons(c, 2021, 2025, key="flu_hd", month=9, day=29)
+    c.prescribe("metformin500", date(2009, 3, 2), ago("5mo"), who="prac-whitfield")
+    c.prescribe("lisinopril10", date(2001, 5, 1), ago("5mo"), who="prac-whitfield")
+    c.prescribe("furosemide40", date(2021, 8, 3), ago("5mo"), who="prac-whitfield")
+    return c
+
+
 # --- the day's schedule ---------------------------------------------------------------
 
 
@@ -1987,7 +2117,7 @@ def schedule(charts: dict[str, Chart]) -> list[dict[str, Any]]:
     dm = (SNOMED, "44054006", "Diabetes mellitus type 2")
     out = [
         # Dr. Okafor, Main St
-        appointment("appt-1201-0800-lopez-lab", c["pat-maria-lopez"], day, 8, 0, 15, "nurse",
+        appointment("appt-1201-0800-lopez-lab", c["pat-maria-lopez"], day, 8, 0, 15, "lab",
                     rn, main, description="Fasting lab draw before 9:20 visit",
                     reason=dm, comment="Orders: HbA1c (placed 11/22). Check for other "
                                        "pre-visit labs."),
@@ -2063,6 +2193,15 @@ def schedule(charts: dict[str, Chart]) -> list[dict[str, Any]]:
         appointment("appt-1201-1300-fischer", c["pat-raymond-fischer"], day, 13, 0, 20,
                     "chronic", wf, east, description="Lithium / CKD follow-up",
                     reason=(SNOMED, "13746004", "Bipolar disorder")),
+        # A lab draw booked AFTER the physician visit: the lab appointment's type says it is
+        # lab-only, so it draws the labs and the 13:00 visit keeps the screenings.
+        appointment("appt-1201-1340-fischer-lab", c["pat-raymond-fischer"], day, 13, 40, 15,
+                    "lab", None, east, description="Lab draw (lithium level) after the "
+                    "visit", reason=(SNOMED, "13746004", "Bipolar disorder")),
+        # QUIRK: the patient died in October; nobody cancelled the booking.
+        appointment("appt-1201-1050-wojcik", c["pat-stanley-wojcik"], day, 10, 50, 20,
+                    "chronic", wf, east, description="Diabetes / heart failure follow-up",
+                    reason=dm),
         appointment("appt-1201-1320-mendoza", c["pat-carlos-mendoza"], day, 13, 20, 20,
                     "chronic", wf, east, description="New diabetes: 6-week follow-up",
                     reason=dm),
@@ -2087,7 +2226,7 @@ def schedule(charts: dict[str, Chart]) -> list[dict[str, Any]]:
                     cancelation="pat|Patient",
                     comment="Pt called to move to the 9:20 slot."),
         appointment("appt-1201-0740-esposito-lab", c["pat-gloria-esposito"], day, 7, 40, 15,
-                    "nurse", rn, main, description="Methotrexate labs", status="noshow"),
+                    "lab", rn, main, description="Methotrexate labs", status="noshow"),
         appointment("appt-1201-0840-jensen-dup", c["pat-harold-jensen"], day, 8, 40, 40, "awv",
                     ok, main, description="Medicare annual wellness visit",
                     status="entered-in-error", comment="Duplicate booking."),
@@ -2100,7 +2239,7 @@ def schedule(charts: dict[str, Chart]) -> list[dict[str, Any]]:
         appointment("appt-1202-0800-tran", c["pat-kevin-tran"], later(day, 1), 8, 0, 20,
                     "acute", wf, east, description="Cough recheck"),
         appointment("appt-1202-0900-haddad-lab", c["pat-nadia-haddad"], later(day, 1), 9, 0, 15,
-                    "nurse", rn, main, description="Lab draw"),
+                    "lab", rn, main, description="Lab draw"),
         appointment("appt-1202-1000-whitaker", c["pat-eleanor-whitaker"], later(day, 1), 10, 0,
                     30, "chronic", ok, main, description="Family meeting", status="pending"),
     ]

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from previsit.capability import RECORD_TYPES
 from previsit.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
 from previsit.evaluate import Settings, evaluate
 from previsit.plan import Finding
@@ -198,8 +199,7 @@ def capability_statement(*, batch: bool = True, search_params: tuple[str, ...] =
     """A server's CapabilityStatement: by default it offers everything previsit uses
     (read, search, create, conditional create/update on every type it reads or writes;
     batch and transaction)."""
-    types = ("Appointment", "Patient", "Condition", "MedicationRequest", "Observation",
-             "Procedure", "Immunization", "ServiceRequest", "DocumentReference")
+    types = ("Appointment", "Patient", *RECORD_TYPES, "DocumentReference")
     return {"resourceType": "CapabilityStatement", "fhirVersion": version, "rest": [{
         "mode": "server",
         "interaction": [{"code": "transaction"}] + ([{"code": "batch"}] if batch else []),

@@ -381,7 +381,8 @@ def test_a_401_with_credentials_still_says_they_were_refused() -> None:
 
 RUN_SCOPE_V2 = ("system/Appointment.rs system/Patient.rs system/Condition.rs "
                 "system/MedicationRequest.crus system/Medication.rs system/Observation.rs "
-                "system/Procedure.rs system/Immunization.rs system/ServiceRequest.crus")
+                "system/Procedure.rs system/Immunization.rs system/ServiceRequest.crus "
+                "system/Encounter.rs system/MedicationDispense.rs system/MedicationStatement.rs")
 
 
 def test_the_default_scope_is_smart_v2_for_exactly_what_a_run_needs() -> None:
@@ -396,7 +397,8 @@ def test_v1_scopes_are_an_option() -> None:
         "system/Appointment.read system/Patient.read system/Condition.read "
         "system/MedicationRequest.read system/MedicationRequest.write system/Medication.read "
         "system/Observation.read system/Procedure.read system/Immunization.read "
-        "system/ServiceRequest.read system/ServiceRequest.write")
+        "system/ServiceRequest.read system/ServiceRequest.write system/Encounter.read "
+        "system/MedicationDispense.read system/MedicationStatement.read")
 
 
 def test_a_configured_scope_wins() -> None:

@@ -149,12 +149,12 @@ def _booked_on_day() -> set[str]:
 # --- the run and its summary -----------------------------------------------------------
 
 
-def test_plans_the_31_booked_visits_and_only_those(day: Run) -> None:
+def test_plans_the_33_booked_visits_and_only_those(day: Run) -> None:
     bundle = json.loads((SAMPLE / "appointments.json").read_text(encoding="utf-8"))
     statuses = {e["resource"]["id"]: e["resource"]["status"] for e in bundle["entry"]}
-    assert len(statuses) == 40
+    assert len(statuses) == 42
     expected = _booked_on_day()
-    assert len(expected) == 31
+    assert len(expected) == 33
     assert sorted(day.appointment_ids) == sorted(expected)
     assert len(day.appointment_ids) == len(set(day.appointment_ids))
     for appointment_id, status in NOT_PLANNED.items():
@@ -171,12 +171,17 @@ def test_plans_the_31_booked_visits_and_only_those(day: Run) -> None:
 
 def test_summary_and_report_agree_with_the_files(day: Run) -> None:
     out = day.proc.stdout
-    assert "appointments: 31 (30 patients): 31 planned, 0 failed" in out
-    assert "FAILED" not in out and "input problems" not in out
+    assert "appointments: 33 (31 patients): 33 planned, 0 failed" in out
+    # the stale booking of a patient who died is an input problem, not a failure
+    assert "FAILED" not in out and "input problems: 1 (see run-report.json)" in out
     report = day.report
     assert report["exit_code"] == 0
-    assert report["visits"] == {"total": 31, "planned": 31, "failed": 0, "patients": 30}
-    assert report["failures"] == [] and report["source_problems"] == []
+    assert report["visits"] == {"total": 33, "planned": 33, "failed": 0, "patients": 31}
+    assert report["failures"] == []
+    assert report["source_problems"] == [{
+        "where": "Appointment/appt-1201-1050-wojcik",
+        "message": "the patient is recorded as deceased on 2026-10-19: the booking was not "
+                   "planned and no order was written; cancel it"}]
     findings = [f for v in day.plan["visits"] for f in v["findings"]]
     assert sum(report["findings"].values()) == len(findings)
     assert set(report["findings"]) == set(STATUSES)  # the day shows every status
@@ -242,18 +247,45 @@ EXPECTED: list[tuple[str, str, str | None, str, tuple[str, ...]]] = [
     ("appt-1201-1000-whitehorse", "annual-prescription-renewal", "oxycodone", "due",
      ("runs out 2026-12-06",)),
     # Kevin Tran, 44: this season's flu shot was declined (not-done), the last one given was
-    # in 2024; no prescriptions at all
+    # in 2024; his only prescription is an acute amoxicillin course: never renewed
     ("appt-1201-1110-tran", "influenza-immunization", None, "overdue",
      ("2024-10-15", "due since 2025-08-01")),
     ("appt-1201-1110-tran", "colorectal-cancer-screening", None, "not-applicable",
      ("patient is 44",)),
-    ("appt-1201-1110-tran", "annual-prescription-renewal", None, "not-applicable",
-     ("no active prescriptions",)),
+    ("appt-1201-1110-tran", "annual-prescription-renewal", "amoxicillin", "not-applicable",
+     ("short (acute) course",)),
     # José Núñez: metformin is a Medication reference, so B12 monitoring applies (B12
     # 04-01, yearly); HbA1c 6.6 % (at goal: 6 months) on 06-14 → 12-14
     ("appt-1201-1130-nunez", "metformin-b12-monitoring", None, "satisfied",
      ("next due 2027-04-01",)),
-    ("appt-1201-1130-nunez", "hba1c-monitoring", None, "due-soon", ("falls due 2026-12-14",)),
+    # ... and the HbA1c of 11-10 came back without a value: not counted (CMS122 agrees)
+    ("appt-1201-1130-nunez", "hba1c-monitoring", None, "due-soon",
+     ("falls due 2026-12-14", "the HbA1c of 2026-11-10 has no value (Error): not counted")),
+    # Harold Jensen: a potassium of 0.4 mmol/L two weeks ago is impossible: not used
+    ("appt-1201-0840-jensen", "ace-arb-diuretic-monitoring", None, "due-soon",
+     ("last potassium 4.1 mmol/L on 2026-01-16", "(0.4 mmol/L) is implausible")),
+    # Dorothy Jackson: a positive FIT 10 weeks ago and no colonoscopy since
+    ("appt-1201-1030-jackson", "colorectal-cancer-screening", None, "due",
+     ("positive FIT/gFOBT on 2026-09-22", "needs a follow-up colonoscopy")),
+    # ... and her amlodipine, refilled late, lasts beyond the renewal horizon
+    ("appt-1201-1030-jackson", "annual-prescription-renewal", "amlodipine", "satisfied",
+     ("runs until 2027-03-31", "last dispensed 2026-07-04",
+      "the prescription alone would run out 2027-01-30")),
+    # Margaret O'Brien: her second Shingrix came 20 days after the first
+    ("appt-1201-0840-obrien", "zoster-immunization", None, "due-soon",
+     ("1 of 2", "too soon", "not before 2026-12-04")),
+    # Jordan Reyes: PPSV23 7 months ago; the conjugate dose only a year after it
+    ("appt-1201-1510-reyes", "pneumococcal-immunization", None, "due-soon",
+     ("not before 2027-05-01", "after PPSV23 on 2026-05-01")),
+    # Michelle Novak: hospice recorded only as an Encounter
+    ("appt-1201-1630-novak", "hepatitis-b-immunization", None, "excluded",
+     ("hospice care", "Admission to hospice 2026-10-14")),
+    # Walter Kowalski's warfarin: a high-risk medicine, renewed by the physician
+    ("appt-1201-0800-kowalski", "annual-prescription-renewal", "warfarin", "due",
+     ("high-risk medicine (Anticoagulant)",)),
+    # James Whitehorse's oxycodone: Schedule II, from the DEA schedule data
+    ("appt-1201-1000-whitehorse", "annual-prescription-renewal", "oxycodone", "due",
+     ("controlled substance (Schedule II)",)),
     # Thomas Begay: medicines from his bottles, no dates
     ("appt-1201-1130-begay", "ace-arb-diuretic-monitoring", None, "unknown",
      ("no start date",)),
@@ -434,13 +466,13 @@ def test_transactions_validate_as_r4b_draft_proposals(day: Run) -> None:
             coding = resource["code"]["coding"][0]
             assert coding["system"] and coding["code"]
             assert resource.get("reasonReference") or resource.get("reasonCode")
+            # Written the night before the clinic day (the run day the README's command
+            # implies): nothing ordered ahead, so every lab is drawn at check-in, dated the
+            # visit day, never before the night it was written.
+            assert resource["authoredOn"] == "2026-11-30"
             occurrence = date.fromisoformat(resource["occurrenceDateTime"][:10])
-            if before_visit[(coding["system"], coding["code"])] and \
-                    appointment_id != "appt-1201-0800-lopez-lab":  # drawn there (above)
-                pre_visit_labs += 1
-                assert occurrence < visit_day, (appointment_id, coding["code"])
-            else:
-                assert occurrence == visit_day, (appointment_id, coding["code"])
+            assert occurrence == visit_day, (appointment_id, coding["code"])
+            pre_visit_labs += before_visit[(coding["system"], coding["code"])]
     assert pre_visit_labs > 20
 
 
@@ -478,7 +510,7 @@ def test_second_run_is_byte_identical(day: Run, rerun: Run) -> None:
 
 def test_sheets_one_per_visit_and_huddle(day: Run) -> None:
     sheets = sorted(p.name for p in (day.out / "sheets").glob("*.html"))
-    assert len(sheets) == 31
+    assert len(sheets) == 33
     for appointment_id in day.appointment_ids:
         assert len([s for s in sheets if s.removesuffix(".html").endswith(appointment_id)]) == 1
     huddle = (day.out / "huddle.html").read_text(encoding="utf-8")
@@ -605,16 +637,82 @@ def test_malformed_extra_files_are_reported_and_every_visit_planned(
 
     out = tmp_path / "out"
     result = _load(out, previsit_run(source, out))
-    assert "input problems: 3 (see run-report.json)" in result.proc.stdout
+    assert "input problems: 4 (see run-report.json)" in result.proc.stdout
     report = result.report
     assert report["exit_code"] == 0 and report["failures"] == []
-    assert report["visits"]["planned"] == 31
+    assert report["visits"]["planned"] == 33
     problems = {p["where"]: p["message"] for p in report["source_problems"]}
     assert set(problems) == {f"{registry} line {not_a_resource}",
-                             f"{registry} line {cut_short}", str(truncated)}
+                             f"{registry} line {cut_short}", str(truncated),
+                             "Appointment/appt-1201-1050-wojcik"}
     assert "not a FHIR resource" in problems[f"{registry} line {not_a_resource}"]
     assert "not valid JSON" in problems[f"{registry} line {cut_short}"]
     assert "not valid JSON" in problems[str(truncated)]
     assert re.search(r"line \d+ column \d+", problems[str(truncated)])
     # what was skipped changed nothing: the plan is the clean run's, byte for byte
     assert (out / "plan.json").read_bytes() == (day.out / "plan.json").read_bytes()
+
+
+# --- the nightly command a week ahead, then the night before (the pre-visit timeline) --------
+
+
+def _nightly(source: Path, out: Path, run_date: str) -> Run:
+    proc = subprocess.run(
+        [*_previsit(), "run", "--source", str(source), "--run-date", run_date, "--timezone",
+         TZ, "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+        timeout=120, check=False)
+    return _load(out, proc)
+
+
+def test_a_week_ahead_then_the_night_before(tmp_path: Path) -> None:
+    """The issue's acceptance: run the nightly command a week ahead and for tomorrow. No
+    order is dated before the night it is written; a lab ordered a week ahead is on the
+    huddle as still to draw at check-in (the bundle source's write-back is the transaction
+    files: a server would now hold them, so they go into the folder the next night reads)."""
+    source = tmp_path / "data"
+    shutil.copytree(SAMPLE, source, ignore=shutil.ignore_patterns("*.py", "*.md"))
+    week = _nightly(source, tmp_path / "nov24", "2026-11-24")
+    out = week.proc.stdout
+    assert "run day 2026-11-24: no order is dated before it; pre-visit labs also ordered " \
+        "for visits 2026-11-26 to 2026-12-01" in out
+    assert "appointments: 0 (0 patients)" in out  # nothing booked on 11-25
+    ahead = week.plan["labs_ahead"]
+    ordered = week.report["labs_ahead"]["proposals"]["proposed"]
+    assert len(ahead) == 35 and ordered > 20  # 33 on 12-01, two on 11-30
+    assert f"labs ahead: 35 appointments: {ordered} pre-visit lab orders in transaction " \
+        "bundles" in out
+    for bundle in week.transactions().values():
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            assert resource["resourceType"] == "ServiceRequest"  # only labs a week ahead
+            assert resource["authoredOn"] == "2026-11-24"
+            start = resource.get("occurrencePeriod", {}).get("start") or \
+                resource["occurrenceDateTime"]
+            assert start >= "2026-11-24"
+    # what the write-back left on the "server"
+    carried = source / "written-2026-11-24"
+    shutil.copytree(week.out / "transactions", carried)
+
+    eve = _nightly(source, tmp_path / "nov30", "2026-11-30")
+    kowalski = eve.visit("appt-1201-0800-kowalski")
+    inr = next(p for p in kowalski["proposals"] if p["code"] == "6301-6")
+    assert inr["outcome"] == "already-written"  # ordered a week ago, not again
+    assert [(lab["code"], lab["state"], lab["ordered_on"]) for lab in kowalski["labs"]
+            if lab["code"] == "6301-6"] == [("6301-6", "unsigned", "2026-11-24")]
+    sheet = _sheet(eve, "appt-1201-0800-kowalski")
+    assert "draw at check-in" in sheet and "proposed Tue Nov 24, not signed yet" in sheet
+    assert not [e for b in eve.transactions().values() for e in b["entry"]
+                if e["resource"]["resourceType"] == "ServiceRequest"
+                and e["resource"]["code"]["coding"][0]["code"] == "6301-6"]
+
+
+def test_a_clinic_day_before_the_run_day_is_a_usage_error() -> None:
+    result = invoke("run", "--source", str(SAMPLE), "--date", "2026-11-30", "--run-date",
+                    "2026-12-01", "--timezone", TZ, "--quiet")
+    assert result.exit_code == 2
+    assert "--date 2026-11-30 is before the run day 2026-12-01" in result.output
+
+
+def test_a_run_date_that_is_not_a_date_is_a_usage_error() -> None:
+    result = invoke("run", "--source", str(SAMPLE), "--run-date", "yesterday")
+    assert result.exit_code == 2 and "--run-date 'yesterday' is not a date" in result.output

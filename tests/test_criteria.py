@@ -38,8 +38,8 @@ from previsit.ruleset import load_ruleset
 
 
 def test_every_key_of_a_rule_file_is_registered() -> None:
-    assert sorted(CRITERIA) == ["age", "all", "any", "condition", "medication", "not",
-                                "observation", "procedure", "service_request", "sex"]
+    assert sorted(CRITERIA) == ["age", "all", "any", "condition", "encounter", "medication",
+                                "not", "observation", "procedure", "service_request", "sex"]
 
 
 def test_a_criterion_is_parsed_by_its_key() -> None:
@@ -81,6 +81,7 @@ def test_any_of_is_true_first_then_unknown(parts: tuple[bool | None, ...],
     ({"medication": "https://x/vs", "min_duration": "6mo"}, True),
     ({"any": [{"condition": "https://x/vs"}, {"not": {"age": {"max": 3}}}]}, True),
     ({"all": [{"condition": "https://x/vs"}, {"procedure": "https://x/vs"}]}, False),
+    ({"encounter": "https://x/vs", "discharge": "https://x/d", "period": "ends"}, False),
 ])
 def test_which_criteria_missing_data_can_make_unknown(raw: dict[str, object],
                                                       undecidable: bool) -> None:
@@ -94,6 +95,9 @@ def test_value_set_urls_are_found_in_nested_criteria_by_their_type() -> None:
     ]})
     assert list(valueset_urls(parsed)) == ["https://x/obs", "https://x/answers",
                                            "https://x/meds"]
+    stay = parse_criterion({"encounter": "https://x/inpatient", "discharge": "https://x/hospice",
+                            "period": "ends", "lookback": "1y"})
+    assert list(valueset_urls(stay)) == ["https://x/inpatient", "https://x/hospice"]
 
 
 # --- an open set: a new criterion type is one registered class ---------------------------------

@@ -33,6 +33,7 @@ from builders import (
     patient,
     procedure,
     record,
+    shipped_rules,
 )
 
 import previsit
@@ -44,6 +45,7 @@ from previsit.ruleset import RuleSet, load_ruleset
 RULES: RuleSet = load_ruleset(Path(__file__).resolve().parent / "fixtures" / "engine_rules")
 
 POTASSIUM = "2823-3"
+NEGATIVE = (SNOMED, "260385009")  # a qualitative result's value: Negative
 NO_DUE_SOON = Settings(due_soon=Duration(0, "d"))
 
 
@@ -451,8 +453,8 @@ def test_with_runs_out_when_the_first_of_the_two_does() -> None:
 
 def test_min_age_is_the_age_on_the_evidence_date() -> None:
     born = "1993-06-15"  # 33 at the visit; 30th birthday 2023-06-15
-    before = observation("21440-3", ago(date(2023, 6, 14)))
-    on = observation("21440-3", ago(date(2023, 6, 15)))
+    before = observation("21440-3", ago(date(2023, 6, 14)), value_code=NEGATIVE)
+    on = observation("21440-3", ago(date(2023, 6, 15)), value_code=NEGATIVE)
     assert result("cervical", patient(birth=born), before).status == Status.DUE
     f = result("cervical", patient(birth=born), on)
     assert f.status == Status.SATISFIED
@@ -460,9 +462,9 @@ def test_min_age_is_the_age_on_the_evidence_date() -> None:
 
 
 def test_min_age_evidence_never_counts_without_a_birth_date() -> None:
-    hpv = observation("21440-3", 100)
+    hpv = observation("21440-3", 100, value_code=NEGATIVE)
     assert result("cervical", patient(age=None), hpv).status == Status.DUE
-    cytology = observation("10524-7", 100)
+    cytology = observation("10524-7", 100, value_code=NEGATIVE)
     assert result("cervical", patient(age=None), cytology).status == Status.SATISFIED
 
 
@@ -503,7 +505,7 @@ def test_condition_criterion_needs_the_condition_active() -> None:
 
 
 def test_lookback_ever_is_satisfied_for_good() -> None:
-    f = result("hcv-once", patient(), observation("13955-0", 365 * 30))
+    f = result("hcv-once", patient(), observation("13955-0", 365 * 30, value_code=NEGATIVE))
     assert f.status == Status.SATISFIED
     assert f.due_date is None
     assert "(once)" in f.explanation
@@ -843,10 +845,34 @@ _CLOCKS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf
            "date.today"}
 
 
-def test_evaluate_reads_no_clock_and_does_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+def _chart_situations() -> Any:
+    """A record that walks every new path of the shipped library: an encounter, a dispense,
+    a statement, a positive FIT, a valueless and an impossible result, a too-early dose."""
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "in-progress",
+                 "type": [coding(SNOMED, "305336008")], "period": {"start": "2026-10-01"},
+                 "subject": {"reference": "Patient/p1"}}
+    dispense = {"resourceType": "MedicationDispense", "id": "d1", "status": "completed",
+                "medicationCodeableConcept": coding(RXNORM, LISINOPRIL[0]),
+                "whenHandedOver": "2026-09-01", "daysSupply": {"value": 90, "code": "d"},
+                "subject": {"reference": "Patient/p1"}}
+    statement = {"resourceType": "MedicationStatement", "id": "s1", "status": "stopped",
+                 "medicationCodeableConcept": coding(RXNORM, "855332"),
+                 "dateAsserted": "2026-11-01", "subject": {"reference": "Patient/p1"}}
+    return record(patient(age=62, sex="female"), condition("44054006"), encounter,
+                  dispense, statement, rx(*LISINOPRIL, supply=90, repeats=3),
+                  rx("855332", "warfarin sodium 5 MG Oral Tablet"),
+                  observation("29771-3", 40, value_code=(SNOMED, "10828004")),
+                  observation("4548-4", 20), observation("2823-3", 10, 0.4, "mmol/L"),
+                  immunization("187", 45), immunization("187", 25))
+
+
+@pytest.mark.parametrize("which", ["engine-fixtures", "shipped-library"])
+def test_evaluate_reads_no_clock_and_does_no_io(monkeypatch: pytest.MonkeyPatch,
+                                                which: str) -> None:
     """Pure: everything evaluate needs is passed in. Opening a file or a socket raises, and
     a profiler records every call of a clock, even one made from C."""
-    rec = _busy_record()
+    rec, rules = (_busy_record(), RULES) if which == "engine-fixtures" else \
+        (_chart_situations(), shipped_rules())
     clock_calls: list[str] = []
 
     package = str(Path(previsit.__file__).parent)
@@ -866,13 +892,13 @@ def test_evaluate_reads_no_clock_and_does_no_io(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(module, name, refuse)
     sys.setprofile(profile)
     try:
-        first = evaluate(rec, RULES, VISIT)
-        second = evaluate(rec, RULES, VISIT)
+        first = evaluate(rec, rules, VISIT)
+        second = evaluate(rec, rules, VISIT)
     finally:
         sys.setprofile(None)
     assert clock_calls == []
     assert first == second
-    assert len(first.findings) == len(RULES.rules) + 1  # renewals: one per drug
+    assert len(first.findings) == len(rules.rules) + 1  # renewals: one per drug
 
 
 def test_evaluate_accepts_a_date_or_a_visit() -> None:
@@ -908,3 +934,23 @@ def test_disabled_rules_are_not_evaluated() -> None:
     plan = evaluate(record(patient()), rules, VISIT)
     assert "annual-lab" not in {f.rule_id for f in plan.findings}
     assert "kidney-health" in {f.rule_id for f in plan.findings}
+
+
+def test_a_deceased_patient_gets_no_plan() -> None:
+    rec = record({**patient(age=80), "deceasedDateTime": "2026-10-19T04:10:00-05:00"},
+                 potassium(date(2025, 1, 1)))
+    plan = evaluate(rec, RULES, VISIT)
+    assert (plan.findings, plan.failed, plan.patient_age) == ((), None, None)
+    assert plan.not_planned == ("the patient is recorded as deceased on 2026-10-19: the "
+                                "booking was not planned and no order was written; cancel it")
+    unknown_date = evaluate(record({**patient(), "deceasedBoolean": True}), RULES, VISIT)
+    assert unknown_date.not_planned is not None
+    assert unknown_date.not_planned.startswith("the patient is recorded as deceased: ")
+
+
+def test_the_plan_lists_implausible_results_to_check() -> None:
+    plan = evaluate(record(patient(), potassium(date(2026, 11, 1), 12.4),
+                           potassium(date(2027, 1, 1), 0.1)), RULES, VISIT)
+    # the result after the visit is not the visit's business
+    assert plan.checks == ("check this value: 2823-3 12.4 mmol/L on 2026-11-01 is outside "
+                           "1.5–9 mmol/L, the range a patient can have; it was not used",)

@@ -18,6 +18,7 @@ import respx
 from builders import capability_statement, json_response, medication, observation, patient
 from http_harness import BASE, NOW, Harness, outcome, run, searchset
 
+from previsit.capability import RECORD_TYPES
 from previsit.errors import PatientReadError, SourceError, WriteError
 from previsit.sources import VisitWindow
 from previsit.sources.http import (
@@ -45,13 +46,13 @@ def batch_response(*resources: dict[str, Any], statuses: list[str] | None = None
 
 
 def record_batch(*clinical: dict[str, Any], pid: str = "p1") -> dict[str, Any]:
-    """A batch-response for one record: Patient, then the six searchsets in order."""
+    """A batch-response for one record: Patient, then a searchset per record search, in
+    order."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for resource in clinical:
         by_type.setdefault(resource["resourceType"], []).append(resource)
-    types = ("Condition", "MedicationRequest", "Observation", "Procedure", "Immunization",
-             "ServiceRequest")
-    return batch_response(patient(pid=pid), *(searchset(*by_type.get(t, [])) for t in types))
+    return batch_response(patient(pid=pid), *(searchset(*by_type.get(t, []))
+                                              for t in RECORD_TYPES))
 
 
 WINDOW = VisitWindow(date(2026, 12, 1), date(2026, 12, 2), timezone="America/Chicago")
@@ -277,7 +278,9 @@ def test_record_is_read_with_one_batch_and_each_search_paged_to_the_end() -> Non
         "Patient/p1", "Condition?patient=p1&_count=2",
         "MedicationRequest?patient=p1&_include=MedicationRequest%3Amedication&_count=2",
         "Observation?patient=p1&_count=2", "Procedure?patient=p1&_count=2",
-        "Immunization?patient=p1&_count=2", "ServiceRequest?patient=p1&_count=2"]
+        "Immunization?patient=p1&_count=2", "ServiceRequest?patient=p1&_count=2",
+        "Encounter?patient=p1&_count=2", "MedicationDispense?patient=p1&_count=2",
+        "MedicationStatement?patient=p1&_count=2"]
     assert {e["request"]["method"] for e in sent["entry"]} == {"GET"}
     assert page2.call_count == 1
     assert h.source.request_count == 3  # metadata, batch, page 2
@@ -321,8 +324,8 @@ def test_without_batch_in_the_capability_statement_records_are_read_search_by_se
     assert record.patient.id == "p1"
     assert batch.call_count == 0
     assert sorted(c.request.url.path.rsplit("/", 1)[-1] for c in searches.calls) == [
-        "Condition", "Immunization", "MedicationRequest", "Observation", "Procedure",
-        "ServiceRequest"]
+        "Condition", "Encounter", "Immunization", "MedicationDispense", "MedicationRequest",
+        "MedicationStatement", "Observation", "Procedure", "ServiceRequest"]
     assert all(c.request.url.params["patient"] == "p1" for c in searches.calls)
 
 
@@ -491,7 +494,7 @@ def test_concurrency_is_bounded() -> None:
 
     run(many())
     assert peak == 2
-    assert h.source.request_count == 5 * 7
+    assert h.source.request_count == 5 * (1 + len(RECORD_TYPES))
 
 
 # --- write-back -------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from previsit.codes import LOINC, RXNORM
 from previsit.identifiers import proposal_identifier
 from previsit.plan import EvidenceRef, Finding, Kind, Order, Role, Status, Visit, VisitPlan
-from previsit.proposals import plan_proposals
+from previsit.proposals import Dating, SameDay, Where, plan_proposals
 from previsit.record import PatientRecord
+from previsit.timeline import draw_window
 
 SYSTEM = "urn:previsit:proposal"
 VISIT = Visit(appointment_id="appt-1", patient_id="p1", status="booked",
@@ -50,25 +51,38 @@ def service_request(code: str, status: str, *, ours: str | None = None) -> dict[
     return resource
 
 
+RUN_DAY = date(2026, 11, 16)  # the night the proposals are written: 15 days before the visit
+LABS_HERE_REST_LATER = SameDay(labs=Where.HERE, visit_work=Where.LATER)
+
+
+def ahead(order: Order) -> tuple[date, date]:
+    """Ordered ahead on RUN_DAY for the 2026-12-01 visit (the labs-ahead horizon)."""
+    return draw_window(order, date(2026, 12, 1), RUN_DAY, at_check_in=False)
+
+
+AHEAD: Dating = ahead
+
+
 def proposals(plan: VisitPlan, rec: PatientRecord, **kwargs: Any) -> Any:
-    return plan_proposals(plan, rec, identifier_system=SYSTEM, authored=date(2026, 11, 23),
-                          **kwargs)
+    return plan_proposals(plan, rec, identifier_system=SYSTEM, authored=RUN_DAY, **kwargs)
 
 
 def test_same_code_from_two_rules_is_one_order_with_two_reasons() -> None:
     ace = lab("ace-arb-diuretic-monitoring")
     lithium = lab("lithium-monitoring", Order(LOINC, "2823-3", "Potassium", "laboratory",
                                               Role.MA, True, 10))
-    result = proposals(plan_of(ace, lithium), chart())
+    result = proposals(plan_of(ace, lithium), chart(), dating=AHEAD)
     assert len(result.summaries) == 1
     summary = result.summaries[0]
     assert summary.rule_ids == ("ace-arb-diuretic-monitoring", "lithium-monitoring")
-    # the longest lead time wins so both rules' results are in before the visit
-    assert summary.occurrence == date(2026, 11, 21)
+    # the longest turnaround wins so both rules' results are in before the visit; the draw
+    # starts the night the order is written, never before
+    assert (summary.occurrence_start, summary.occurrence) == (RUN_DAY, date(2026, 11, 21))
     resource = result.bundle["entry"][0]["resource"]
     assert [r["text"] for r in resource["reasonCode"]] == [
         "Ace-Arb-Diuretic-Monitoring", "Lithium-Monitoring"]
-    assert resource["occurrenceDateTime"] == "2026-11-21"
+    assert resource["occurrencePeriod"] == {"start": "2026-11-16", "end": "2026-11-21"}
+    assert "occurrenceDateTime" not in resource
 
 
 def test_service_request_shape_and_validates_as_r4b() -> None:
@@ -147,7 +161,7 @@ def test_with_a_later_visit_the_same_day_labs_are_drawn_here_and_the_rest_waits(
     # 8:00 lab draw before a 9:20 physician visit: the potassium is drawn at 8:00 (dated
     # today, not a week before the draw), the flu vaccine is left to the 9:20 visit.
     plan = plan_of(lab("k"), lab("flu", order=FLU))
-    first = proposals(plan, chart(), later_visit=True)
+    first = proposals(plan, chart(), same_day=LABS_HERE_REST_LATER)
     outcomes = {s.code: (s.outcome, s.occurrence) for s in first.summaries}
     assert outcomes == {"2823-3": ("proposed", date(2026, 12, 1)),
                         "88": ("later-visit", date(2026, 12, 1))}
@@ -156,19 +170,20 @@ def test_with_a_later_visit_the_same_day_labs_are_drawn_here_and_the_rest_waits(
         ["2823-3"]
     assert first.bundle["entry"][0]["resource"]["occurrenceDateTime"] == "2026-12-01"
     # the 9:20 visit: the draw was the earlier visit's, the vaccine is proposed here
-    second = proposals(plan, chart(), already_this_run=[("ServiceRequest", "2823-3")])
+    second = proposals(plan, chart(), same_day=SameDay(labs=Where.EARLIER))
     assert {s.code: s.outcome for s in second.summaries} == {"2823-3": "earlier-visit",
                                                              "88": "proposed"}
-    # without a later visit the lab keeps its lead time
-    alone = proposals(plan, chart())
-    assert {s.code: s.occurrence for s in alone.summaries}["2823-3"] == date(2026, 11, 24)
+    # without another appointment that day, a lab ordered ahead keeps its window
+    alone = proposals(plan, chart(), dating=AHEAD)
+    assert {s.code: (s.occurrence_start, s.occurrence) for s in alone.summaries}[
+        "2823-3"] == (RUN_DAY, date(2026, 11, 24))
 
 
 def test_someone_elses_open_order_still_wins_at_the_earlier_visit() -> None:
     plan = plan_of(lab("flu", order=FLU))
     order = service_request("88", "active")
     order["code"]["coding"][0]["system"] = FLU.system
-    result = proposals(plan, chart(order), later_visit=True)
+    result = proposals(plan, chart(order), same_day=LABS_HERE_REST_LATER)
     assert [s.outcome for s in result.summaries] == ["already-open"]
 
 
@@ -179,7 +194,7 @@ def test_a_rerun_keeps_the_later_visits_own_proposal_at_the_later_visit() -> Non
     plan = plan_of(lab("k"), lab("flu", order=FLU))
     flu_for_later = service_request("88", "draft", ours="pv-for-the-9-20-visit")
     flu_for_later["code"]["coding"][0]["system"] = FLU.system
-    first = proposals(plan, chart(flu_for_later), later_visit=True)
+    first = proposals(plan, chart(flu_for_later), same_day=LABS_HERE_REST_LATER)
     assert {s.code: s.outcome for s in first.summaries} == {"2823-3": "proposed",
                                                             "88": "later-visit"}
     lab_for_earlier = service_request("2823-3", "draft", ours="pv-for-the-8-00-visit")
@@ -233,3 +248,57 @@ def test_an_open_renewal_proposal_by_someone_else_suppresses_ours() -> None:
                       medication_ref=f"MedicationRequest/{med['id']}")
     result = proposals(plan_of(renewal), chart(med, pending))
     assert result.summaries[0].outcome == "already-open"
+
+
+def _renewal(role: Role) -> tuple[PatientRecord, Finding]:
+    med = medication("855332", "warfarin sodium 5 MG Oral Tablet", supply_days=90, repeats=3)
+    order = Order(RXNORM, "855332", "warfarin 5 mg tablet", "medication", role, False)
+    return chart(med), Finding(rule_id="annual-prescription-renewal", title="Renew warfarin",
+                               kind=Kind.RENEWAL, status=Status.DUE, explanation="runs out",
+                               role=role, orders=(order,),
+                               medication_ref=f"MedicationRequest/{med['id']}")
+
+
+@pytest.mark.parametrize(("role", "note"), [
+    (Role.PHARMACIST, "Renewal for 12 months under protocol (Clinical pharmacist)."),
+    (Role.PHYSICIAN, "Renewal for 12 months: the physician decides and signs."),
+])
+def test_a_renewal_says_who_signs_it(role: Role, note: str) -> None:
+    rec, renewal = _renewal(role)
+    resource = proposals(plan_of(renewal), rec).bundle["entry"][0]["resource"]
+    assert resource["note"][-1] == {"text": note}
+
+
+# --- the timeline: what is proposed where, and dated when -------------------------------------
+
+
+def test_a_lab_drawn_at_check_in_is_one_day() -> None:
+    result = proposals(plan_of(lab("k")), chart())  # default: the visit day
+    resource = result.bundle["entry"][0]["resource"]
+    assert resource["occurrenceDateTime"] == "2026-12-01" and "occurrencePeriod" not in resource
+    summary = result.summaries[0]
+    assert (summary.occurrence_start, summary.occurrence) == (date(2026, 12, 1),) * 2
+
+
+def test_further_out_only_the_pre_visit_labs_are_proposed() -> None:
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    result = proposals(plan, chart(), labs_only=True, dating=AHEAD)
+    assert [(s.code, s.outcome) for s in result.summaries] == [("2823-3", "proposed")]
+    assert [e["resource"]["code"]["coding"][0]["code"]
+            for e in result.bundle["entry"]] == ["2823-3"]
+
+
+def test_a_lone_lab_only_appointment_draws_and_offers_nothing() -> None:
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    result = proposals(plan, chart(), same_day=SameDay(Where.HERE, Where.NOWHERE))
+    assert {s.code: s.outcome for s in result.summaries} == {"2823-3": "proposed",
+                                                             "88": "lab-only"}
+
+
+def test_labs_drawn_at_a_later_lab_appointment_are_not_drawn_here() -> None:
+    # the physician visit comes first, the lab draw after it: the visit does the rest
+    plan = plan_of(lab("k"), lab("flu", order=FLU))
+    someone = service_request("2823-3", "active")  # even someone's open order: drawn there
+    result = proposals(plan, chart(someone), same_day=SameDay(Where.LATER, Where.HERE))
+    assert {s.code: s.outcome for s in result.summaries} == {"2823-3": "later-visit",
+                                                             "88": "proposed"}

@@ -230,16 +230,17 @@ def test_a_throttled_entry_in_a_record_batch_pauses_before_it_is_asked_again() -
     h = Harness()
     h.capability()
     entries = [{"response": {"status": "200 OK"}, "resource": patient(pid="p1")}]
-    entries += [throttled_entry(MEDPLUM_SPENT) for _ in range(6)]
+    entries += [throttled_entry(MEDPLUM_SPENT) for _ in range(9)]
     h.router.post(BASE).mock(return_value=json_response(
         {"resourceType": "Bundle", "type": "batch-response", "entry": entries}))
     searches = h.router.get(path__regex=r"/(Condition|MedicationRequest|Observation|Procedure|"
-                                        r"Immunization|ServiceRequest)$").mock(
+                                        r"Immunization|ServiceRequest|Encounter|"
+                                        r"MedicationDispense|MedicationStatement)$").mock(
         return_value=json_response(searchset()))
     record = run(h.source.patient_record("p1"))
     assert record.patient.id == "p1"
-    assert searches.call_count == 6
-    assert h.sleeps == [51.223]  # one pause, then the six searches
+    assert searches.call_count == 9
+    assert h.sleeps == [51.223]  # one pause, then the nine searches
 
 
 def test_a_non_conditional_write_is_not_sent_again_after_a_429_but_the_source_pauses() -> None:

@@ -82,8 +82,9 @@ def test_every_resource_type_lands_in_its_place() -> None:
     assert req.authored_on == date(2026, 11, 28)
 
     assert rec.issues == ()
-    # Encounter is not part of the picture, and is not an issue either
-    assert rec.resource_count == 7
+    (enc,) = rec.encounters
+    assert (enc.ref, enc.status, enc.start) == ("Encounter/enc1", "finished", None)
+    assert rec.resource_count == 8
 
 
 def test_resources_may_come_in_any_order() -> None:
@@ -422,3 +423,105 @@ def test_deceased_and_partial_birth_date() -> None:
 
 def test_builders_visit_is_what_these_dates_assume() -> None:
     assert date(2026, 12, 1) == VISIT
+
+
+# --- what the chart situations need ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "has_value"), [
+    ({"valueQuantity": {"value": 7.1, "unit": "%"}}, True),
+    ({"valueCodeableConcept": coding(SNOMED, "10828004")}, True),
+    ({"valueString": "POSITIVE"}, True),
+    ({"valueString": "   "}, False),  # blank text is no value
+    ({"valueBoolean": False}, True),
+    ({"valueInteger": 0}, True),
+    ({"hasMember": [{"reference": "Observation/wbc"}]}, True),  # a panel: its members
+    ({}, False),
+    ({"valueQuantity": {"value": 7.1, "unit": "%"},
+      "dataAbsentReason": coding("http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                 "error")}, False),
+])
+def test_whether_a_result_has_a_value(extra: dict[str, Any], has_value: bool) -> None:
+    (obs,) = record(patient(), {**observation("4548-4", 30), **extra}).observations
+    assert obs.has_value is has_value
+
+
+def test_value_details_kept_for_the_checks() -> None:
+    resource = {**observation("2823-3", 30), "valueQuantity": {
+        "value": 0.01, "unit": "mmol/L", "code": "mmol/L", "comparator": "<"},
+        "interpretation": [coding("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                  "L"), coding(SNOMED, "281300000")],
+        "dataAbsentReason": None}
+    (obs,) = record(patient(), resource).observations
+    assert obs.value_quantity is not None
+    assert (obs.value_quantity.code, obs.value_quantity.comparator) == ("mmol/L", "<")
+    assert str(obs.value_quantity) == "<0.01 mmol/L"
+    assert [c.code for c in obs.interpretation.codings] == ["L", "281300000"]
+    absent = {**observation("2823-3", 30), "dataAbsentReason": {"text": "Haemolysed"}}
+    (obs,) = record(patient(), absent).observations
+    assert (obs.has_value, obs.absent_reason) == (False, "Haemolysed")
+
+
+def test_an_encounter_is_read_with_its_type_period_discharge_and_diagnoses() -> None:
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "finished",
+           "class": {"code": "IMP"},
+           "type": [coding(SNOMED, "183452005"), {"text": "Inpatient stay"}],
+           "period": {"start": "2026-10-01T10:00:00-05:00", "end": "2026-10-05"},
+           "hospitalization": {"dischargeDisposition": coding(
+               "http://www.nubc.org/patient-discharge", "51")},
+           "diagnosis": [{"condition": {"reference": "Condition/c9"}}, {"rank": 2}]}
+    (e,) = record(patient(), enc).encounters
+    assert (e.ref, e.status, e.class_code) == ("Encounter/e1", "finished", "IMP")
+    assert (e.start, e.end) == (date(2026, 10, 1), date(2026, 10, 5))
+    assert [c.code for c in e.type.codings] == ["183452005"] and e.type.text == "Inpatient stay"
+    assert e.discharge.codings[0].code == "51"
+    assert e.diagnoses == ("Condition/c9",)
+
+
+def test_an_encounter_with_a_malformed_period_is_an_issue() -> None:
+    rec = record(patient(), {"resourceType": "Encounter", "id": "e2", "period": "2026"})
+    assert rec.encounters == () and rec.issues[0].resource == "Encounter/e2"
+
+
+def test_dispenses_and_statements_are_read() -> None:
+    dispense = {"resourceType": "MedicationDispense", "id": "d1", "status": "completed",
+                "medicationCodeableConcept": coding(RXNORM, "314076"),
+                "authorizingPrescription": [{"reference": "MedicationRequest/m1"}],
+                "whenPrepared": "2026-09-01", "whenHandedOver": "2026-09-02T17:00:00Z",
+                "daysSupply": {"value": 13, "unit": "wk"}}
+    prepared_only = {**dispense, "id": "d2", "whenHandedOver": None,
+                     "daysSupply": {"value": 90, "code": "d"}}
+    statement = {"resourceType": "MedicationStatement", "id": "s1", "status": "stopped",
+                 "medicationReference": {"reference": "#med"},
+                 "contained": [{"resourceType": "Medication", "id": "med",
+                                "code": coding(RXNORM, "314076")}],
+                 "effectivePeriod": {"start": "2025-01-01", "end": "2026-08-01"}}
+    rec = record(patient(), dispense, prepared_only, statement)
+    first, second = rec.dispenses
+    assert (first.handed_over, first.days_supply, first.prescription, first.completed) == (
+        date(2026, 9, 2), 91, ("MedicationRequest/m1",), True)
+    assert (second.handed_over, second.days_supply) == (date(2026, 9, 1), 90)
+    (use,) = rec.statements
+    assert (use.status, use.day, use.stopped) == ("stopped", date(2026, 8, 1), True)
+    assert use.medication.codings[0].code == "314076"
+    assert rec.resource_count == 4
+
+
+def test_course_of_therapy_and_based_on_are_kept() -> None:
+    acute = {**medication("308192", "Amoxicillin 500 MG Oral Tablet"),
+             "courseOfTherapyType": coding(
+                 "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy",
+                 "acute")}
+    order = {"resourceType": "ServiceRequest", "id": "o1", "status": "active",
+             "intent": "order", "code": coding(LOINC, "4548-4"),
+             "basedOn": [{"reference": "ServiceRequest/p1"}, {"display": "no reference"}]}
+    rec = record(patient(), acute, order)
+    assert rec.medications[0].course == "acute"
+    assert rec.requests[0].based_on == ("ServiceRequest/p1",)
+
+
+def test_the_date_of_death_is_kept_and_deceased_false_is_alive() -> None:
+    assert record({**patient(), "deceasedDateTime": "2026-10-19T04:10:00-05:00"}
+                  ).patient.deceased_on == date(2026, 10, 19)
+    assert record({**patient(), "deceasedBoolean": True}).patient.deceased
+    assert not record({**patient(), "deceasedBoolean": False}).patient.deceased

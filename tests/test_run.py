@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from builders import appointment, bundle, patient, tiny_rules, write
 
-from previsit.errors import PatientReadError, SourceError
+from previsit.errors import ConfigError, PatientReadError, SourceError
 from previsit.plan import ProposalOutcome, Visit
 from previsit.record import PatientRecord
 from previsit.report import EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, VisitCounts
@@ -143,3 +143,89 @@ def test_outputs_are_byte_identical_on_a_rerun(day: Path, tmp_path: Path) -> Non
             (tmp_path / "out2/transactions" / name).read_bytes()
     report = json.loads(first["report"].read_text())
     assert report["exit_code"] == 0 and "timings" in report
+
+
+# --- the two horizons ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def week(tmp_path: Path) -> Path:
+    """The clinic day (12-01), a patient who died with a stale booking that day, and a
+    visit 8 days out (12-09) whose pre-visit lab is ordered tonight (run day 11-30)."""
+    folder = tmp_path / "week"
+    dead = {**patient(pid="p4", age=80), "deceasedDateTime": "2026-10-19"}
+    write(folder, "week.json", bundle(
+        patient(pid="p1", age=50), dead, patient(pid="p5", age=60),
+        appointment("a1", "2026-12-01T09:00:00-06:00", pid="p1"),
+        appointment("a4", "2026-12-01T10:00:00-06:00", pid="p4"),
+        appointment("a5", "2026-12-09T09:00:00-06:00", pid="p5"),
+        appointment("a6", "2026-12-20T09:00:00-06:00", pid="p5")))  # beyond the horizon
+    return folder
+
+
+def run_week(source: BundleSource, tmp_path: Path) -> Any:
+    rules = tiny_rules(tmp_path / "rules")
+    options = RunOptions(window=WINDOW, write_back=True, labs_ahead_days=10,
+                         run_day=date(2026, 11, 30))
+    return asyncio.run(run_day(source, rules, options))
+
+
+def test_one_run_plans_the_clinic_day_and_orders_the_labs_ahead(week: Path,
+                                                               tmp_path: Path) -> None:
+    result = run_week(BundleSource(week), tmp_path)
+    assert [p.visit.appointment_id for p in result.day.plans] == ["a1", "a4"]
+    assert [p.visit.appointment_id for p in result.day.ahead] == ["a5"]
+    assert result.day.run_day == date(2026, 11, 30)
+    # tomorrow's FIT: at check-in; the one 9 days out: from tonight until 7 days before
+    [tomorrow] = result.day.plans[0].proposals
+    [ahead] = result.day.ahead[0].proposals
+    assert (tomorrow.occurrence_start, tomorrow.occurrence) == (date(2026, 12, 1),) * 2
+    assert (ahead.occurrence_start, ahead.occurrence) == (date(2026, 11, 30), date(2026, 12, 2))
+    resource = result.bundles["a5"]["entry"][0]["resource"]
+    assert resource["authoredOn"] == "2026-11-30"
+    assert resource["occurrencePeriod"] == {"start": "2026-11-30", "end": "2026-12-02"}
+    assert result.labs_ahead is not None and result.labs_ahead.visits == 1
+    assert result.labs_ahead.proposals == {ProposalOutcome.PROPOSED: 1}
+
+
+def test_a_deceased_patients_booking_is_an_input_problem_not_a_failure(
+        week: Path, tmp_path: Path) -> None:
+    result = run_week(BundleSource(week), tmp_path)
+    dead = result.day.plans[1]
+    assert (dead.findings, dead.proposals, dead.failed) == ((), (), None)
+    assert dead.not_planned == ("the patient is recorded as deceased on 2026-10-19: the "
+                                "booking was not planned and no order was written; cancel it")
+    assert "a4" not in result.bundles
+    assert [(p.where, p.patient_id) for p in result.report.source_problems] == [
+        ("Appointment/a4", "p4")]
+    assert result.report.visits == VisitCounts(total=2, planned=2, failed=0, patients=2)
+    assert result.exit_code == EXIT_OK
+
+
+def test_a_labs_ahead_visit_that_fails_makes_the_run_partial(week: Path,
+                                                             tmp_path: Path) -> None:
+    result = run_week(Breaking(week, unreadable=["p5"]), tmp_path)
+    assert result.report.failures == ()  # the clinic day itself is fine
+    assert result.labs_ahead is not None
+    assert [a for a, _ in result.labs_ahead.failures] == ["a5"]
+    assert result.exit_code == EXIT_PARTIAL
+
+
+def test_the_report_says_what_the_labs_ahead_horizon_did(week: Path, tmp_path: Path) -> None:
+    paths = write_outputs(run_week(BundleSource(week), tmp_path), tmp_path / "out")
+    report = json.loads(paths["report"].read_text())
+    assert report["run_date"] == "2026-11-30"
+    assert report["labs_ahead"]["start"] == "2026-12-02"
+    assert report["labs_ahead"]["end"] == "2026-12-11"
+    assert report["labs_ahead"]["visits"] == 1
+    assert report["labs_ahead"]["proposals"]["proposed"] == 1
+    plan = json.loads(paths["plan"].read_text())
+    assert [v["visit"]["appointment_id"] for v in plan["labs_ahead"]] == ["a5"]
+    assert sorted(p.name for p in paths["transactions"].iterdir()) == ["a1.json", "a5.json"]
+
+
+def test_a_clinic_day_already_past_is_refused(week: Path, tmp_path: Path) -> None:
+    rules = tiny_rules(tmp_path / "rules")
+    options = RunOptions(window=WINDOW, run_day=date(2026, 12, 2))
+    with pytest.raises(ConfigError, match="before the run day"):
+        asyncio.run(run_day(BundleSource(week), rules, options))

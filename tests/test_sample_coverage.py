@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from previsit.evaluate import evaluate
-from previsit.plan import Status, Visit, VisitPlan
+from previsit.plan import Finding, FindingFlag, Role, Status, Visit, VisitPlan
 from previsit.proposals import plan_proposals
 from previsit.record import PatientRecord
 from previsit.ruleset import Rule, RuleSet, load_ruleset
@@ -49,7 +49,8 @@ NO_EXCLUSION = "the rule has no excluded_when"
 DECIDABLE = ("applies_when cannot be undecidable: no age or sex criterion, no observation "
              "with missing: unknown, no medication with min_duration")
 ONCE = ("every evidence has lookback: ever (a once-in-a-lifetime test or a vaccine series): "
-        "once met it never lapses, so it is never overdue or due-soon")
+        "once met it never lapses, so it is never overdue, and with no minimum interval "
+        "between doses never due-soon either")
 NO_DUE_SOON_WINDOW = ("due_soon: 0d: the evidence runs out with the influenza season on "
                       "1 August, so on a December visit this season's dose is either on "
                       "record or due; last season's is overdue")
@@ -87,9 +88,7 @@ IMPOSSIBLE: dict[tuple[str, Status], str] = {
     ("influenza-immunization", Status.DUE_SOON): NO_DUE_SOON_WINDOW,
     ("influenza-immunization", Status.EXCLUDED): NO_EXCLUSION,
     ("zoster-immunization", Status.OVERDUE): ONCE,
-    ("zoster-immunization", Status.DUE_SOON): ONCE,
     ("pneumococcal-immunization", Status.OVERDUE): ONCE,
-    ("pneumococcal-immunization", Status.DUE_SOON): ONCE,
     ("rsv-immunization", Status.OVERDUE): ONCE,
     ("rsv-immunization", Status.DUE_SOON): ONCE,
     ("hepatitis-b-immunization", Status.OVERDUE): ONCE,
@@ -257,6 +256,92 @@ def test_registry_doses_from_ndjson_count(day: Day) -> None:
     assert any(e.reference.startswith("Immunization/icare-") for e in flu.evidence)
 
 
+# --- (1b) the chart situations a real EHR holds (issue 10): each on the sample day --------
+
+
+def _plan(day: Day, appointment_id: str) -> VisitPlan:
+    return next(p for p in day.plans if p.visit.appointment_id == appointment_id)
+
+
+def _finding(day: Day, appointment_id: str, rule_id: str, renewal_of: str = "") -> Finding:
+    [found] = [f for f in _plan(day, appointment_id).findings
+               if f.rule_id == rule_id and renewal_of in f.title]
+    return found
+
+
+def test_a_deceased_patients_stale_booking_gets_no_plan_and_no_order(day: Day) -> None:
+    plan = _plan(day, "appt-1201-1050-wojcik")
+    assert plan.findings == () and plan.not_planned is not None
+    assert "deceased on 2026-10-19" in plan.not_planned and not plan.failed
+    proposals = plan_proposals(plan, day.records["pat-stanley-wojcik"],
+                               identifier_system="urn:previsit:proposal",
+                               authored=date(2026, 11, 30))
+    assert proposals.summaries == () and proposals.bundle is None
+
+
+def test_an_acute_antibiotic_is_never_renewed(day: Day) -> None:
+    f = _finding(day, "appt-1201-1110-tran", "annual-prescription-renewal", "amoxicillin")
+    assert f.status == Status.NOT_APPLICABLE and f.orders == ()
+    assert "short (acute) course" in f.explanation
+
+
+def test_a_positive_fit_needs_a_follow_up_colonoscopy_not_a_repeat_fit(day: Day) -> None:
+    f = _finding(day, "appt-1201-1030-jackson", "colorectal-cancer-screening")
+    assert f.status == Status.DUE and f.role == Role.PHYSICIAN
+    assert FindingFlag.POSITIVE_RESULT in f.flags and FindingFlag.PHYSICIAN_REVIEW in f.flags
+    assert [(o.code, o.role) for o in f.orders] == [("73761001", Role.PHYSICIAN)]
+
+
+def test_a_result_without_a_value_does_not_satisfy(day: Day) -> None:
+    f = _finding(day, "appt-1201-1130-nunez", "hba1c-monitoring")
+    # the valueless HbA1c of 2026-11-10 would have made it satisfied until 2027-05-10
+    assert f.status == Status.DUE_SOON and f.due_date == date(2026, 12, 14)
+    assert "has no value (Error): not counted" in f.explanation
+
+
+def test_a_refill_dispensed_late_moves_the_run_out_date(day: Day) -> None:
+    f = _finding(day, "appt-1201-1030-jackson", "annual-prescription-renewal", "amlodipine")
+    # the prescription alone runs out 2027-01-30, within the 90-day horizon: it would be due
+    assert f.status == Status.SATISFIED and f.due_date == date(2027, 3, 31)
+
+
+def test_hospice_recorded_only_as_an_encounter_excludes(day: Day) -> None:
+    record = day.records["pat-michelle-novak"]
+    assert not any("hospice" in c.code.label().lower() for c in record.conditions)
+    for rule_id in ("hepatitis-b-immunization", "colorectal-cancer-screening",
+                    "cervical-cancer-screening"):
+        f = _finding(day, "appt-1201-1630-novak", rule_id)
+        assert f.status == Status.EXCLUDED, (rule_id, f.explanation)
+        assert [e.reference for e in f.evidence] == ["Encounter/michelle-novak-enc-001"]
+
+
+def test_a_too_early_second_dose_is_repeated_only_when_allowed(day: Day) -> None:
+    f = _finding(day, "appt-1201-0840-obrien", "zoster-immunization")
+    assert f.status == Status.DUE_SOON and f.not_before == date(2026, 12, 4)
+    assert f.orders == ()  # giving it today would be too early again
+
+
+def test_an_implausible_value_is_a_check_not_a_result(day: Day) -> None:
+    plan = _plan(day, "appt-1201-0840-jensen")
+    assert plan.checks == ("check this value: Potassium 0.4 mmol/L on 2026-11-17 is outside "
+                           "1.5–9 mmol/L, the range a patient can have; it was not used",)
+    f = _finding(day, "appt-1201-0840-jensen", "ace-arb-diuretic-monitoring")
+    assert f.status == Status.DUE_SOON and f.due_date == date(2027, 1, 16)
+
+
+def test_a_lab_draw_booked_after_the_physician_visit_draws_the_labs_only(day: Day) -> None:
+    from previsit.proposals import SameDay, Where
+    from previsit.timeline import lab_only_test, same_day
+
+    roles = same_day(day.visits, lab_only_test(day.ruleset.valuesets))
+    assert roles["appt-1201-1300-fischer"] == SameDay(labs=Where.LATER, visit_work=Where.HERE)
+    assert roles["appt-1201-1340-fischer-lab"] == SameDay(labs=Where.HERE,
+                                                           visit_work=Where.EARLIER)
+    # and the 8:00 lab draw before María López's 9:20 visit, as before
+    assert roles["appt-1201-0800-lopez-lab"] == SameDay(labs=Where.HERE, visit_work=Where.LATER)
+    assert roles["appt-1201-0920-lopez"] == SameDay(labs=Where.EARLIER, visit_work=Where.HERE)
+
+
 # --- (2) and (3) every rule in every outcome it can have --------------------------------
 
 
@@ -303,9 +388,11 @@ def _holds(rule: Rule, status: Status, reason: str) -> bool:
     if reason == DECIDABLE:
         return status == Status.UNKNOWN and not any(c.undecidable for c in rule.applies_when)
     if reason == ONCE:
-        return status in (Status.OVERDUE, Status.DUE_SOON) and all(
-            e.lookback == "ever" and all(w.lookback == "ever" for w in e.with_)
-            for req in rule.requirements for e in req.evidence)
+        once = all(e.lookback == "ever" and all(w.lookback == "ever" for w in e.with_)
+                   for req in rule.requirements for e in req.evidence)
+        # a dose not yet allowed (a minimum interval) is due-soon with its date
+        waits = any(req.min_intervals or req.in_season for req in rule.requirements)
+        return once and (status == Status.OVERDUE or (status == Status.DUE_SOON and not waits))
     if reason == NO_DUE_SOON_WINDOW:
         return status == Status.DUE_SOON and all(
             req.due_soon is not None and req.due_soon.amount == 0

@@ -20,7 +20,8 @@ def test_a_run_reads_its_types_and_writes_the_proposals() -> None:
     assert [(p.resource_type, p.letters) for p in run_permissions(sheets=False)] == [
         ("Appointment", "rs"), ("Patient", "rs"), ("Condition", "rs"),
         ("MedicationRequest", "crus"), ("Medication", "rs"), ("Observation", "rs"),
-        ("Procedure", "rs"), ("Immunization", "rs"), ("ServiceRequest", "crus")]
+        ("Procedure", "rs"), ("Immunization", "rs"), ("ServiceRequest", "crus"),
+        ("Encounter", "rs"), ("MedicationDispense", "rs"), ("MedicationStatement", "rs")]
     assert run_permissions(sheets=True)[-1] == Permission(
         "DocumentReference", "cu", "storing planning sheets")
 

@@ -6,6 +6,7 @@ which statuses, orders, flags and proposals a visit has.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from datetime import date, datetime
@@ -23,6 +24,8 @@ from previsit.plan import (
     DayPlan,
     Finding,
     Kind,
+    LabProgress,
+    LabState,
     Order,
     ProposalOutcome,
     ProposalSummary,
@@ -415,6 +418,7 @@ def test_an_order_repeated_by_two_requirements_is_listed_once() -> None:
     ("done", "Already done"),
     ("dry-run", "Not written (dry run)"),
     ("later-visit", "At the later visit today"),
+    ("lab-only", "Not at a lab-only appointment"),
 ])
 def test_every_proposal_outcome_has_words(outcome: str, text: str) -> None:
     plan = vplan(finding("hba1c", Status.DUE, orders=(HBA1C,)),
@@ -426,7 +430,7 @@ def test_every_proposal_outcome_has_words(outcome: str, text: str) -> None:
 def test_the_outcome_words_cover_every_outcome() -> None:
     assert {o.value for o in ProposalOutcome} == {
         "proposed", "already-open", "already-written", "earlier-visit", "declined", "done",
-        "dry-run", "later-visit"}
+        "dry-run", "later-visit", "lab-only"}
 
 
 def test_merged_proposal_matches_both_rules() -> None:
@@ -820,3 +824,98 @@ def test_a_patients_two_visits_the_same_day_count_each_task_once() -> None:
     assert "Influenza vaccine" in first and "At the later visit today" in first
     sheet = visible(sheets.render_visit_sheet(later))
     assert "HbA1c" in sheet and "At the earlier visit today" in sheet
+
+
+# --- the huddle horizon: when to draw, what came back, what cannot be used ------------------
+
+
+def _lab(state: LabState, code: str = "4548-4", display: str = "Hemoglobin A1c",
+         result: str | None = None, result_day: date | None = None) -> LabProgress:
+    return LabProgress(code=code, display=display, proposal=f"ServiceRequest/{code}",
+                       ordered_on=date(2026, 11, 24), state=state, result=result,
+                       result_day=result_day)
+
+
+def _drawn(outcome: str, start: date, end: date) -> VisitPlan:
+    return vplan(finding("hba1c", Status.OVERDUE, title="HbA1c", orders=(HBA1C,)),
+                 proposals=(replace(proposal("4548-4", "Hemoglobin A1c", "hba1c",
+                                             outcome=outcome, occurrence=end),
+                                    occurrence_start=start),))
+
+
+def test_a_lab_drawn_the_day_of_the_visit_says_draw_at_check_in() -> None:
+    plan = _drawn("proposed", DAY, DAY)
+    assert "draw at check-in" in section(sheets.render_visit_sheet(plan), "before")
+    assert [t.what for t in tasks.tasks(plan)] == ["Draw at check-in: HbA1c"]
+    flags = section(sheets.render_huddle(day_of(plan), minutes_saved=MINUTES), "flags")
+    assert "Labs to draw HbA1c at check-in" in flags
+
+
+def test_a_lab_ordered_ahead_says_its_window() -> None:
+    plan = _drawn("proposed", date(2026, 11, 24), date(2026, 11, 28))
+    assert "draw by Sat Nov 28 (from Tue Nov 24)" in section(sheets.render_visit_sheet(plan),
+                                                             "before")
+    assert [t.what for t in tasks.tasks(plan)] == ["Draw by Sat Nov 28: HbA1c"]
+
+
+def test_what_became_of_the_labs_ordered_ahead_is_on_the_sheet() -> None:
+    creatinine = order("2160-0", "Creatinine", lead=3)
+    plan = replace(vplan(
+        finding("hba1c", Status.OVERDUE, title="HbA1c", orders=(HBA1C,)),
+        finding("kidney", Status.OVERDUE, title="Creatinine", orders=(creatinine,)),
+        finding("lipids", Status.SATISFIED, title="Lipids"),
+        proposals=(proposal("4548-4", "Hemoglobin A1c", "hba1c", outcome="already-written",
+                            occurrence=DAY),
+                   proposal("2160-0", "Creatinine", "kidney", outcome="declined",
+                            occurrence=DAY))),
+        labs=(_lab(LabState.UNSIGNED),
+              _lab(LabState.DISMISSED, "2160-0", "Creatinine"),
+              _lab(LabState.RESULTED, "57698-3", "Lipid panel", "LDL 98 mg/dL",
+                   date(2026, 11, 27))))
+    before = section(sheets.render_visit_sheet(plan), "before")
+    assert "Resulted: LDL 98 mg/dL (Fri Nov 27; ordered Tue Nov 24)" in \
+        section(sheets.render_visit_sheet(plan), "resulted-list")
+    assert "Hemoglobin A1c draw at check-in proposed Tue Nov 24, not signed yet: sign " \
+        "before drawing" in before
+    # a dismissed lab is not drawn
+    assert "Creatinine proposed Tue Nov 24, dismissed by a clinician" in before
+    assert "Creatinine draw" not in before
+    accepted = replace(plan, labs=(_lab(LabState.TO_DRAW),))
+    assert "ordered Tue Nov 24, accepted, not resulted yet" in section(
+        sheets.render_visit_sheet(accepted), "before")
+    flags = section(sheets.render_huddle(day_of(plan), minutes_saved=MINUTES), "flags")
+    assert "Labs back LDL 98 mg/dL (Fri Nov 27)" in flags
+
+
+def test_implausible_values_are_listed_to_check() -> None:
+    check = ("check this value: Potassium 0.4 mmol/L on 2026-11-17 is outside 1.5–9 mmol/L, "
+             "the range a patient can have; it was not used")
+    plan = replace(vplan(finding("k", Status.DUE, title="Potassium")), checks=(check,))
+    html = sheets.render_visit_sheet(plan)
+    assert "Check these values" in visible(html) and check in visible(html)
+    flags = section(sheets.render_huddle(day_of(plan), minutes_saved=MINUTES), "flags")
+    assert "Check this value 1 implausible result, not used" in flags
+
+
+def test_a_stale_booking_is_an_input_problem_on_both_sheets() -> None:
+    why = ("the patient is recorded as deceased on 2026-10-19: the booking was not planned "
+           "and no order was written; cancel it")
+    plan = replace(vplan(name="Stanley Wojcik"), not_planned=why)
+    text = visible(sheets.render_visit_sheet(plan))
+    assert "Not planned: input problem" in text and "The patient is recorded as deceased" in text
+    assert "Before the visit" not in text and "Up to date" not in text
+    html = sheets.render_huddle(day_of(plan), minutes_saved=MINUTES)
+    assert "Input problem " + why in section(html, "flags")
+    assert tasks.tasks(plan) == []
+
+
+def test_the_new_plan_fields_survive_plan_json() -> None:
+    plan = replace(_drawn("already-written", date(2026, 11, 24), date(2026, 11, 28)),
+                   labs=(_lab(LabState.RESULTED, result="HbA1c 7.9 %",
+                              result_day=date(2026, 11, 27)),),
+                   checks=("check this value: x",), not_planned=None)
+    dated = replace(plan, findings=(replace(plan.findings[0], not_before=date(2026, 12, 4)),))
+    day = DayPlan(generated_for=DAY, days=1, plans=(dated,), run_day=date(2026, 11, 30),
+                  ahead=(replace(plan, not_planned="why"),))
+    again = DayPlan.from_json(json.loads(json.dumps(day.to_json())))
+    assert again == day

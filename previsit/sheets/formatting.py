@@ -28,6 +28,7 @@ OUTCOME_WORDS: dict[ProposalOutcome, tuple[str, str]] = {
     ProposalOutcome.ALREADY_WRITTEN: ("Written earlier", "earlier"),
     ProposalOutcome.EARLIER_VISIT: ("At the earlier visit today", "earlier"),
     ProposalOutcome.LATER_VISIT: ("At the later visit today", "later"),
+    ProposalOutcome.LAB_ONLY: ("Not at a lab-only appointment", "lab-only"),
     ProposalOutcome.DECLINED: ("Declined earlier", "declined"),
     ProposalOutcome.DONE: ("Already done", "done"),
     ProposalOutcome.DRY_RUN: ("Not written (dry run)", "dry-run"),
@@ -37,6 +38,8 @@ NO_PROPOSAL = ("No draft", "none")
 # Why a physician must look, in words, most pressing first (a finding can carry several
 # flags; a one-line task names the first).
 FLAG_WORDS = {FindingFlag.CONTROLLED_SUBSTANCE: "controlled substance",
+              FindingFlag.POSITIVE_RESULT: "positive result: needs a follow-up test",
+              FindingFlag.HIGH_RISK: "high-risk medicine",
               FindingFlag.ABNORMAL: "abnormal last value",
               FindingFlag.SHARED_DECISION: "shared decision"}
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from previsit.plan import DayPlan, Kind, Role, Status, VisitPlan
+from previsit.plan import DayPlan, Kind, LabState, Role, Status, VisitPlan
 from previsit.sheets.filenames import visit_sheet_filename
 from previsit.sheets.formatting import (
     KIND_LABELS,
@@ -22,6 +22,7 @@ from previsit.sheets.selection import scope_labels, select_plans
 from previsit.sheets.tasks import (
     ELSEWHERE,
     Task,
+    at_check_in,
     before_orders,
     draw_by,
     handled_elsewhere,
@@ -55,6 +56,7 @@ class HuddleRow:
     flags: tuple[Flag, ...]
     failed: str | None
     appointment_id: str = ""  # which visit the row is (the app links it to its plan)
+    not_planned: str | None = None  # a stale booking (deceased patient): an input problem
 
 
 @dataclass(frozen=True)
@@ -115,15 +117,24 @@ def _age_sex(plan: VisitPlan) -> str | None:
 
 def _flags(plan: VisitPlan) -> tuple[Flag, ...]:
     """What changes the day for this visit, most disruptive first."""
-    if plan.failed:
+    if plan.failed or plan.not_planned:
         return ()
     out: list[Flag] = []
+    resulted = [lab for lab in plan.labs if lab.state == LabState.RESULTED]
+    if resulted:
+        out.append(Flag("Labs back", ", ".join(
+            f"{lab.result} ({format_short_day(lab.result_day) or 'undated'})"
+            for lab in resulted), "labs-back"))
     here = prepared_here(plan)
     labs = [f for f in here if before_orders(f)]
     if labs:
-        days = sorted({d for f in labs for o in before_orders(f) if (d := draw_by(plan, f, o))})
-        by = f" by {format_short_day(days[0])}" if days else ""
-        out.append(Flag("Labs to draw", f"{', '.join(f.title for f in labs)}{by}", "labs"))
+        if all(at_check_in(plan, f, o) for f in labs for o in before_orders(f)):
+            when = " at check-in"
+        else:
+            days = sorted({d for f in labs for o in before_orders(f)
+                           if (d := draw_by(plan, f, o))})
+            when = f" by {format_short_day(days[0])}" if days else ""
+        out.append(Flag("Labs to draw", f"{', '.join(f.title for f in labs)}{when}", "labs"))
     overdue = [f for f in here if f.status == Status.OVERDUE and f.kind == Kind.SCREENING]
     if overdue:
         out.append(Flag("Overdue screening", ", ".join(f.title for f in overdue), "overdue"))
@@ -142,6 +153,9 @@ def _flags(plan: VisitPlan) -> tuple[Flag, ...]:
     unknown = plan.by_status(Status.UNKNOWN)
     if unknown:
         out.append(Flag("Could not decide", ", ".join(f.title for f in unknown), "unknown"))
+    if plan.checks:
+        out.append(Flag("Check this value", f"{len(plan.checks)} implausible result"
+                        f"{'s' if len(plan.checks) > 1 else ''}, not used", "issues"))
     if plan.issues:
         out.append(Flag("Data issues", f"{len(plan.issues)} in the record", "issues"))
     return tuple(out)
@@ -174,7 +188,8 @@ def _huddle_row(plan: VisitPlan) -> HuddleRow:
         visit_type=visit.service_type or visit.description or visit.reason,
         practitioner=ref_label(visit.practitioner), location=ref_label(visit.location),
         counts=tuple(counts[r] for r in Role), flags=_flags(plan), failed=plan.failed,
-        appointment_id=visit.appointment_id)
+        appointment_id=visit.appointment_id,
+        not_planned=plan.not_planned)
 
 
 def _role_lists(plans: Sequence[VisitPlan]) -> tuple[RoleList, ...]:

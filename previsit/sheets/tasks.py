@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 from previsit.plan import (
     Finding,
@@ -46,7 +46,25 @@ def draw_by(plan: VisitPlan, finding: Finding, order: Order) -> date | None:
     if proposal is not None and proposal.occurrence is not None:
         return proposal.occurrence
     visit_day = plan.visit.day
-    return visit_day - timedelta(days=order.lead_days) if visit_day else None
+    return order.latest_draw(visit_day) if visit_day else None
+
+
+def at_check_in(plan: VisitPlan, finding: Finding, order: Order) -> bool:
+    """A pre-visit lab drawn when the patient arrives: dated the visit day (the next clinic
+    day's labs not ordered ahead, or not drawn yet; a lab-only appointment's)."""
+    return draw_by(plan, finding, order) == plan.visit.day
+
+
+def draw_words(plan: VisitPlan, finding: Finding, order: Order) -> str:
+    """When to draw, as the sheet says it: "draw at check-in", "draw by Sat Nov 28 (from
+    Tue Nov 24)" for a window, "draw by Sat Nov 28"."""
+    if at_check_in(plan, finding, order):
+        return "draw at check-in"
+    end = draw_by(plan, finding, order)
+    proposal = proposal_for(plan, finding, order)
+    start = proposal.occurrence_start if proposal is not None else None
+    since = f" (from {format_short_day(start)})" if start and end and start < end else ""
+    return f"draw by {format_short_day(end) or 'the visit'}{since}"
 
 
 def proposal_for(plan: VisitPlan, finding: Finding, order: Order) -> ProposalSummary | None:
@@ -115,8 +133,14 @@ def before_orders(finding: Finding) -> list[Order]:
 
 
 def _task(role: Role, plan: VisitPlan, finding: Finding, orders: Sequence[Order]) -> Task:
+    if finding.not_before is not None:
+        # due, but not allowed at this visit (a minimum interval, the influenza season)
+        return Task(role, f"Schedule from {format_short_day(finding.not_before)}",
+                    finding.title, finding)
     if orders and all(o.before_visit for o in orders):
         # The rule's title, not the orders' long LOINC names: the visit sheet has those.
+        if all(at_check_in(plan, finding, o) for o in orders):
+            return Task(role, "Draw at check-in", finding.title, finding)
         days = sorted({d for d in (draw_by(plan, finding, o) for o in orders) if d})
         action = f"Draw by {format_short_day(days[0])}" if days else "Draw before the visit"
         return Task(role, action, finding.title, finding)

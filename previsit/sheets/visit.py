@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from previsit.plan import Finding, Kind, Order, Role, Status, VisitPlan
+from previsit.plan import (
+    Finding,
+    Kind,
+    LabProgress,
+    LabState,
+    Order,
+    ProposalOutcome,
+    Role,
+    Status,
+    VisitPlan,
+)
 from previsit.sheets.filenames import visit_sheet_filename
 from previsit.sheets.formatting import (
     KIND_ORDER,
@@ -30,6 +40,7 @@ from previsit.sheets.formatting import (
 from previsit.sheets.tasks import (
     before_orders,
     draw_by,
+    draw_words,
     needs_review,
     proposal_for,
     review_reasons,
@@ -48,6 +59,7 @@ class OrderLine:
     # The proposal's idempotency identifier and type, for whoever acts on it (the app).
     identifier: str | None = None
     resource_type: str | None = None
+    progress: str | None = None  # what became of the lab ordered on an earlier night
 
 
 @dataclass(frozen=True)
@@ -94,23 +106,46 @@ class VisitSheet:
     failed: str | None
     issues: tuple[str, ...]
     before: tuple[Item, ...]
+    resulted: tuple[str, ...]  # pre-visit labs ordered earlier whose results came back
     at_visit: tuple[Item, ...]
     review: tuple[Item, ...]
     unknown: tuple[Item, ...]
     up_to_date: tuple[Item, ...]
     not_applicable: int
     roles: tuple[tuple[str, int], ...]
+    checks: tuple[str, ...] = ()  # "check this value": implausible results, not used
+    not_planned: str | None = None  # deliberately not planned (a deceased patient)
 
 
 def _tags(finding: Finding) -> tuple[str, ...]:
     return tuple(reason.capitalize() for reason in review_reasons(finding))
 
 
+# What became of a pre-visit lab ordered on an earlier night and not resulted, in words.
+_PROGRESS_WORDS = {LabState.TO_DRAW: "ordered {day}, accepted, not resulted yet",
+                   LabState.UNSIGNED: "proposed {day}, not signed yet: sign before drawing",
+                   LabState.DISMISSED: "proposed {day}, dismissed by a clinician"}
+
+
+def _progress(plan: VisitPlan, order: Order) -> str | None:
+    for lab in plan.labs:
+        if lab.code == order.code and lab.state in _PROGRESS_WORDS:
+            return _PROGRESS_WORDS[lab.state].format(
+                day=format_short_day(lab.ordered_on) or "earlier")
+    return None
+
+
+def _resulted(lab: LabProgress) -> str:
+    return (f"{lab.result} ({format_short_day(lab.result_day) or 'date not recorded'}; "
+            f"ordered {format_short_day(lab.ordered_on) or 'earlier'})")
+
+
 def _order_line(plan: VisitPlan, finding: Finding, order: Order) -> OrderLine:
-    # Only a pre-visit lab has a date of its own; everything else happens at the visit.
-    when = f"draw by {format_short_day(draw_by(plan, finding, order)) or 'the visit'}" \
-        if order.before_visit else None
     proposal = proposal_for(plan, finding, order)
+    # Only a pre-visit lab has a date of its own, and not one a clinician declined.
+    drawn = order.before_visit and (proposal is None or proposal.outcome not in (
+        ProposalOutcome.DECLINED, ProposalOutcome.DONE))
+    when = draw_words(plan, finding, order) if drawn else None
     if proposal is None:
         draft, state = NO_PROPOSAL
     else:
@@ -119,7 +154,8 @@ def _order_line(plan: VisitPlan, finding: Finding, order: Order) -> OrderLine:
                      draft_state=state,
                      existing=proposal.existing if proposal is not None else None,
                      identifier=proposal.identifier if proposal is not None else None,
-                     resource_type=proposal.resource_type if proposal is not None else None)
+                     resource_type=proposal.resource_type if proposal is not None else None,
+                     progress=_progress(plan, order) if order.before_visit else None)
 
 
 def _item(plan: VisitPlan, finding: Finding, note: str | None = None) -> Item:
@@ -127,6 +163,8 @@ def _item(plan: VisitPlan, finding: Finding, note: str | None = None) -> Item:
     # Two requirements of one rule can order the same thing (Td/Tdap): one line each.
     unique = {(o.system, o.code, o.display): o for o in finding.orders}.values()
     orders = tuple(_order_line(plan, finding, o) for o in unique)
+    if note is None and finding.not_before is not None:
+        note = f"Not before {format_short_day(finding.not_before)}: schedule it then"
     if note is None and finding.status.actionable and not finding.orders:
         note = "Physician decides" if finding.needs_physician else "Nothing to order"
     return Item(title=finding.title, status=STATUS_LABELS[finding.status],
@@ -212,9 +250,11 @@ def visit_sheet(plan: VisitPlan) -> VisitSheet:
         visit_type=visit.service_type or visit.description, reason=visit.reason,
         failed=plan.failed, issues=plan.issues,
         before=tuple(_item(plan, f) for f in before),
+        resulted=tuple(_resulted(lab) for lab in plan.labs if lab.state == LabState.RESULTED),
         at_visit=tuple(_item(plan, f) for f in at_visit),
         review=tuple(_item(plan, f, review_note(f)) for f in review),
         unknown=tuple(_item(plan, f) for f in unknown),
         up_to_date=tuple(_item(plan, f) for f in up_to_date),
         not_applicable=len(plan.by_status(Status.NOT_APPLICABLE)),
-        roles=tuple((r.label, counts[r]) for r in Role))
+        roles=tuple((r.label, counts[r]) for r in Role), checks=plan.checks,
+        not_planned=plan.not_planned)

@@ -16,16 +16,15 @@ from typing import Any
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.plan import Visit
-from previsit.record import PatientRecord, build_record
+from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.folder import read_folder
 
 # Where each resource type points at its patient (FHIR R4 Patient compartment, the parts
 # previsit reads).
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary")
-_PATIENT_TYPES = frozenset({"Condition", "MedicationRequest", "Observation", "Procedure",
-                            "Immunization", "ServiceRequest", "DiagnosticReport",
-                            "MedicationStatement", "Encounter", "AllergyIntolerance"})
+_PATIENT_TYPES = frozenset({*(rtype for rtype, _ in RECORD_SEARCHES), "DiagnosticReport",
+                            "AllergyIntolerance"})
 
 
 def _patient_of(resource: Mapping[str, Any], aliases: Mapping[str, str]) -> str | None:

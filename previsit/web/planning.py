@@ -9,10 +9,9 @@ aside what clinicians declined. Only the choice of the visit and the date arithm
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +25,7 @@ from previsit.references import bare_id
 from previsit.ruleset import RuleSet
 from previsit.sources import BOOKED_STATUSES
 from previsit.suppressions import Decline, apply_declines
+from previsit.timeline import draw_window
 from previsit.web.fhir import FhirSession
 
 # The outcomes whose proposal exists on the server and is still ours to act on.
@@ -122,33 +122,21 @@ def plan_patient(record: PatientRecord, chosen: ChosenVisit, planner: Planner, *
         plan = apply_declines(plan, declines)
     if not chosen.scheduled or plan.visit.day is None:
         return PatientPlan(plan, chosen, {}, today)
+    visit_day = plan.visit.day
+    # Written today: a lab is drawn from today until the visit less its turnaround — at
+    # check-in when the visit is tomorrow or too close (no order is dated before the day it
+    # is written). The nightly run dates it the same way, and the identifier is the same.
+    at_check_in = visit_day <= today + timedelta(days=1)
     try:
-        proposals = plan_proposals(plan, record, identifier_system=planner.identifier_system,
-                                   authored=today)
+        proposals = plan_proposals(
+            plan, record, identifier_system=planner.identifier_system, authored=today,
+            dating=lambda order: draw_window(order, visit_day, today, at_check_in=at_check_in))
     except ProposalError as exc:
         return PatientPlan(replace(plan, failed=f"proposals could not be built: {exc}"),
                            chosen, {}, today)
-    entries: dict[str, dict[str, Any]] = {}
-    for entry in (proposals.bundle or {}).get("entry") or ():
-        resource = entry["resource"]
-        entries[resource["identifier"][0]["value"]] = feasible(entry, today)
-    # Not yet written: dated as it would be written today. Written: as the EHR holds it.
-    summaries = tuple(replace(p, occurrence=today)
-                      if p.outcome == ProposalOutcome.PROPOSED and p.occurrence
-                      and p.occurrence < today else p for p in proposals.summaries)
-    return PatientPlan(replace(plan, proposals=summaries), chosen, entries, today)
-
-
-def feasible(entry: Mapping[str, Any], today: date) -> dict[str, Any]:
-    """The entry with a pre-visit lab dated no earlier than today: a visit booked a few days
-    out cannot have its labs drawn a week before it (CLINICAL.md: no order is dated before
-    the day it is written). The identifier is unchanged, so the nightly run still finds it."""
-    out = copy.deepcopy(dict(entry))
-    resource = out["resource"]
-    when = resource.get("occurrenceDateTime")
-    if isinstance(when, str) and date.fromisoformat(when[:10]) < today:
-        resource["occurrenceDateTime"] = today.isoformat()
-    return out
+    entries = {entry["resource"]["identifier"][0]["value"]: entry
+               for entry in (proposals.bundle or {}).get("entry") or ()}
+    return PatientPlan(replace(plan, proposals=proposals.summaries), chosen, entries, today)
 
 
 def now_in(timezone: str, epoch: float) -> datetime:

@@ -45,6 +45,7 @@ const PATIENT_REFERENCES = {
   DocumentReference: (r) => [r.subject],
   Encounter: (r) => [r.subject],
   Immunization: (r) => [r.patient],
+  MedicationDispense: (r) => [r.subject],
   MedicationRequest: (r) => [r.subject],
   MedicationStatement: (r) => [r.subject],
   Observation: (r) => [r.subject],

@@ -23,6 +23,7 @@ from previsit.auth import BearerToken
 from previsit.capability import check_server
 from previsit.codes import LOINC, RXNORM, SNOMED
 from previsit.errors import SourceError
+from previsit.record import RECORD_SEARCHES
 from previsit.sources import VisitWindow
 from previsit.sources.http import HttpSource, RetryPolicy
 
@@ -216,7 +217,7 @@ def test_records_read_by_batch_and_by_individual_searches_are_identical(
     assert len(by_batch.immunizations) == len(by_batch.requests) == 1
     if not fhir_server.external:
         assert batch_requests == 1 + 1 + 2  # metadata, the batch, Observation pages 2 and 3
-        assert single_requests == 7 + 2
+        assert single_requests == 1 + len(RECORD_SEARCHES) + 2
 
 
 def test_a_conditional_write_creates_once_and_then_finds_it(

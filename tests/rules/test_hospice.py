@@ -104,6 +104,94 @@ def status(rule_id: str, base: Any, *extra: dict[str, Any]) -> Status:
     return finding(rule_id, *base(), *extra).status
 
 
+# --- encounters (the CMS Hospice and PalliativeCare libraries' encounter alternatives) ----
+
+HCPCS = "http://www.nlm.nih.gov/research/umls/hcpcs"
+NUBC = "http://www.nubc.org/patient-discharge"
+INPATIENT = "183452005"  # Emergency hospital admission (Encounter Inpatient)
+
+
+def encounter(code: str, start_days_ago: int, end_days_ago: int | None = None, *,
+              system: str = SNOMED, status: str = "finished",
+              discharge: tuple[str, str] | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Encounter", "id": f"enc{next(_ids)}", "status": status,
+        "type": [{"coding": [{"system": system, "code": code}]}],
+        "subject": {"reference": "Patient/p1"}, "period": {"start": day(start_days_ago)}}
+    if end_days_ago is not None:
+        resource["period"]["end"] = day(end_days_ago)
+    if discharge is not None:
+        resource["hospitalization"] = {"dischargeDisposition": {
+            "coding": [{"system": discharge[0], "code": discharge[1]}]}}
+    return resource
+
+
+HOSPICE_ENCOUNTERS = {
+    "hospice-admission-snomed": encounter("305336008", 40, status="in-progress"),
+    "seen-in-hospice": encounter("305911006", 200, 199),
+    "hospice-hcpcs-q5003": encounter("Q5003", 300, 280, system=HCPCS),
+    "inpatient-discharged-home-hospice": encounter(INPATIENT, 60, 55,
+                                                   discharge=(SNOMED, "428361000124107")),
+    "inpatient-discharged-hospice-facility-nubc": encounter(INPATIENT, 20, 18,
+                                                            discharge=(NUBC, "51")),
+}
+
+
+@pytest.mark.parametrize("evidence", list(HOSPICE_ENCOUNTERS.values()),
+                         ids=list(HOSPICE_ENCOUNTERS))
+@pytest.mark.parametrize(("rule_id", "base"), ALL, ids=[r for r, _ in ALL])
+def test_a_hospice_encounter_excludes(rule_id: str, base: Any, evidence: dict[str, Any]) -> None:
+    assert status(rule_id, base, evidence) == Status.EXCLUDED
+
+
+@pytest.mark.parametrize(("rule_id", "base"), ALL, ids=[r for r, _ in ALL])
+def test_a_palliative_care_encounter_excludes_screening_and_labs_only(rule_id: str,
+                                                                      base: Any) -> None:
+    palliative = encounter("713281006", 90, 90)  # Consultation for palliative care
+    expected = Status.EXCLUDED if (rule_id, base) in CMS_ALIGNED else Status.DUE
+    assert status(rule_id, base, palliative) == expected
+
+
+@pytest.mark.parametrize(("evidence", "expected"), [
+    # overlapping the year before the visit: it ended 364 days ago; it ended 365 days ago
+    (encounter("305911006", 400, YEAR - 1), Status.EXCLUDED),
+    (encounter("305911006", 400, YEAR), Status.DUE),
+    # a stay still going on lasts until the visit; a finished one with no end is one day
+    (encounter("305336008", 3 * YEAR, status="in-progress"), Status.EXCLUDED),
+    (encounter("305336008", 3 * YEAR), Status.DUE),
+    # not performed: planned, cancelled, entered in error
+    (encounter("305336008", 30, status="planned"), Status.DUE),
+    (encounter("305336008", 30, 29, status="cancelled"), Status.DUE),
+    (encounter("305336008", 30, 29, status="entered-in-error"), Status.DUE),
+    # starting after the visit
+    (encounter("305336008", -5, status="in-progress"), Status.DUE),
+])
+def test_hospice_encounter_boundaries(evidence: dict[str, Any], expected: Status) -> None:
+    assert status("colorectal-cancer-screening", CMS_ALIGNED[0][1], evidence) == expected
+
+
+@pytest.mark.parametrize(("evidence", "expected"), [
+    # an inpatient stay counts only with a discharge to hospice, ending in the year
+    (encounter(INPATIENT, 20, 18, discharge=(NUBC, "01")), Status.DUE),  # home
+    (encounter(INPATIENT, 20, 18), Status.DUE),  # no disposition
+    (encounter(INPATIENT, YEAR + 10, YEAR, discharge=(NUBC, "50")), Status.DUE),
+    (encounter(INPATIENT, YEAR + 10, YEAR - 1, discharge=(NUBC, "50")), Status.EXCLUDED),
+    # an ambulatory visit discharged "to hospice" is not an inpatient stay
+    (encounter("185349003", 20, 20, discharge=(NUBC, "50")), Status.DUE),
+])
+def test_an_inpatient_stay_excludes_only_when_it_ended_in_a_discharge_to_hospice(
+        evidence: dict[str, Any], expected: Status) -> None:
+    assert status("hba1c-monitoring", diabetic, evidence) == expected
+
+
+def test_the_exclusion_cites_the_encounter() -> None:
+    stay = encounter("305336008", 40, status="in-progress")
+    f = finding("colorectal-cancer-screening", patient(60, "male"), stay)
+    assert [e.reference for e in f.evidence] == [f"Encounter/{stay['id']}"]
+    assert f.explanation == ("excluded: hospice or palliative care in the year before the "
+                             f"visit (305336008 {day(40)})")
+
+
 @pytest.mark.parametrize("evidence", list(HOSPICE.values()), ids=list(HOSPICE))
 @pytest.mark.parametrize(("rule_id", "base"), ALL, ids=[r for r, _ in ALL])
 def test_hospice_care_excludes(rule_id: str, base: Any, evidence: dict[str, Any]) -> None:

@@ -468,3 +468,106 @@ def test_a_narrower_clinic_due_soon_window_does_not_change_the_season_rule() -> 
     dose = immunization("140", days_before(date(2026, 10, 15)))
     f = finding(FLU, patient(age=50), dose, settings=settings, visit=date(2027, 7, 20))
     assert f.status == Status.SATISFIED
+
+
+# --- minimum intervals and the season: "due" only when the dose is allowed --------------------
+
+
+class TestWhenADoseIsAllowed:
+    """CDC/ACIP General Best Practice Guidelines (Table 3-1) and the adult notes: a dose that
+    is due but not allowed at the visit is due-soon with its date and is not proposed."""
+
+    @pytest.mark.parametrize(("second", "status"), [
+        (76, Status.SATISFIED),  # 24 days after the first: 4 weeks less the 4-day grace
+        (77, Status.DUE),  # 23 days after: too soon, does not count, repeat it
+    ])
+    def test_a_second_zoster_dose_counts_from_4_weeks_less_4_days(self, second: int,
+                                                                 status: Status) -> None:
+        f = finding(ZOSTER, patient(age=60), immunization("187", 100),
+                    immunization("187", second))
+        assert f.status == status
+        if status == Status.DUE:
+            assert "too soon after the one before (minimum 4 weeks) and does not count" \
+                in f.explanation
+            assert_order(f, "187")
+
+    @pytest.mark.parametrize(("last_dose", "status", "not_before"), [
+        (27, Status.DUE_SOON, date(2026, 12, 2)),  # allowed tomorrow: not today
+        (28, Status.DUE, None),  # exactly 4 weeks: allowed today (no grace when scheduling)
+    ])
+    def test_the_next_zoster_dose_is_allowed_4_weeks_after_the_last(
+            self, last_dose: int, status: Status, not_before: date | None) -> None:
+        f = finding(ZOSTER, patient(age=60), immunization("187", last_dose))
+        assert (f.status, f.not_before) == (status, not_before)
+        if not_before:
+            assert f.orders == ()
+            assert f"not before {not_before.isoformat()}" in f.explanation
+        else:
+            assert_order(f, "187")
+
+    def test_a_too_early_dose_is_repeated_4_weeks_after_it_not_after_the_first(self) -> None:
+        # first dose 45 days ago, second 25 days ago (20 days later: invalid)
+        f = finding(ZOSTER, patient(age=60), immunization("187", 45), immunization("187", 25))
+        assert (f.status, f.not_before, f.orders) == (Status.DUE_SOON, date(2026, 12, 4), ())
+
+    @pytest.mark.parametrize(("cvx", "days_ago", "status"), [
+        ("133", 364, Status.DUE_SOON),  # PCV13 a day short of a year
+        ("133", 365, Status.DUE),
+        ("33", 364, Status.DUE_SOON),  # PPSV23 alone
+        ("33", 365, Status.DUE),
+        ("215", 364, Status.DUE_SOON),  # PCV15 alone, not immunocompromised
+        ("215", 365, Status.DUE),
+    ])
+    def test_the_next_pneumococcal_dose_is_allowed_a_year_after_the_last(
+            self, cvx: str, days_ago: int, status: Status) -> None:
+        f = finding(PNEUMO, patient(age=70), immunization(cvx, days_ago))
+        assert f.status == status
+        if status == Status.DUE_SOON:
+            assert (f.not_before, f.orders) == (date(2026, 12, 2), ())
+        else:
+            assert_order(f, "216")
+
+    @pytest.mark.parametrize(("days_ago", "status"), [(55, Status.DUE_SOON), (56, Status.DUE)])
+    def test_after_pcv15_the_immunocompromised_wait_8_weeks(self, days_ago: int,
+                                                            status: Status) -> None:
+        hiv = condition("B20", system=ICD10CM)
+        f = finding(PNEUMO, patient(age=60), hiv, immunization("215", days_ago))
+        assert f.status == status
+
+    def test_the_latest_of_several_doses_sets_the_wait(self) -> None:
+        # at 60 PCV13 + PPSV23 is not a complete series (both must be from 65)
+        f = finding(PNEUMO, patient(age=60), immunization("133", 900), immunization("33", 200))
+        assert f.not_before == date(2027, 5, 15)  # a year after the PPSV23 of 2026-05-15
+        assert "at least 1 year after PPSV23 on 2026-05-15" in f.explanation
+
+    @pytest.mark.parametrize(("visit", "status", "proposed"), [
+        (date(2027, 6, 30), Status.OVERDUE, True),  # last month a season's vaccine is offered
+        (date(2027, 7, 1), Status.DUE_SOON, False),  # out of season: from August 1
+        (date(2027, 7, 31), Status.DUE_SOON, False),
+        (date(2027, 8, 1), Status.OVERDUE, True),  # the new season
+    ])
+    def test_influenza_is_not_proposed_out_of_season(self, visit: date, status: Status,
+                                                     proposed: bool) -> None:
+        # last dose in the 2025-26 season: no dose yet in 2026-27 by June 2027
+        dose = immunization("140", days_before(date(2025, 10, 15)))
+        f = finding(FLU, patient(age=50), dose, visit=visit)
+        assert f.status == status
+        assert bool(f.orders) is proposed
+        if not proposed:
+            assert f.not_before == date(2027, 8, 1)
+
+    def test_the_not_before_date_is_on_the_sheet_as_a_task(self) -> None:
+        from datetime import datetime
+
+        from previsit import sheets
+        from previsit.plan import Visit, VisitPlan
+        from previsit.sheets.tasks import tasks
+
+        f = finding(ZOSTER, patient(age=60), immunization("187", 10))
+        visit = Visit(appointment_id="a1", patient_id="p1", status="booked",
+                      start=datetime(2026, 12, 1, 9, 0))
+        plan = VisitPlan(visit=visit, patient_name="A", patient_age=60, patient_sex="female",
+                         patient_mrn=None, findings=(f,))
+        assert [t.what for t in tasks(plan)] == [
+            "Schedule from Sat Dec 19: Shingles vaccine (recombinant, 2 doses)"]
+        assert "Not before Sat Dec 19: schedule it then" in sheets.render_visit_sheet(plan)

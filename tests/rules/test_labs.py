@@ -26,9 +26,10 @@ from builders import (
     shipped_rules,
 )
 
-from previsit.evaluate import evaluate
+from previsit.evaluate import Settings, evaluate
 from previsit.plan import Finding, Role, Status
 from previsit.proposals import merge_orders
+from previsit.timeline import draw_window
 
 DIABETES = "44054006"  # SNOMED CT "Diabetes mellitus type 2", in the VSAC Diabetes set
 
@@ -79,7 +80,7 @@ def test_hba1c_due_for_diabetes_coded_either_way(system: str, code: str) -> None
     assert f.status is Status.DUE
     assert order_codes(f) == ["4548-4"]
     order = f.orders[0]
-    assert order.before_visit and order.lead_days == 7 and order.category == "laboratory"
+    assert order.before_visit and order.lead_days == 3 and order.category == "laboratory"
     assert order.role is Role.MA and f.role is Role.MA
 
 
@@ -401,10 +402,14 @@ def test_creatinine_due_under_two_rules_is_one_order() -> None:
                  medication("197889", "lithium carbonate 300 MG Oral Capsule", days_ago=400)]
     rec = record(*resources)
     plan = evaluate(rec, shipped_rules(), VISIT)
-    creatinine = [p for p in merge_orders(plan, rec) if p.order.code == CREATININE]
+    run_day = VISIT - timedelta(days=7)  # ordered a week ahead
+    creatinine = [p for p in merge_orders(plan, rec, dating=lambda order: draw_window(
+        order, VISIT, run_day, at_check_in=False)) if p.order.code == CREATININE]
     assert len(creatinine) == 1
     assert set(creatinine[0].rule_ids) == {"ace-arb-diuretic-monitoring", "lithium-monitoring"}
-    assert creatinine[0].occurrence == VISIT - timedelta(days=7)
+    # drawn from the night it is ordered until 3 days before the visit
+    assert (creatinine[0].occurrence_start, creatinine[0].occurrence) == (
+        date(2026, 11, 24), date(2026, 11, 28))
 
 
 # --- levothyroxine -----------------------------------------------------------------------
@@ -591,6 +596,11 @@ def test_methotrexate_text_only_order_counts() -> None:
     assert f.status is Status.DUE
 
 
+def cbc_panel(code: str, days: int) -> dict[str, Any]:
+    """A CBC panel result: the panel carries no value of its own, its members do."""
+    return {**observation(code, days), "hasMember": [{"reference": "Observation/wbc"}]}
+
+
 def alt_and_creatinine(days: int = 10) -> list[dict[str, Any]]:
     return [observation("1742-6", days, 25, "U/L"), observation("2160-0", days, 0.9)]
 
@@ -598,9 +608,9 @@ def alt_and_creatinine(days: int = 10) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("panel", ["58410-2", "57021-8"])
 def test_methotrexate_cbc_panel_three_month_boundary(panel: str) -> None:
     exactly = finding("methotrexate-monitoring", patient(55), METHOTREXATE,
-                      *alt_and_creatinine(), observation(panel, days_ago("3mo")))
+                      *alt_and_creatinine(), cbc_panel(panel, days_ago("3mo")))
     day_later = finding("methotrexate-monitoring", patient(55), METHOTREXATE,
-                        *alt_and_creatinine(), observation(panel, days_ago("3mo") - 1))
+                        *alt_and_creatinine(), cbc_panel(panel, days_ago("3mo") - 1))
     assert exactly.status is Status.OVERDUE
     assert order_codes(exactly) == ["58410-2"]
     assert day_later.status is Status.DUE_SOON
@@ -625,7 +635,7 @@ def test_methotrexate_cbc_needs_all_three_components(missing: str) -> None:
 @pytest.mark.parametrize(("code", "order"), [("1742-6", "1742-6"), ("1744-2", "1742-6"),
                                              ("2160-0", CREATININE)])
 def test_methotrexate_alt_and_creatinine_three_month_boundary(code: str, order: str) -> None:
-    others = [observation("58410-2", 10)] + [
+    others = [cbc_panel("58410-2", 10)] + [
         o for o in alt_and_creatinine() if o["code"]["coding"][0]["code"] != order]
     exactly = finding("methotrexate-monitoring", patient(55), METHOTREXATE, *others,
                       observation(code, days_ago("3mo"), 30))
@@ -640,7 +650,7 @@ def test_methotrexate_alt_and_creatinine_three_month_boundary(code: str, order: 
 def test_methotrexate_due_soon_window_is_30_days(newer: int, status: Status) -> None:
     days = days_ago_falling_due("3mo", 30) - newer
     f = finding("methotrexate-monitoring", patient(55), METHOTREXATE,
-                observation("58410-2", days), *alt_and_creatinine(days))
+                cbc_panel("58410-2", days), *alt_and_creatinine(days))
     assert f.status is status
 
 
@@ -699,4 +709,97 @@ def test_every_lab_rule_is_a_pre_visit_lab_with_citation_and_differences(rule_id
     for req in rule.requirements:
         assert req.order is not None
         assert req.order.system == "http://loinc.org"
-        assert req.order.before_visit and req.order.lead_days == 7
+        # drawn at the latest 3 days before the visit; the INR (point of care) in the 3 days
+        # before the visit or at it
+        point_of_care = rule_id == "warfarin-inr-monitoring"
+        assert req.order.before_visit
+        assert (req.order.lead_days, req.order.draw_within_days) == (
+            (0, 3) if point_of_care else (3, None))
+
+
+# --- results without a value, and values no patient can have ----------------------------------
+
+def a1c_plan(*results: dict[str, Any], settings: Settings | None = None) -> Any:
+    return evaluate(record(*diabetic(), *results), shipped_rules(), VISIT, settings)
+
+
+def a1c(plan: Any) -> Finding:
+    return next(f for f in plan.findings if f.rule_id == "hba1c-monitoring")
+
+
+@pytest.mark.parametrize("result", [
+    observation("4548-4", 30),  # no value at all
+    {**observation("4548-4", 30), "dataAbsentReason": {"coding": [{"code": "error"}]}},
+    {**observation("4548-4", 30, 6.5, "%"), "dataAbsentReason": {"coding": [{"code": "error"}]}},
+    observation("4548-4", 30, 6.5, "%", status="preliminary"),
+    observation("4548-4", 30, 6.5, "%", status="cancelled"),
+    observation("4548-4", 30, 6.5, "%", status="entered-in-error"),
+], ids=["no-value", "data-absent", "value-and-data-absent", "preliminary", "cancelled",
+        "entered-in-error"])
+def test_an_hba1c_without_a_usable_value_is_a_gap_as_in_cms122(result: dict[str, Any]) -> None:
+    f = a1c(a1c_plan(result))
+    assert f.status is Status.DUE and order_codes(f) == ["4548-4"]
+
+
+def test_the_result_without_a_value_is_named_and_an_older_one_still_decides() -> None:
+    f = a1c(a1c_plan(observation("4548-4", 170, 6.5, "%"),
+                     {**observation("4548-4", 20), "dataAbsentReason": {
+                         "coding": [{"code": "error"}], "text": "Specimen haemolysed"}}))
+    assert f.status is Status.DUE_SOON  # the 6.5 % of 170 days ago, good for 6 months
+    assert "the HbA1c of 2026-11-11 has no value (Specimen haemolysed): not counted" \
+        in f.explanation
+
+
+def test_a_text_value_is_a_value() -> None:
+    result = {**observation("4548-4", 30), "valueString": "6.4"}
+    assert a1c(a1c_plan(result)).status is Status.SATISFIED
+
+
+@pytest.mark.parametrize(("value", "counted"), [
+    (2.9, False), (3.0, True), (20.0, True), (20.1, False)])
+def test_an_hba1c_outside_3_to_20_percent_is_implausible(value: float, counted: bool) -> None:
+    plan = a1c_plan(observation("4548-4", 30, value, "%"))
+    assert (a1c(plan).status is not Status.DUE) is counted
+    assert bool(plan.checks) is not counted
+    if not counted:
+        assert plan.checks == (f"check this value: 4548-4 {value:g} % on 2026-11-01 is outside "
+                               "3–20 %, the range a patient can have; it was not used",)
+
+
+@pytest.mark.parametrize(("result", "counted"), [
+    (observation("2823-3", 30, 0.4, "mmol/L"), False),
+    (observation("2823-3", 30, 1.5, "mmol/L"), True),
+    (observation("2823-3", 30, 9.1, "mmol/L"), False),
+    # another unit: not judged (and not converted)
+    (observation("2823-3", 30, 16.0, "mg/dL"), True),
+    # a bound the lab reported is not a measurement
+    ({**observation("2823-3", 30), "valueQuantity": {"value": 0.4, "unit": "mmol/L",
+                                                     "comparator": "<"}}, True),
+], ids=["0.4", "1.5", "9.1", "other-unit", "comparator"])
+def test_an_impossible_potassium_does_not_satisfy_monitoring(result: dict[str, Any],
+                                                             counted: bool) -> None:
+    plan = evaluate(record(patient(60), medication(*LISINOPRIL, days_ago=400), result,
+                           observation("2160-0", 30, 1.0, "mg/dL")), shipped_rules(), VISIT)
+    f = next(f for f in plan.findings if f.rule_id == "ace-arb-diuretic-monitoring")
+    assert (f.status is Status.SATISFIED) is counted, f.explanation
+    assert bool(plan.checks) is not counted
+
+
+def test_the_clinic_can_change_or_switch_off_a_plausible_range() -> None:
+    from previsit.plausibility import DEFAULT_BOUNDS, Bounds
+
+    low = observation("4548-4", 30, 2.8, "%")
+    wider = Settings(plausible={**DEFAULT_BOUNDS, "4548-4": Bounds("%", 2, 20)})
+    assert a1c(a1c_plan(low, settings=wider)).status is Status.SATISFIED
+    off = Settings(plausible={k: v for k, v in DEFAULT_BOUNDS.items() if k != "4548-4"})
+    assert not a1c_plan(low, settings=off).checks
+
+
+# --- the INR is drawn close to the visit --------------------------------------------------------
+
+
+def test_the_inr_order_is_point_of_care() -> None:
+    f = finding("warfarin-inr-monitoring", patient(70),
+                medication("855332", "warfarin sodium 5 MG Oral Tablet"))
+    [order] = f.orders
+    assert (order.before_visit, order.lead_days, order.draw_within_days) == (True, 0, 3)

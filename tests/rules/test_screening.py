@@ -28,6 +28,7 @@ from builders import (
 from previsit.plan import Role, Status
 
 CPT = "http://www.ama-assn.org/go/cpt"
+NEGATIVE = (SNOMED, "260385009")  # a qualitative result's value: Negative
 HCPCS = "http://www.nlm.nih.gov/research/umls/hcpcs"
 
 
@@ -128,7 +129,7 @@ EVIDENCE = [
     ("colorectal-cancer-screening", "fit", (55, "male"),
      lambda d: observation("57905-2", d, 12, "ng/mL"), "1y"),
     ("colorectal-cancer-screening", "gfobt", (55, "male"),
-     lambda d: observation("2335-8", d), "1y"),
+     lambda d: observation("2335-8", d, value_code=NEGATIVE), "1y"),
     ("breast-cancer-screening", "mammogram-observation", (55, "female"),
      lambda d: observation("24606-6", d), "2y"),
     ("breast-cancer-screening", "mammogram-procedure", (55, "female"),
@@ -136,11 +137,11 @@ EVIDENCE = [
     ("breast-cancer-screening", "mammogram-cpt", (55, "female"),
      lambda d: procedure("77067", d, system=CPT), "2y"),
     ("cervical-cancer-screening", "cytology-observation", (25, "female"),
-     lambda d: observation("10524-7", d), "3y"),
+     lambda d: observation("10524-7", d, value_code=NEGATIVE), "3y"),
     ("cervical-cancer-screening", "cytology-procedure", (25, "female"),
      lambda d: procedure("90226004", d), "3y"),
     ("cervical-cancer-screening", "hpv", (45, "female"),
-     lambda d: observation("59420-0", d), "5y"),
+     lambda d: observation("59420-0", d, value_code=NEGATIVE), "5y"),
     ("lung-cancer-screening", "ldct", (60, "male"),
      lambda d: procedure("16334891000119106", d), "1y"),
     ("lung-cancer-screening", "ldct-cpt", (60, "male"),
@@ -240,10 +241,10 @@ ORDERS = [
     ("osteoporosis-screening", (70, "female"), [], SNOMED, "312681000", "imaging", Role.MA,
      False, 0),
     ("diabetes-screening", (50, "female"), OVERWEIGHT, LOINC, "4548-4", "laboratory",
-     Role.MA, True, 7),
+     Role.MA, True, 3),
     ("hepatitis-c-screening", (40, "female"), [], LOINC, "13955-0", "laboratory", Role.MA,
-     True, 7),
-    ("hiv-screening", (30, "male"), [], LOINC, "56888-1", "laboratory", Role.MA, True, 7),
+     True, 3),
+    ("hiv-screening", (30, "male"), [], LOINC, "56888-1", "laboratory", Role.MA, True, 3),
 ]
 
 
@@ -444,7 +445,7 @@ def test_one_sided_mastectomy_does_not_exclude(evidence: dict[str, Any]) -> None
 
 
 def test_hpv_counts_only_when_done_at_30_or_older() -> None:
-    hpv = observation("59420-0", 1000)  # 2024-03-06
+    hpv = observation("59420-0", 1000, value_code=NEGATIVE)  # 2024-03-06
     person = patient(birth="1994-03-06", sex="female")  # 30 on the day of the test
     assert status("cervical-cancer-screening", person, hpv) == Status.SATISFIED
     person = patient(birth="1994-03-07", sex="female")  # 30 the day after
@@ -454,9 +455,9 @@ def test_hpv_counts_only_when_done_at_30_or_older() -> None:
 
 def test_cytology_is_enough_at_any_age_hpv_not_before_30() -> None:
     assert status("cervical-cancer-screening", patient(25, "female"),
-                  observation("59420-0", 200)) == Status.DUE
+                  observation("59420-0", 200, value_code=NEGATIVE)) == Status.DUE
     assert status("cervical-cancer-screening", patient(25, "female"),
-                  observation("10524-7", 200)) == Status.SATISFIED
+                  observation("10524-7", 200, value_code=NEGATIVE)) == Status.SATISFIED
 
 
 @pytest.mark.parametrize("evidence", [
@@ -654,7 +655,7 @@ def test_hepatitis_c_result_entered_in_error_does_not_count() -> None:
 
 @pytest.mark.parametrize("evidence", [
     observation("56888-1", 3000, value_code=(SNOMED, "260385009")),
-    observation("75622-1", 200),
+    observation("75622-1", 200, value_code=NEGATIVE),
     procedure("31676001", 2000),
 ], ids=["4th-generation", "meaningful-use-set", "synthea-procedure"])
 def test_hiv_tested_once_is_enough(evidence: dict[str, Any]) -> None:
@@ -664,8 +665,10 @@ def test_hiv_tested_once_is_enough(evidence: dict[str, Any]) -> None:
 def test_hiv_test_before_15_does_not_count() -> None:
     # 16 years old; tested 2 years ago at 14, and again one day after turning 15
     person = patient(16, "female")
-    assert status("hiv-screening", person, observation("56888-1", 730)) == Status.DUE
-    assert status("hiv-screening", person, observation("56888-1", 364)) == Status.SATISFIED
+    at_14 = observation("56888-1", 730, value_code=NEGATIVE)
+    at_15 = observation("56888-1", 364, value_code=NEGATIVE)
+    assert status("hiv-screening", person, at_14) == Status.DUE
+    assert status("hiv-screening", person, at_15) == Status.SATISFIED
 
 
 @pytest.mark.parametrize("evidence", [
@@ -675,3 +678,109 @@ def test_hiv_test_before_15_does_not_count() -> None:
 ], ids=["b20", "snomed", "asymptomatic-status"])
 def test_known_hiv_infection_excludes(evidence: dict[str, Any]) -> None:
     assert status("hiv-screening", patient(40, "male"), evidence) == Status.EXCLUDED
+
+
+# --- a positive stool test needs a follow-up colonoscopy (USMSTF), not a repeat test --------
+
+FIT = "29771-3"
+FIT_DNA = "77354-9"
+V3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+CRC = "colorectal-cancer-screening"
+
+
+def stool(code: str, days_ago: int, *, value: tuple[str, str] | None = None,
+          text: str | None = None, flag: str | None = None,
+          quantity: float | None = None) -> dict[str, Any]:
+    resource = observation(code, days_ago, quantity, "ng/mL", value_code=value)
+    if text is not None:
+        resource["valueString"] = text
+    if flag is not None:
+        resource["interpretation"] = [{"coding": [{"system": V3, "code": flag}]}]
+    return resource
+
+
+POSITIVES = {
+    "snomed-positive": stool(FIT, 60, value=(SNOMED, "10828004")),
+    "loinc-answer-positive": stool(FIT, 60, value=(LOINC, "LA6576-8")),
+    "detected": stool(FIT, 60, value=(SNOMED, "260373001")),
+    "text-positive": stool(FIT, 60, text="POSITIVE"),
+    "text-plus": stool(FIT, 60, text="+"),
+    "quantitative-flagged-high": stool("58453-2", 60, quantity=180, flag="H"),
+    "abnormal-flag-only": stool(FIT, 60, value=(LOINC, "LA11885-3"), flag="A"),
+    "fit-dna-text": stool(FIT_DNA, 400, text="Positive"),
+}
+
+
+@pytest.mark.parametrize("result", list(POSITIVES.values()), ids=list(POSITIVES))
+def test_a_positive_stool_test_asks_for_a_colonoscopy(result: dict[str, Any]) -> None:
+    f = finding(CRC, patient(60, "male"), result)
+    assert (f.status, f.role) == (Status.DUE, Role.PHYSICIAN)
+    assert {"positive-result", "physician-review"} <= set(f.flags)
+    assert [(o.system, o.code, o.category, o.role) for o in f.orders] == [
+        (SNOMED, "73761001", "procedure", Role.PHYSICIAN)]
+    assert "needs a follow-up colonoscopy" in f.explanation
+
+
+@pytest.mark.parametrize("result", [
+    stool(FIT, 60, value=NEGATIVE),
+    stool(FIT, 60, text="Negative"),
+    stool(FIT, 60, value=(LOINC, "LA11885-3")),  # inconclusive: a repeat, not colonoscopy
+    stool("58453-2", 60, quantity=12, flag="N"),
+], ids=["negative", "negative-text", "inconclusive", "quantitative-normal"])
+def test_a_negative_stool_test_screens_for_a_year(result: dict[str, Any]) -> None:
+    f = finding(CRC, patient(60, "male"), result)
+    assert f.status == Status.SATISFIED and f.role == Role.MA
+
+
+def test_a_negative_fit_after_a_positive_one_does_not_replace_the_colonoscopy() -> None:
+    f = finding(CRC, patient(60, "male"), POSITIVES["snomed-positive"],
+                stool(FIT, 20, value=NEGATIVE))
+    assert f.status == Status.DUE and f.orders[0].code == "73761001"
+
+
+@pytest.mark.parametrize(("colonoscopy_days_ago", "expected"), [
+    (59, Status.SATISFIED),  # after the positive FIT: resolved, good for 10 years
+    (60, Status.SATISFIED),  # the same day
+    (61, Status.DUE),  # the day before: the positive FIT still needs its follow-up
+    (3000, Status.DUE),  # an older colonoscopy, otherwise still valid for 2 years
+])
+def test_a_colonoscopy_on_or_after_the_positive_test_resolves_it(colonoscopy_days_ago: int,
+                                                                  expected: Status) -> None:
+    f = finding(CRC, patient(60, "male"), POSITIVES["snomed-positive"],
+                procedure("73761001", colonoscopy_days_ago))
+    assert f.status == expected
+
+
+@pytest.mark.parametrize(("days_ago", "expected"), [
+    (364, Status.DUE),  # a positive FIT within its year: pending follow-up
+    (365, Status.OVERDUE),  # a year old: the screening has lapsed (a FIT is proposed)
+])
+def test_a_positive_fit_counts_for_its_lookback(days_ago: int, expected: Status) -> None:
+    f = finding(CRC, patient(60, "male"), stool(FIT, days_ago, value=(SNOMED, "10828004")))
+    assert f.status == expected
+    follow_up = "positive-result" in f.flags
+    assert follow_up is (days_ago < 365)
+    assert f.orders[0].code == ("73761001" if follow_up else FIT)
+
+
+@pytest.mark.parametrize("result", [
+    observation(FIT, 30),  # no value at all
+    {**observation(FIT, 30), "dataAbsentReason": {"coding": [{"code": "not-performed"}]}},
+    observation(FIT, 30, value_code=NEGATIVE, status="preliminary"),
+    observation(FIT, 30, value_code=NEGATIVE, status="cancelled"),
+    observation(FIT, 30, value_code=NEGATIVE, status="entered-in-error"),
+], ids=["no-value", "data-absent", "preliminary", "cancelled", "entered-in-error"])
+def test_a_stool_test_without_a_usable_result_is_not_screening(result: dict[str, Any]) -> None:
+    f = finding(CRC, patient(60, "male"), result)
+    assert f.status == Status.DUE and f.orders[0].code == FIT
+
+
+def test_the_result_without_a_value_is_named() -> None:
+    f = finding(CRC, patient(60, "male"), observation(FIT, 30))
+    assert f.explanation.endswith("the FIT/gFOBT of 2026-11-01 has no value: not counted")
+
+
+def test_imaging_studies_count_without_a_value() -> None:
+    # a mammogram filed as an Observation with no value (the report is elsewhere)
+    assert status("breast-cancer-screening", patient(55, "female"),
+                  observation("24606-6", 100)) == Status.SATISFIED

@@ -226,6 +226,9 @@ def test_discovery_lists_both_services_with_prefetch_templates(cds: Cds) -> None
         "procedure": "Procedure?patient={{context.patientId}}",
         "immunization": "Immunization?patient={{context.patientId}}",
         "serviceRequest": "ServiceRequest?patient={{context.patientId}}",
+        "encounter": "Encounter?patient={{context.patientId}}",
+        "medicationDispense": "MedicationDispense?patient={{context.patientId}}",
+        "medicationStatement": "MedicationStatement?patient={{context.patientId}}",
     }
     view = services["previsit-patient-view"]
     assert view["prefetch"]["appointment"] == \
