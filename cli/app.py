@@ -685,14 +685,14 @@ def merge(
     merged = merge_shards(folders, out)
     paths = write_merged(merged, out)
     sheet_paths = _write_sheets(merged.day, out, config)
-    visits = merged.report.visits
+    visits = merged.result.report.visits
     if not quiet:
         typer.echo(f"previsit: merged {merged.shards} shards of {merged.day.generated_for}: "
                    f"{visits.total} appointments ({visits.patients} patients), "
                    f"{visits.planned} planned, {visits.failed} failed; outputs: "
                    f"{paths['plan']}, {paths['report']}, {paths['transactions']}/, "
                    f"{sheet_paths[-1]}")
-    raise typer.Exit(merged.report.exit_code)
+    raise typer.Exit(merged.result.exit_code)
 
 
 @app.command()

@@ -37,7 +37,7 @@ T1 = "2026-11-30T02:00:00.000Z"
 T2 = "2026-12-01T02:00:00.000Z"
 NOW = datetime(2026, 11, 30, 2, 30, tzinfo=UTC)
 TYPES = ("Patient,Condition,MedicationRequest,Medication,Observation,Procedure,"
-         "Immunization,ServiceRequest")
+         "Immunization,ServiceRequest,Encounter,MedicationDispense,MedicationStatement")
 T = TypeVar("T")
 
 
@@ -75,7 +75,8 @@ class Server:
         self.searched: list[str] = []  # patients whose record was read by search
         self.router.route(method="GET", path__regex=(
             r"/(Patient/[^/$]+|Condition|MedicationRequest|Observation|Procedure|"
-            r"Immunization|ServiceRequest)$")).mock(side_effect=self._search_api)
+            r"Immunization|ServiceRequest|Encounter|MedicationDispense|MedicationStatement)$"
+        )).mock(side_effect=self._search_api)
         self.delete = self.router.delete("/$export-poll/job1").mock(
             return_value=httpx.Response(202))
 

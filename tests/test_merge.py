@@ -62,7 +62,7 @@ def test_four_merged_shards_are_the_single_runs_snapshot_byte_for_byte(
     day = tmp_path / "day"
     result = _cli("merge", *map(str, reversed(shards)), "--out", str(day))  # any order
     assert result.exit_code == 0, result.output
-    assert "merged 4 shards of 2026-12-01: 31 appointments (30 patients), 31 planned" in \
+    assert "merged 4 shards of 2026-12-01: 33 appointments (31 patients), 33 planned" in \
         result.output
     # the same comparison test_golden_outputs makes of a single run: every file, the
     # report without its timings
@@ -71,9 +71,12 @@ def test_four_merged_shards_are_the_single_runs_snapshot_byte_for_byte(
 
 
 def test_each_shard_holds_part_of_the_day(shards: list[Path]) -> None:
-    sizes = [len(json.loads((f / "plan.json").read_text())["visits"]) for f in shards]
-    assert sum(sizes) == 31
-    assert all(0 < n < 31 for n in sizes)
+    plans = [json.loads((f / "plan.json").read_text()) for f in shards]
+    sizes = [len(p["visits"]) for p in plans]
+    assert sum(sizes) == 33
+    assert all(0 < n < 33 for n in sizes)
+    # the three visits further out, whose pre-visit labs the run orders, are split too
+    assert sum(len(p["labs_ahead"]) for p in plans) == 3
     transactions = [len(list((f / "transactions").glob("*.json"))) for f in shards]
     assert sum(transactions) == len(list((GOLDEN / "transactions").glob("*.json")))
 
@@ -128,7 +131,7 @@ def test_a_folder_claiming_another_split_is_refused(copies: list[Path], tmp_path
     (copies[3] / MARKER).write_text('{"shard": 4, "of": 5}')
     _refused(copies, tmp_path / "day", r"belongs to another shard than 4/5")
     # a shard of five that happened to plan nobody still belongs to another split
-    _edit(copies[3] / "plan.json", lambda d: d.update(visits=[]))
+    _edit(copies[3] / "plan.json", lambda d: d.update(visits=[], labs_ahead=[]))
     shutil.rmtree(copies[3] / "transactions")
     _refused(copies, tmp_path / "day", "differ in the number of shards")
 
@@ -203,14 +206,18 @@ def test_server_counts_are_summed_problems_kept_once_in_shard_order_timings_the_
     for index, folder in enumerate(copies, start=1):
         _edit(folder / "run-report.json", shard_report(index))
     merged = merge_shards(copies)
-    report = merged.report.to_json()
+    report = merged.result.report.to_json()
     assert report["proposals"]["created"] == 100
     assert report["proposals"]["already_present"] == 10
     assert report["sheets_stored"] == {"created": 10, "updated": 4}
     assert report["http_requests"] == 410
     assert report["timings"] == {"records_seconds": 4.0, "total_seconds": 4.0}
+    # then the bookings a run did not plan, from the merged plans, as a run lists them
+    deceased = {"where": "Appointment/appt-1201-1050-wojcik",
+                "message": "the patient is recorded as deceased on 2026-10-19: the booking was "
+                           "not planned and no order was written; cancel it"}
     assert report["source_problems"] == [appointment, *({"where": f"file {i}", "message": "x"}
-                                                        for i in range(1, 5))]
+                                                        for i in range(1, 5)), deceased]
 
 
 def test_a_failed_visit_makes_the_merged_day_partial_as_a_single_run(
@@ -223,12 +230,12 @@ def test_a_failed_visit_makes_the_merged_day_partial_as_a_single_run(
     _edit(copies[1] / "plan.json", fail_all)
     merged = merge_shards(copies)
     failed = [p.visit.appointment_id for p in merged.day.plans if p.failed]
-    assert merged.report.exit_code == 3
-    assert [f.appointment for f in merged.report.failures] == failed
+    assert merged.result.exit_code == 3
+    assert [f.appointment for f in merged.result.report.failures] == failed
     assert len(failed) == len(json.loads((copies[1] / "plan.json").read_text())["visits"])
     for folder in copies:
         _edit(folder / "plan.json", fail_all)
-    assert merge_shards(copies).report.exit_code == 4
+    assert merge_shards(copies).result.exit_code == 4
 
 
 def test_write_merged_writes_what_merge_shards_built(shards: list[Path], tmp_path: Path) -> None:
@@ -237,3 +244,23 @@ def test_write_merged_writes_what_merge_shards_built(shards: list[Path], tmp_pat
     assert json.loads(paths["plan"].read_text())["date"] == "2026-12-01"
     assert [p.name for p in sorted(paths["transactions"].glob("*.json"))] == \
         [t.name for t in merged.transactions]
+
+
+def test_a_failed_visit_further_out_makes_the_day_partial_as_in_a_single_run(
+        copies: list[Path]) -> None:
+    holder = next(f for f in copies
+                  if json.loads((f / "plan.json").read_text())["labs_ahead"])
+
+    def fail_first_ahead(d: Any) -> None:
+        d["labs_ahead"][0]["failed"] = "record could not be read: HTTP 503"
+
+    _edit(holder / "plan.json", fail_first_ahead)
+    failed = json.loads((holder / "plan.json").read_text())["labs_ahead"][0]
+    merged = merge_shards(copies)
+    assert merged.result.report.failures == ()  # the clinic day itself is whole
+    assert merged.result.exit_code == 3
+    report = merged.result.report_json()
+    assert report["labs_ahead"]["failures"] == [
+        {"appointment": failed["visit"]["appointment_id"],
+         "reason": "record could not be read: HTTP 503"}]
+    assert report["labs_ahead"]["visits"] == 3

@@ -33,7 +33,8 @@ DAY = "2026-12-01"
 GROUP = "riverside-panel"
 TOKEN_ENV = "FHIR_TEST_TOKEN"
 TYPES = ["Patient", "Condition", "MedicationRequest", "Medication", "Observation",
-         "Procedure", "Immunization", "ServiceRequest"]
+         "Procedure", "Immunization", "ServiceRequest", "Encounter", "MedicationDispense",
+         "MedicationStatement"]
 
 
 def previsit(*args: str | Path, token: str) -> subprocess.CompletedProcess[str]:
@@ -126,11 +127,12 @@ def test_the_export_plans_the_sample_day_exactly_as_search_does(first: tuple[Pat
     search, bulk = first
     by_search, by_export = outputs(search), outputs(bulk)
     assert sorted(by_export) == sorted(by_search)
-    assert len([n for n in by_search if n.startswith("sheets/")]) == 31
+    assert len([n for n in by_search if n.startswith("sheets/")]) == 33
     for name, data in by_search.items():
         assert by_export[name] == data, name
     plan = json.loads((bulk / "plan.json").read_text())
-    assert len(plan["visits"]) == 31 and not any(v.get("failed") for v in plan["visits"])
+    assert len(plan["visits"]) == 33 and not any(v.get("failed") for v in plan["visits"])
+    assert len(plan["labs_ahead"]) == 3  # the pre-visit labs of the days further out
 
 
 def test_the_first_night_is_one_full_export_of_the_panel(night: Night,
@@ -140,7 +142,7 @@ def test_the_first_night_is_one_full_export_of_the_panel(night: Night,
         "group", GROUP, TYPES, None)
     assert job["status"] == "deleted"  # fetched, then released
     assert job["polls"] == 3  # two 202s, then the manifest
-    assert job["output"]["Patient"] == 30  # every member of the panel
+    assert job["output"]["Patient"] == 31  # every member of the panel
     assert job["output"]["Medication"] == 1  # referenced by a MedicationRequest
     assert job["output"]["Observation"] > 2000  # three files
     state = json.loads((night.tmp / "bulk-state" / "state.json").read_text())
@@ -194,7 +196,8 @@ def test_an_export_that_fails_leaves_every_record_to_search(
         night.server.admin.clear_faults()
     by_search, by_export = outputs(search), outputs(bulk)
     report = json.loads(by_export.pop("run-report.json"))
-    [problem] = report.pop("source_problems")
+    problem, *rest = report.pop("source_problems")
+    assert rest == json.loads(by_search["run-report.json"])["source_problems"]  # the deceased
     assert problem["where"] == f"bulk export of Group/{GROUP}"
     assert problem["message"].startswith(
         "the server's bulk export failed — polling the bulk export: HTTP 404")

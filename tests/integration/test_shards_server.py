@@ -124,15 +124,16 @@ def test_the_merged_shards_are_the_single_run_file_for_file(night: Night) -> Non
     assert sorted(merged) == sorted(single)
     for name, data in single.items():
         assert merged[name] == data, name
-    assert len(_plan(night.day)["visits"]) == 31
+    assert len(_plan(night.day)["visits"]) == 33
 
 
 def test_every_shard_planned_part_of_the_day_and_no_visit_twice(night: Night) -> None:
-    per_shard = [[v["visit"]["appointment_id"] for v in _plan(f)["visits"]]
+    per_shard = [[v["visit"]["appointment_id"]
+                  for v in (*_plan(f)["visits"], *_plan(f)["labs_ahead"])]
                  for f in night.shards]
     assert all(per_shard)
     every = [a for part in per_shard for a in part]
-    assert len(every) == len(set(every)) == 31
+    assert len(every) == len(set(every)) == 33 + 3  # the clinic day and the labs ahead
 
 
 def test_the_server_holds_each_proposal_once(night: Night) -> None:
