@@ -192,7 +192,7 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
                         plan = replace(plan, failed=_partly_written(plan, missing, result))
         if options.write_back and options.render_sheet is not None and not plan.failed \
                 and horizon == Horizon.HUDDLE:
-            plan = await _store_sheet(source, plan, options.render_sheet, options, as_of,
+            plan = await _store_sheet(source, plan, options.render_sheet, options,
                                       writes)
         plans[horizon].append(plan)
         if on_progress:
@@ -226,14 +226,15 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
 
 
 async def _store_sheet(source: Source, plan: VisitPlan, render: Callable[[VisitPlan], str],
-                       options: RunOptions, as_of: date, writes: Counter[str]) -> VisitPlan:
+                       options: RunOptions, writes: Counter[str]) -> VisitPlan:
     """Store the visit's sheet as a DocumentReference (conditional update: one per visit,
     replaced on a re-run). A failure fails the visit: the team asked for the sheet in the EHR."""
     from previsit.documents import sheet_transaction
 
     bundle = sheet_transaction(plan, render(plan),
                                identifier_system=options.sheet_identifier_system,
-                               as_of=as_of, timezone=options.window.timezone)
+                               as_of=plan.visit.day or options.window.start,
+                               timezone=options.window.timezone)
     try:
         result = await source.write_transaction(bundle, key=f"sheet-{plan.visit.appointment_id}")
     except SourceError as exc:

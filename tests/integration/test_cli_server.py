@@ -734,7 +734,8 @@ def test_config_check_is_green_with_the_default_scopes(scenario: Scenario) -> No
     # everything but ServiceRequest
     ("system/Appointment.rs system/Patient.rs system/Condition.rs "
      "system/MedicationRequest.crus system/Medication.rs system/Observation.rs "
-     "system/Procedure.rs system/Immunization.rs",
+     "system/Procedure.rs system/Immunization.rs system/Encounter.rs "
+     "system/MedicationDispense.rs system/MedicationStatement.rs",
      ["[fail] scopes: system/ServiceRequest.crus is not granted: reading each patient's "
       "record; writing lab, screening and immunization proposals will be refused",
       # nor may the check search for one to try creating with
