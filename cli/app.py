@@ -30,6 +30,7 @@ from previsit.record import with_plausible_birth_date
 from previsit.report import EXIT_NOTHING, EXIT_PARTIAL
 from previsit.ruleset import RuleSet, load_ruleset
 from previsit.run import RunOptions, RunResult, run_day, write_outputs
+from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
 from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
 from previsit.suppressions import DeclineLookup, store_declines
@@ -141,6 +142,10 @@ T = TypeVar("T")
 def _open_source(config: Config, scope: str | None = None) -> Source:
     if config.source.kind == "bundles":
         return BundleSource(config.source.path)
+    if config.source.kind == "bulk":
+        from previsit.sources.bulk import BulkSource
+
+        return BulkSource.from_config(config, os.environ)
     from previsit.sources.http import open_http_source
 
     return open_http_source(config, scope=scope)
@@ -248,9 +253,14 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No summary, no progress; only warnings and errors.")] = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="Plan only shard K of N (K/N): the patients whose id hashes there "
+                        "(SHA-256 mod N); default: JOB_COMPLETION_INDEX and JOB_COMPLETIONS "
+                        "when set. `previsit merge` joins the shards' folders.")] = None,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
     _setup_logging(verbose, quiet)
+    part = _shard(shard)
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
                                  "planning__days": days,
                                  "planning__labs_ahead_days": labs_ahead_days,
@@ -285,22 +295,37 @@ def run(
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None,
+                         patients=part.holds if part else None,
                          declines=_declines(config),
                          read_deadline_seconds=config.source.deadline_seconds)
     result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
     paths = write_outputs(result, out_dir)
+    write_marker(out_dir, part)
     sheet_paths = _write_sheets(result.day, out_dir, config)
     if not quiet:
         _print_summary(result, config, paths, sheet_paths, write_back, local,
                        store_sheets and write_back, verbose)
+        if part:
+            say(f"  shard {part}: only the patients whose id hashes here; join the "
+                "shards' folders with `previsit merge`")
     raise typer.Exit(result.exit_code)
+
+
+def _shard(option: str | None) -> Shard | None:
+    """--shard K/N (a bad one is a usage error), else the Indexed Job's variables."""
+    if option is not None:
+        try:
+            return parse_shard(option)
+        except ConfigError as exc:
+            raise fail(str(exc), 2) from None
+    return shard_from_env(os.environ)
 
 
 def _declines(config: Config) -> DeclineLookup | None:
     """What clinicians declined in `previsit serve` (its state database), for a run against
     the same FHIR server; None when the app has no state here."""
-    if config.source.kind != "fhir" or not config.source.base_url:
+    if config.source.kind not in ("fhir", "bulk") or not config.source.base_url:
         return None
     web = config.web
     return store_declines(state_db=web.state_db, keyring_file=web.keyring_file,
@@ -552,9 +577,9 @@ def config_check(
     if config.source.timezone == "UTC":
         say("[warn] time zone: UTC — 'tomorrow' and the day's window are UTC days; "
                    "set source.timezone to the clinic's (e.g. America/Chicago)")
-    if config.source.kind != "fhir":
+    if config.source.kind == "bundles":
         say(f"[info] source: bundle folder {config.source.path} (no server to check; "
-                   "set source.kind = \"fhir\" and source.base_url)")
+            "set source.kind = \"fhir\" and source.base_url)")
         raise typer.Exit(0)
     base_url = config.source.base_url
     if not base_url:
@@ -730,6 +755,33 @@ def upload(
     if not result.complete:
         raise fail(f"upload stopped: {result.problem}; {len(result.missing)} resources were "
                    "not loaded — run the same upload again to load them", EXIT_PARTIAL)
+
+
+@app.command()
+def merge(
+    folders: Annotated[list[Path], typer.Argument(
+        help="The shards' output folders (previsit run --shard K/N --out ...), e.g. out-*/.",
+        exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the day's outputs.")],
+    config_path: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+) -> None:
+    """Join the shards of a day into its one plan.json, run-report.json, transactions and
+    sheets, as a single run writes them. Exit code: the day's, as a single run's."""
+    from previsit.merge import merge_shards, write_merged
+
+    config = _config(config_path)  # the sheets' settings: give the shards' --config
+    merged = merge_shards(folders, out)
+    paths = write_merged(merged, out)
+    sheet_paths = _write_sheets(merged.day, out, config)
+    visits = merged.result.report.visits
+    if not quiet:
+        typer.echo(f"previsit: merged {merged.shards} shards of {merged.day.generated_for}: "
+                   f"{visits.total} appointments ({visits.patients} patients), "
+                   f"{visits.planned} planned, {visits.failed} failed; outputs: "
+                   f"{paths['plan']}, {paths['report']}, {paths['transactions']}/, "
+                   f"{sheet_paths[-1]}")
+    raise typer.Exit(merged.result.exit_code)
 
 
 @app.command()

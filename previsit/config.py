@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from previsit.errors import ConfigError
 from previsit.files import read_text
 from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
-from previsit.scopes import ScopeVersion, run_permissions, scope_text
+from previsit.scopes import READ, Permission, ScopeVersion, run_permissions, scope_text
 from previsit.web.settings import WebSettings
 
 ENV_PREFIX = "PREVISIT_"
@@ -30,7 +30,7 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    kind: Literal["bundles", "fhir"] = "bundles"
+    kind: Literal["bundles", "fhir", "bulk"] = "bundles"
     path: Path = Path("sample_bundles")  # bundles: a folder of Bundles / NDJSON
     base_url: str | None = None  # fhir: the server's base, e.g. https://ehr.example/fhir/R4
     timezone: str = "UTC"  # the clinic's time zone: "tomorrow" and the window are local days
@@ -134,6 +134,18 @@ class SheetsConfig(_Section):
         "lab": 3.0, "screening": 2.0, "immunization": 1.5, "renewal": 2.0})
 
 
+class BulkConfig(_Section):
+    """source.kind = "bulk": records from a FHIR Bulk Data export of the clinic's panel
+    (previsit/sources/bulk.py); appointments and write-back still go through the search API
+    of source.base_url."""
+
+    group_id: str | None = None  # the panel: [base]/Group/<group_id>/$export
+    state_folder: Path | None = None  # the kept export and its state; default <output>/bulk-state
+    incremental: bool = True  # export only what changed (_since) since the last clean export
+    full_every_days: int = Field(default=7, ge=1)  # and a full export at least this often
+    max_export_seconds: float = Field(default=3600.0, gt=0)  # for the server to finish an export
+
+
 class Config(_Section):
     source: SourceConfig = Field(default_factory=SourceConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -141,6 +153,7 @@ class Config(_Section):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     sheets: SheetsConfig = Field(default_factory=SheetsConfig)
+    bulk: BulkConfig = Field(default_factory=BulkConfig)
     web: WebSettings = Field(default_factory=WebSettings)  # `previsit serve`
 
 
@@ -167,8 +180,10 @@ def requested_scope(config: Config) -> str:
     proposals' writes, and the sheets' when output.write_sheets is on)."""
     if config.auth.scope:
         return config.auth.scope
-    return scope_text(run_permissions(sheets=config.output.write_sheets),
-                      config.auth.scope_version)
+    needs = run_permissions(sheets=config.output.write_sheets)
+    if config.source.kind == "bulk":  # the clinic's panel: read it and export it
+        needs = (*needs, Permission("Group", READ, "exporting the clinic's panel"))
+    return scope_text(needs, config.auth.scope_version)
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -215,6 +230,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     config.rules.folder = fix(config.rules.folder)
     config.rules.valuesets = tuple(fix(p) or p for p in config.rules.valuesets)
     config.output.folder = fix(config.output.folder) or config.output.folder
+    config.bulk.state_folder = fix(config.bulk.state_folder)
     config.auth.token_file = fix(config.auth.token_file)
     config.auth.private_key_file = fix(config.auth.private_key_file)
     config.auth.client_secret_file = fix(config.auth.client_secret_file)

@@ -58,6 +58,9 @@ class RunOptions:
     # Also store each planned visit's sheet as a DocumentReference (with write_back only).
     # The callable renders a plan's sheet as HTML (previsit.sheets.render_visit_sheet).
     render_sheet: Callable[[VisitPlan], str] | None = None
+    # Plan only the visits of the patients this returns True for (a shard of the day,
+    # previsit.shards.Shard.holds); None plans every visit in the window.
+    patients: Callable[[str], bool] | None = None
     # Findings clinicians declined in the app or in CDS Hooks cards, per visit: set aside,
     # not proposed again (previsit.suppressions).
     declines: DeclineLookup | None = None
@@ -162,6 +165,8 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
         run_day=options.run_day or options.window.start - timedelta(days=1),
         huddle=options.window, labs_ahead_days=options.labs_ahead_days)
     visits = await _appointments(source, timeline.read_window, seconds)
+    if options.patients is not None:
+        visits = [v for v in visits if options.patients(v.patient_id)]
     read_done = time.perf_counter()
     ahead_count = sum(timeline.horizon(v) == Horizon.LABS_AHEAD for v in visits)
     log.info("planning %d appointments, and the pre-visit labs of %d further out",

@@ -1,9 +1,10 @@
 // The test-only admin API under /__admin (outside the FHIR base, loopback callers only):
-//   GET    /__admin/stats          counters (see faults.mjs Stats) plus rate-limit usage
+//   GET    /__admin/stats          counters (see faults.mjs Stats) plus rate-limit usage and the
+//                                  Bulk Data export jobs (bulk.jobs)
 //   POST   /__admin/reset          {"data": false, "tokens": false}: forget faults, counters,
-//                                  rate-limit windows (FHIR and /oauth2), paging searches and
-//                                  pending authorizations; with data also every stored resource,
-//                                  with tokens every token, code and launch
+//                                  rate-limit windows (FHIR and /oauth2), paging searches,
+//                                  pending authorizations and export jobs; with data also every
+//                                  stored resource, with tokens every token, code and launch
 //   GET    /__admin/faults         scripted faults and how often each fired
 //   POST   /__admin/faults         one fault spec or a list (faults.mjs) -> {"ids": [...]}
 //   DELETE /__admin/faults         remove all faults
@@ -23,13 +24,14 @@ import { fhir, json } from './responses.mjs';
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
 export class AdminApi {
-  constructor(config, { stats, faults, fhirService, auth, authLimiter }) {
+  constructor(config, { stats, faults, fhirService, auth, authLimiter, bulk }) {
     this.config = config;
     this.stats = stats;
     this.faults = faults;
     this.fhirService = fhirService;
     this.auth = auth;
     this.authLimiter = authLimiter;
+    this.bulk = bulk;
   }
 
   async handle(req, url, bodyText) {
@@ -52,6 +54,7 @@ export class AdminApi {
             requests: this.fhirService.requestLimiter?.usage() ?? {},
             fhirInteractions: this.fhirService.pointLimiter?.usage() ?? {},
           },
+          bulk: this.bulk?.toJSON() ?? { jobs: [] },
         });
       }
       if (path === '/__admin/reset' && method === 'POST') {
@@ -61,6 +64,7 @@ export class AdminApi {
         this.fhirService.reset(options);
         this.auth?.reset(options);
         this.authLimiter?.reset();
+        this.bulk?.reset();
         return json(200, { reset: options });
       }
       if (path === '/__admin/faults' && method === 'GET') {

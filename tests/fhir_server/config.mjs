@@ -90,6 +90,10 @@ const OPTIONS = {
   'auth-rate-limit': { type: 'string' },
   conflicts: { type: 'boolean' },
   'conflict-window-ms': { type: 'string' },
+  // Bulk Data export (bulk.mjs).
+  'export-polls': { type: 'string', default: '1' },
+  'export-retry-after-s': { type: 'string', default: '1' },
+  'export-file-lines': { type: 'string', default: '1000' },
   // SMART authorization server.
   clients: { type: 'string' },
   'lax-client-auth': { type: 'boolean', default: false },
@@ -145,6 +149,9 @@ export function loadConfig(argv = process.argv.slice(2)) {
     conflicts: pick(o.conflicts, p.conflicts),
     conflictWindowMs:
       o['conflict-window-ms'] === undefined ? p.conflictWindowMs : integer('conflict-window-ms', o['conflict-window-ms']),
+    exportPolls: integer('export-polls', o['export-polls']),
+    exportRetryAfterS: integer('export-retry-after-s', o['export-retry-after-s']),
+    exportFileLines: integer('export-file-lines', o['export-file-lines']),
     clients: o.clients ? JSON.parse(readFileSync(o.clients, 'utf8')) : undefined,
     laxClientAuth: o['lax-client-auth'],
     tokenTtlS: integer('token-ttl-s', o['token-ttl-s']),

