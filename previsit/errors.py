@@ -14,6 +14,7 @@ patient's name or identifier (those go to DEBUG logs and the run report).
     ├── AppointmentError     an Appointment that cannot be planned
     ├── ProposalError        a proposal that does not validate (a bug or a broken rule)
     ├── UploadError          a file `previsit upload` cannot load
+    ├── MergeError           folders that are not the complete shards of one day
     ├── PdfUnavailableError  WeasyPrint or its system libraries are missing
     └── SourceError          a data source (folder or FHIR server) problem
         ├── AuthError        credentials missing, unreadable or refused
@@ -66,6 +67,10 @@ class ProposalError(PrevisitError, ValueError):
 
 class UploadError(PrevisitError, ValueError):
     """A file that cannot be uploaded (bad JSON, no id where one is needed)."""
+
+
+class MergeError(PrevisitError, ValueError):
+    """The folders are not the complete, consistent shards of one day; says which and why."""
 
 
 class PdfUnavailableError(PrevisitError, RuntimeError):

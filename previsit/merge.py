@@ -31,7 +31,7 @@ from typing import Any
 
 from previsit import timeline as tl
 from previsit.appointments import sort_visits
-from previsit.errors import PrevisitError
+from previsit.errors import MergeError
 from previsit.filenames import safe_part
 from previsit.jsonio import JsonError, loads
 from previsit.plan import DayPlan, VisitPlan
@@ -43,10 +43,6 @@ from previsit.sources import SourceProblem, VisitWindow
 PLAN = "plan.json"
 REPORT = "run-report.json"
 TRANSACTIONS = "transactions"
-
-
-class MergeError(PrevisitError, ValueError):
-    """The folders are not the complete, consistent shards of one day; says which and why."""
 
 
 @dataclass(frozen=True)

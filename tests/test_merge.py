@@ -16,7 +16,8 @@ from golden_outputs import GOLDEN, manifest, normalised
 from previsit.cli.app import app
 from typer.testing import CliRunner
 
-from previsit.merge import MergeError, merge_shards, write_merged
+from previsit.errors import MergeError
+from previsit.merge import merge_shards, write_merged
 from previsit.shards import MARKER
 
 ROOT = Path(__file__).resolve().parents[1]

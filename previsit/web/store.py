@@ -209,11 +209,19 @@ class Store:
         self._keyring = keyring
         self._clock = clock
         self._create_private(path)
-        with self._connect() as db:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+        # Switching a new file to WAL needs it to itself: when several workers open a new
+        # database at once, the switch can answer the old mode instead of waiting. Retry
+        # within the busy timeout; only a file system without WAL keeps refusing.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            with self._connect() as db:
+                mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            if mode == "wal":
+                break
+            if time.monotonic() > deadline:
                 raise StoreError(f"{path}: cannot use write-ahead logging (journal mode "
                                  f"{mode}); put the state database on a local disk")
+            time.sleep(0.05)
         self._migrate()
         # Held open, never used: when the last connection to a WAL database closes, SQLite
         # checkpoints and removes the WAL, milliseconds that every request (each with its
