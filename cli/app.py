@@ -26,10 +26,9 @@ from previsit.intervals import Duration
 from previsit.jsonio import loads
 from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
 from previsit.plausibility import DEFAULT_BOUNDS, Bounds
-from previsit.record import with_plausible_birth_date
 from previsit.report import EXIT_NOTHING, EXIT_PARTIAL
 from previsit.ruleset import RuleSet, load_ruleset
-from previsit.run import RunOptions, RunResult, run_day, write_outputs
+from previsit.run import RunOptions, RunResult, run_day, write_failure, write_outputs
 from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
 from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
@@ -356,6 +355,7 @@ def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
         return _with_source(config, lambda source: run_day(source, ruleset, options,
                                                            on_progress=progress))
     except SourceError as exc:
+        write_failure(config.output.folder, day=options.window.start, reason=str(exc))
         raise fail(f"nothing could be planned: {exc}") from None
 
 
@@ -499,7 +499,7 @@ def explain(
         record = _with_source(config, lambda source: source.patient_record(patient))
     except SourceError as exc:
         raise fail(f"patient {patient}: {exc}") from None
-    plan = evaluate(with_plausible_birth_date(record, visit_day), ruleset, visit_day,
+    plan = evaluate(record, ruleset, visit_day,
                     _settings(config))
     if as_json:
         from previsit.plan import to_json
@@ -596,7 +596,8 @@ def config_check(
 
     async def check() -> list[Any]:
         async with build_client(config.source, flow) as client:
-            lines = await check_server(client, base_url, probe=probe)
+            lines = await check_server(client, base_url, probe=probe,
+                                       max_bytes=config.source.max_response_bytes)
             if probe and not any(line.level == "fail" and line.topic in ("server", "credentials")
                                  for line in lines):
                 lines += await check_access(client, base_url, flow, run_permissions(

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+from httpx._client import UseClientDefault  # the type of httpx.USE_CLIENT_DEFAULT
 
 from previsit.errors import SourceError
 from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure
 from previsit.record import RECORD_SEARCHES
 from previsit.scopes import Permission, missing_permissions, v1_writes
+from previsit.sources.bodies import capped_send
 
 Level = Literal["ok", "info", "warn", "fail"]
 
@@ -227,8 +229,8 @@ def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[Ch
             "or bearer; smart-backend then needs auth.token_url")
     else:
         token = smart.get("token_endpoint")
-        methods = smart.get("token_endpoint_auth_methods_supported") or []
-        algs = smart.get("token_endpoint_auth_signing_alg_values_supported") or []
+        methods = _strings(smart.get("token_endpoint_auth_methods_supported"))
+        algs = _strings(smart.get("token_endpoint_auth_signing_alg_values_supported"))
         if not isinstance(token, str):
             add("warn", "SMART", "the SMART configuration has no token_endpoint; set "
                 "auth.token_url")
@@ -246,8 +248,8 @@ def assess(caps: ServerCapabilities, smart: Mapping[str, Any] | None) -> list[Ch
     return lines
 
 
-async def check_server(client: httpx.AsyncClient, base_url: str, *,
-                       probe: bool = True) -> list[CheckLine]:
+async def check_server(client: httpx.AsyncClient, base_url: str, *, probe: bool = True,
+                       max_bytes: int = 64 * 2**20) -> list[CheckLine]:
     """Connect, read the CapabilityStatement and SMART configuration, and say what works.
 
     /metadata and .well-known/smart-configuration are read without credentials (the spec
@@ -258,9 +260,9 @@ async def check_server(client: httpx.AsyncClient, base_url: str, *,
     lines: list[CheckLine] = []
     headers = {"Accept": "application/fhir+json"}
     try:
-        response = await client.get(f"{base}/metadata", headers=headers, auth=None)
+        response = await _get(client, f"{base}/metadata", headers, max_bytes, auth=None)
         if response.status_code in (401, 403):  # some servers protect /metadata too
-            response = await client.get(f"{base}/metadata", headers=headers)
+            response = await _get(client, f"{base}/metadata", headers, max_bytes)
     except httpx.HTTPError as exc:
         return [CheckLine("fail", "server", f"cannot reach {base}: {_transport(exc)}")]
     except SourceError as exc:
@@ -278,17 +280,26 @@ async def check_server(client: httpx.AsyncClient, base_url: str, *,
 
     smart: Mapping[str, Any] | None = None
     try:
-        answer = await client.get(f"{base}/.well-known/smart-configuration",
-                                  headers={"Accept": "application/json"}, auth=None)
+        answer = await _get(client, f"{base}/.well-known/smart-configuration",
+                            {"Accept": "application/json"}, max_bytes, auth=None)
         if answer.status_code == 200:
             smart = object_or_none(answer.content)
-    except httpx.HTTPError:
+    except (httpx.HTTPError, SourceError):
         smart = None
     lines.extend(assess(caps, smart))
 
     if probe:
         lines.append(await _probe(client, base))
     return lines
+
+
+async def _get(client: httpx.AsyncClient, url: str, headers: Mapping[str, str], max_bytes: int,
+               *, auth: httpx.Auth | UseClientDefault | None =
+               httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
+    """GET with the body read under the same cap as a run's reads (a hostile URL cannot
+    make `config check` read a gigabyte)."""
+    return await capped_send(client, client.build_request("GET", url, headers=headers),
+                             max_bytes, url, auth=auth)
 
 
 async def _probe(client: httpx.AsyncClient, base: str) -> CheckLine:
@@ -418,6 +429,11 @@ def _first_resource(response: httpx.Response, resource_type: str) -> dict[str, A
 def _codes(items: Any) -> frozenset[str]:
     return frozenset(str(i["code"]) for i in _list(items) if isinstance(i, Mapping)
                      and isinstance(i.get("code"), str))
+
+
+def _strings(value: Any) -> list[str]:
+    """A list field of the SMART configuration; anything that is not a list reads as absent."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _join(items: Any) -> str:

@@ -144,6 +144,8 @@ class BulkConfig(_Section):
     incremental: bool = True  # export only what changed (_since) since the last clean export
     full_every_days: int = Field(default=7, ge=1)  # and a full export at least this often
     max_export_seconds: float = Field(default=3600.0, gt=0)  # for the server to finish an export
+    # one exported NDJSON file at most (decoded): an endless or inflating file stops here
+    max_file_bytes: int = Field(default=16 * 2**30, gt=0)
 
 
 class Config(_Section):

@@ -41,6 +41,7 @@ from previsit.record import (
     Observation,
     PatientRecord,
     Procedure,
+    with_plausible_birth_date,
 )
 from previsit.ruleset import EvidenceSpec, OrderSpec, PositiveSpec, Requirement, Rule, RuleSet
 
@@ -598,6 +599,8 @@ def evaluate(record: PatientRecord, ruleset: RuleSet, visit: Visit | date | date
                          patient_sex=patient.sex, patient_mrn=patient.mrn, findings=(),
                          not_planned=f"the patient is recorded as deceased{when}: the booking "
                                      "was not planned and no order was written; cancel it")
+    # A birth date after the visit or beyond any human age is a data issue, not an age.
+    record = with_plausible_birth_date(record, day)
     ctx = EvaluationContext(record, ruleset.valuesets, day, settings)
     findings: list[Finding] = []
     renewal_rules = []

@@ -33,8 +33,15 @@ from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
 from previsit.jsonio import dumps
 from previsit.plan import DayPlan, Horizon, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import plan_proposals
-from previsit.record import PatientRecord, with_plausible_birth_date
-from previsit.report import EXIT_OK, EXIT_PARTIAL, RunReport, SheetCounts, build_report
+from previsit.record import PatientRecord
+from previsit.report import (
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    RunReport,
+    SheetCounts,
+    build_report,
+)
 from previsit.ruleset import RuleSet
 from previsit.sources import Source, SourceProblem, VisitWindow, WriteResult
 from previsit.suppressions import DeclineLookup, apply_declines
@@ -185,8 +192,6 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
     same_day = tl.same_day(visits, tl.lab_only_test(ruleset.valuesets, options.lab_only_codes))
     async def plan_one(visit: Visit, horizon: Horizon, record: PatientRecord) -> VisitPlan:
         """One visit: evaluate, propose, write back (and store the sheet)."""
-        if visit.day is not None:
-            record = with_plausible_birth_date(record, visit.day)
         plan = evaluate(record, ruleset, visit, options.settings)
         if options.declines is not None:
             plan = apply_declines(plan, options.declines(visit))
@@ -314,6 +319,28 @@ def _partly_written(plan: VisitPlan, missing: frozenset[str], result: WriteResul
     return (f"write-back partly done: {len(proposed) - len(lacking)} of {len(proposed)} "
             f"proposals written; not written: {', '.join(lacking)} — {result.problem}; a "
             "re-run writes only what is missing")
+
+
+# What a run leaves in its folder beside run-report.json: a run that could plan nothing
+# removes an earlier run's copies, so that nobody prints last night's huddle as tonight's.
+_PLAN_OUTPUTS = ("plan.json", "huddle.html", "visits.html")
+_PLAN_FOLDERS = (("transactions", "*.json"), ("sheets", "*.html"))
+
+
+def write_failure(out_dir: Path, *, day: date, reason: str) -> Path:
+    """The outputs of a run that could plan nothing (exit 4): run-report.json says why, and
+    the plan, sheets and transactions an earlier run left in the folder are removed."""
+    for name in _PLAN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    for folder, pattern in _PLAN_FOLDERS:
+        for stale in (out_dir / folder).glob(pattern):
+            stale.unlink()
+    report = out_dir / "run-report.json"
+    private_folder(out_dir)
+    write_text(report, dumps({"date": day.isoformat(), "exit_code": EXIT_NOTHING,
+                              "error": reason, "visits": {"total": 0, "planned": 0,
+                                                          "failed": 0, "patients": 0}}))
+    return report
 
 
 def write_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:

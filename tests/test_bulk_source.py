@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -461,6 +461,29 @@ def test_a_file_that_fails_to_download_falls_back_to_search(tmp_path: Path) -> N
     h.server.export(two_patients())
     h.server.router.get(f"{BASE}/$export-file/output-Observation.ndjson").mock(
         return_value=httpx.Response(404, text="gone"))
+    _fails_over_to_search(h, "downloading the export's Observation file 1", "HTTP 404")
+
+
+def test_a_file_larger_than_the_cap_is_not_read_and_falls_back_to_search(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_file_bytes=1000)
+    h.server.export(two_patients())
+    h.server.router.get(f"{BASE}/$export-file/output-Observation.ndjson").mock(
+        return_value=httpx.Response(200, text='{"resourceType": "Observation"}\n' * 100))
+    _fails_over_to_search(h, "downloading the export's Observation file 1",
+                          "larger than bulk.max_file_bytes (1,000 bytes)")
+
+
+def test_an_endless_error_page_is_read_only_in_part(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.export(two_patients())
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 65536
+
+    h.server.router.get(f"{BASE}/$export-file/output-Observation.ndjson").mock(
+        return_value=httpx.Response(404, content=endless()))
     _fails_over_to_search(h, "downloading the export's Observation file 1", "HTTP 404")
 
 

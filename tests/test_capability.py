@@ -381,9 +381,6 @@ def test_smart_configuration(smart: dict[str, Any] | None, lines: list[str]) -> 
     assert said(verdicts(capability_statement(), smart), "SMART") == lines
 
 
-@pytest.mark.xfail(strict=True, reason="a SMART configuration whose "
-                   "token_endpoint_auth_methods_supported is not a list makes assess raise "
-                   "TypeError, which check_server does not catch")
 def test_a_malformed_smart_configuration_does_not_stop_the_check() -> None:
     lines = verdicts(capability_statement(),
                      {**SMART, "token_endpoint_auth_methods_supported": 5})
@@ -458,6 +455,21 @@ def test_check_server_reads_metadata_and_smart_config_and_probes_credentials() -
     assert lines[0].level == "ok" and lines[0].topic == "server"
     assert levels(lines, "credentials") == ["fail"]
     assert "refused the configured credentials" in lines[-1].message
+
+
+def test_a_capability_statement_larger_than_the_cap_is_not_read() -> None:
+    router = respx.MockRouter(base_url=BASE, assert_all_called=False)
+    router.get("/metadata").mock(return_value=httpx.Response(
+        200, content=b"{" + b" " * 5000 + b"}", headers={"Content-Type": "application/json"}))
+
+    async def checked() -> list[CheckLine]:
+        async with httpx.AsyncClient(
+                transport=httpx.MockTransport(router.async_handler)) as client:
+            return await check_server(client, BASE, max_bytes=1000)
+
+    lines = asyncio.run(checked())
+    assert len(lines) == 1 and (lines[0].level, lines[0].topic) == ("fail", "server")
+    assert "larger than source.max_response_bytes (1,000 bytes)" in lines[0].message
 
 
 def test_check_server_on_an_unreachable_url_is_one_failing_line() -> None:

@@ -716,3 +716,21 @@ def test_a_clinic_day_before_the_run_day_is_a_usage_error() -> None:
 def test_a_run_date_that_is_not_a_date_is_a_usage_error() -> None:
     result = invoke("run", "--source", str(SAMPLE), "--run-date", "yesterday")
     assert result.exit_code == 2 and "--run-date 'yesterday' is not a date" in result.output
+
+
+def test_a_run_that_plans_nothing_leaves_no_earlier_plan_to_print(tmp_path: Path) -> None:
+    """Last night's huddle must not sit in the folder as if it were tonight's: a run that
+    can plan nothing (the server is unreachable) removes the earlier plan, sheets and
+    transactions and says why in run-report.json."""
+    out = tmp_path / "out"
+    first = invoke("run", "--source", str(SAMPLE), "--date", DAY, "--timezone", TZ,
+                   "--out", str(out))
+    assert first.exit_code == 0 and (out / "huddle.html").exists()
+    failed = invoke("run", "--fhir-url", "http://127.0.0.1:9/fhir/R4", "--date", DAY,
+                    "--timezone", TZ, "--out", str(out))
+    assert failed.exit_code == 4
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert left == ["run-report.json"]
+    report = json.loads((out / "run-report.json").read_text("utf-8"))
+    assert report["exit_code"] == 4 and report["date"] == DAY
+    assert "nothing has answered at this address" in report["error"]

@@ -53,6 +53,7 @@ from previsit.operation_outcome import describe_failure, outcome_issues, redacte
 from previsit.plan import Visit
 from previsit.record import PatientRecord, build_record
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
+from previsit.sources.bodies import capped_send
 from previsit.sources.bulkstore import (
     STATE_FILE,
     STORE_FILE,
@@ -78,6 +79,7 @@ from previsit.sources.http import (
 
 log = logging.getLogger(__name__)
 
+_ERROR_BODY_BYTES = 64 * 1024  # of an error page: enough to say why
 NDJSON = "application/fhir+ndjson"
 POLL_FIRST_SECONDS = 1.0  # without Retry-After: 1, 2, 4 … seconds between status polls
 POLL_MAX_SECONDS = 60.0
@@ -159,7 +161,9 @@ class BulkSource:
     def __init__(self, search: HttpSource, client: httpx.AsyncClient, *, group_id: str,
                  state_folder: Path, incremental: bool = True, full_every_days: int = 7,
                  max_export_seconds: float = 3600.0, concurrency: int = 8,
-                 retry: RetryPolicy | None = None, owns_client: bool = False) -> None:
+                 retry: RetryPolicy | None = None, owns_client: bool = False,
+                 max_response_bytes: int = 64 * 2**20,
+                 max_file_bytes: int = 16 * 2**30) -> None:
         if not FHIR_ID.fullmatch(group_id):
             raise SourceError(f"bulk.group_id {group_id!r} is not a FHIR id")
         self._search = search
@@ -169,6 +173,8 @@ class BulkSource:
         self._incremental = incremental
         self._full_every = timedelta(days=full_every_days)
         self._max_wait = max_export_seconds
+        self._max_response_bytes = max_response_bytes
+        self._max_file_bytes = max_file_bytes
         self._concurrency = concurrency
         self._retry = retry or RetryPolicy()
         self._owns_client = owns_client
@@ -206,7 +212,8 @@ class BulkSource:
                    concurrency=source.concurrency,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
                                      max_retry_seconds=source.max_retry_seconds),
-                   owns_client=True)
+                   owns_client=True, max_response_bytes=source.max_response_bytes,
+                   max_file_bytes=bulk.max_file_bytes)
 
     # --- the Source protocol -------------------------------------------------------------
 
@@ -522,10 +529,26 @@ class BulkSource:
                         "GET", url, headers={"Accept": NDJSON},
                         auth=httpx.USE_CLIENT_DEFAULT if token else None) as response:
                     if not response.is_success:
-                        await response.aread()
-                        self._raise_for(response)
+                        # only the start of an error page: it says why, and a hostile one
+                        # may never end
+                        head = response.content if response.is_stream_consumed else b""
+                        if not response.is_stream_consumed:
+                            async for chunk in response.aiter_raw():
+                                head += chunk
+                                if len(head) >= _ERROR_BODY_BYTES:
+                                    break
+                        self._raise_for(httpx.Response(
+                            response.status_code, headers=response.headers.raw,
+                            content=head[:_ERROR_BODY_BYTES], request=response.request))
+                    written = 0
                     with exported.path.open("wb") as out:
+                        # decoded bytes are counted: a gzip bomb stops at the cap too
                         async for chunk in response.aiter_bytes():
+                            written += len(chunk)
+                            if written > self._max_file_bytes:
+                                raise RequestFailed(
+                                    f"{step}: the file is larger than bulk.max_file_bytes "
+                                    f"({self._max_file_bytes:,} bytes); not read")
                             out.write(chunk)
             except httpx.TransportError as exc:
                 raise _Transient(f"GET {exported.label}: {type(exc).__name__}") from None
@@ -560,9 +583,11 @@ class BulkSource:
                     headers: dict[str, str]) -> httpx.Response:
         """One request; `_Transient` for what is worth retrying, RequestFailed otherwise."""
         self._requests += 1
+        request = self._client.build_request(method, url, params=tuple(params) if params
+                                             else None, headers=headers)
         try:
-            response = await self._client.request(
-                method, url, params=tuple(params) if params else None, headers=headers)
+            response = await capped_send(self._client, request, self._max_response_bytes,
+                                         redacted_target(url, self._base))
         except httpx.TransportError as exc:
             raise _Transient(f"{method} {redacted_target(url, self._base)}: "
                              f"{type(exc).__name__}") from None

@@ -36,7 +36,6 @@ import os
 import random
 import re
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +63,7 @@ from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id as patient_of_reference
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
+from previsit.sources.bodies import ACCEPT_ENCODING, capped_send
 from previsit.sources.throttle import (
     Throttle,
     WaitBudgetSpent,
@@ -88,8 +88,6 @@ BATCH_REFUSED = frozenset({400, 404, 405, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
-# The content codings previsit asks for and undoes itself (with a cap): gzip and deflate.
-ACCEPT_ENCODING = "gzip, deflate"
 _DEFAULTS = SourceConfig()
 # The searches of a record, and the field that names the patient in each (FHIR R4).
 _SUBJECT_FIELD = {rtype: "patient" if rtype == "Immunization" else "subject"
@@ -819,44 +817,7 @@ class HttpSource:
         return response
 
     async def _read(self, request: httpx.Request, target: str) -> httpx.Response:
-        """Send `request` and read its body, at most `max_response_bytes` of it once
-        decoded; the response returned holds the decoded body (and no Content-Encoding)."""
-        cap = self._max_response_bytes
-        response = await self._client.send(request, stream=True)
-        try:
-            too_large = f"{request.method} {target}: the answer is larger than " \
-                f"source.max_response_bytes ({cap:,} bytes); not read"
-            inflate = _Inflater(response.headers.get("content-encoding", ""),
-                                f"{request.method} {target}")
-            declared = response.headers.get("content-length", "")
-            if inflate.identity and declared.isdigit() and int(declared) > cap:
-                raise RequestFailed(too_large)
-            parts: list[bytes] = []
-            size = 0
-            if response.is_stream_consumed:
-                # A response built in memory (a mock transport) arrives read and decoded.
-                parts.append(response.content)
-                size = len(response.content)
-            else:
-                async for chunk in response.aiter_raw():
-                    data = inflate.feed(chunk, cap - size + 1)
-                    size += len(data)
-                    if size > cap:
-                        break
-                    parts.append(data)
-                else:
-                    data = inflate.finish(cap - size + 1)
-                    size += len(data)
-                    parts.append(data)
-            if size > cap:
-                raise RequestFailed(too_large)
-        finally:
-            await response.aclose()
-        # As bytes: a header value that is not ASCII (a server's UTF-8) must not fail the read.
-        kept = [(k, v) for k, v in response.headers.raw
-                if k.lower() not in (b"content-encoding", b"content-length", b"transfer-encoding")]
-        return httpx.Response(response.status_code, headers=kept, content=b"".join(parts),
-                              request=response.request, extensions=response.extensions)
+        return await capped_send(self._client, request, self._max_response_bytes, target)
 
     def _note_quota(self, response: httpx.Response, words: str) -> bool:
         """Pause the whole source when the answer says the quota is spent: a 429 with a
@@ -963,44 +924,6 @@ def _json_object(response: httpx.Response, base: httpx.URL) -> dict[str, Any]:
                             f"object ({content_type}, {len(response.content)} bytes)",
                             status=response.status_code)
     return body
-
-
-class _Inflater:
-    """Undoes a response's Content-Encoding (gzip or deflate) a piece at a time, never
-    producing more than asked: a 2 GB gzip bomb yields only the bytes under the cap."""
-
-    def __init__(self, header: str, what: str) -> None:
-        codings = [c.strip().lower() for c in header.split(",")
-                   if c.strip() and c.strip().lower() != "identity"]
-        self.identity = not codings
-        self._what = what
-        self._inflater: Any = None
-        if codings in (["gzip"], ["x-gzip"]):
-            self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        elif codings == ["deflate"]:
-            self._inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS)
-        elif codings:
-            raise RequestFailed(f"{what}: the answer is encoded as {header!r}; previsit asks "
-                                f"for {ACCEPT_ENCODING} only")
-
-    def feed(self, chunk: bytes, limit: int) -> bytes:
-        """The decoded bytes of `chunk`, at most `limit` of them."""
-        if self._inflater is None:
-            return chunk
-        try:
-            return bytes(self._inflater.decompress(chunk, limit))
-        except zlib.error:
-            raise RequestFailed(f"{self._what}: the answer is not valid compressed data") \
-                from None
-
-    def finish(self, limit: int) -> bytes:
-        """What is left once the body has ended (at most `limit` bytes); a stream that
-        ends early is an error, as httpx would make it."""
-        if self._inflater is None:
-            return b""
-        if not self._inflater.eof:
-            raise RequestFailed(f"{self._what}: the compressed answer ended early")
-        return bytes(self._inflater.decompress(self._inflater.unconsumed_tail, limit))
 
 
 def _not_of_patient(resources: Sequence[Mapping[str, Any]], patient_id: str,
