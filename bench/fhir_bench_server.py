@@ -17,7 +17,8 @@ What it answers, as previsit asks it (previsit/sources/http.py, previsit/capabil
   `location`, `actor`, `service-type`, `patient`), paged by `Bundle.link[next]`;
 - `GET /Patient/<id>`, and `GET /<Type>?patient=<id>&_count=n` for Condition,
   MedicationRequest (`_include=MedicationRequest:medication`), Observation, Procedure,
-  Immunization and ServiceRequest, each paged by `link[next]`;
+  Immunization, ServiceRequest, Encounter, MedicationDispense and MedicationStatement,
+  each paged by `link[next]`;
 - `POST /` with a `batch` of those GETs, or a `transaction` of conditional creates (POST
   with `ifNoneExist`: 201 the first time, 200 after) and conditional updates (PUT
   `Type?identifier=…`: 201, then 200). What was written is kept, so a re-run is
@@ -71,8 +72,9 @@ from synthea_day import (
     split_at_ids,
 )
 
+# What previsit's record reads (previsit/record.py RECORD_SEARCHES).
 RECORD_TYPES = ("Condition", "MedicationRequest", "Observation", "Procedure", "Immunization",
-                "ServiceRequest")
+                "ServiceRequest", "Encounter", "MedicationDispense", "MedicationStatement")
 WRITABLE = ("ServiceRequest", "MedicationRequest", "DocumentReference")
 APPOINTMENT_PARAMS = frozenset({"date", "status", "practitioner", "location", "actor",
                                 "service-type", "patient", "_count", "_offset"})
@@ -866,7 +868,7 @@ def measure(args: argparse.Namespace) -> int:
     cpu = float(stats["cpu_seconds"])
     per_request = cpu / max(sent, 1)
     print(f"benchmark server self-measure: {args.patients} patients, {sent} requests "
-          f"(per patient: 1 batch read of 7, 1 page, 1 transaction of 3 creates) from "
+          f"(per patient: 1 batch read of 10, 1 page, 1 transaction of 3 creates) from "
           f"{args.clients} concurrent clients, no added latency")
     print(f"  wall {seconds:.1f} s ({sent / seconds:.0f} requests/s, bounded by the client), "
           f"server CPU {cpu:.2f} s = {per_request * 1e6:.0f} µs per request, "

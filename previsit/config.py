@@ -44,7 +44,11 @@ class SourceConfig(_Section):
     # create of more than 8 entries ("requires strict isolation"); HAPI takes far more. A
     # smaller limit a server states in a refusal is learned and used for the rest of the run.
     max_transaction_entries: int = Field(default=8, ge=1, le=1000)
-    page_size: int = Field(default=100, ge=1, le=1000)
+    page_size: int = Field(default=100, ge=1, le=1000)  # the appointment search's pages
+    # Pages of a record's searches (Observation, Encounter, …): a patient with thousands of
+    # results is read in a few pages, not dozens. 1000 is Medplum's maximum _count; HAPI
+    # answers a larger _count with pages of its own maximum (max_page_size), not an error.
+    record_page_size: int = Field(default=1000, ge=1, le=1000)
     use_batch: bool = True  # read each record with one batch Bundle when the server can
     # Bounds on what a server can make a run read (a hostile or broken server: a 1 GiB body,
     # a gzip bomb, a byte every few seconds, next links that never end). What exceeds them

@@ -236,7 +236,8 @@ class HttpSource:
     """A FHIR R4 server as a `Source`."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, *, concurrency: int = 8,
-                 page_size: int = 100, use_batch: bool = True,
+                 page_size: int = 100, record_page_size: int | None = None,
+                 use_batch: bool = True,
                  retry: RetryPolicy | None = None, owns_client: bool = False,
                  max_transaction_entries: int = 8,
                  max_response_bytes: int = _DEFAULTS.max_response_bytes,
@@ -255,6 +256,7 @@ class HttpSource:
         self._base = httpx.URL(self.base_url + "/")  # for joining relative paths
         self._root = httpx.URL(self.base_url)  # batch and transaction go to [base] itself
         self._page_size = page_size
+        self._record_page_size = page_size if record_page_size is None else record_page_size
         self._retry = retry or RetryPolicy()
         # One pause for every request of this source when the server's quota is spent.
         self.throttle = Throttle(self._retry.max_wait_seconds, sleep=self._retry.sleep,
@@ -300,7 +302,8 @@ class HttpSource:
             return build_client(source, flow, transport=transport)
 
         made = cls(new_client(), source.base_url, concurrency=source.concurrency,
-                   page_size=source.page_size, use_batch=source.use_batch,
+                   page_size=source.page_size, record_page_size=source.record_page_size,
+                   use_batch=source.use_batch,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
                                      max_retry_seconds=source.max_retry_seconds,
                                      max_wait_seconds=source.max_wait_seconds),
@@ -574,7 +577,8 @@ class HttpSource:
         queries: list[tuple[str, str, list[tuple[str, str]]]] = [
             ("reading Patient", f"Patient/{patient_id}", [])]
         for rtype, extra in RECORD_SEARCHES:
-            params = [("patient", patient_id), *extra, ("_count", str(self._page_size))]
+            params = [("patient", patient_id), *extra,
+                      ("_count", str(self._record_page_size))]
             queries.append((f"reading {rtype}", rtype, params))
         return queries
 
