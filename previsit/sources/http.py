@@ -37,9 +37,10 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -64,6 +65,7 @@ from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id as patient_of_reference
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.bodies import ACCEPT_ENCODING, capped_send
+from previsit.sources.cache import KeptRecord, KeptSearch, RecordCache, revalidated
 from previsit.sources.throttle import (
     Throttle,
     WaitBudgetSpent,
@@ -98,6 +100,8 @@ MAX_THROTTLED_ATTEMPTS = 50
 LONG_WRITE = 100  # entries from which a write logs its progress
 
 T = TypeVar("T")
+# One GET of a record: (step, resource type or read path, params).
+_Query = tuple[str, str, list[tuple[str, str]]]
 
 __all__ = ["HttpSource", "RetryPolicy", "build_client", "is_conditional_transaction",
            "open_http_source", "retry_after_seconds"]
@@ -242,8 +246,8 @@ class HttpSource:
                  max_transaction_entries: int = 8,
                  max_response_bytes: int = _DEFAULTS.max_response_bytes,
                  max_search_bytes: int = _DEFAULTS.max_search_bytes,
-                 request_deadline_seconds: float = _DEFAULTS.request_deadline_seconds
-                 ) -> None:
+                 request_deadline_seconds: float = _DEFAULTS.request_deadline_seconds,
+                 cache: RecordCache | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_transaction_entries < 1:
@@ -271,6 +275,8 @@ class HttpSource:
         self._batch: bool | None = None if use_batch else False  # None: ask /metadata first
         self._batch_decided: asyncio.Event | None = None
         self._records: dict[str, asyncio.Task[PatientRecord]] = {}
+        # Records kept between nights (source.cache_dir), revalidated instead of re-read.
+        self._cache = cache
         self._problems: list[SourceProblem] = []
         self.capabilities: ServerCapabilities | None = None
         self.request_count = 0  # HTTP requests sent to the FHIR server, retries included
@@ -310,7 +316,11 @@ class HttpSource:
                    owns_client=True, max_transaction_entries=source.max_transaction_entries,
                    max_response_bytes=source.max_response_bytes,
                    max_search_bytes=source.max_search_bytes,
-                   request_deadline_seconds=source.request_deadline_seconds)
+                   request_deadline_seconds=source.request_deadline_seconds,
+                   cache=None if source.cache_dir is None else RecordCache(
+                       source.cache_dir, source.base_url,
+                       max_age=timedelta(days=source.cache_max_age_days),
+                       overlap=timedelta(seconds=source.cache_overlap_seconds)))
         made._new_client = new_client
         return made
 
@@ -552,15 +562,7 @@ class HttpSource:
             raise PatientReadError(patient_id, f"{patient_id!r} is not a valid FHIR id")
         where = f"Patient/{patient_id}"
         try:
-            resources: list[Mapping[str, Any]] | None = None
-            if await self._use_batch():
-                resources = await self._read_by_batch(patient_id)
-                if resources is None:
-                    log.info("the server refused a batch read; reading records one search "
-                             "at a time from now on")
-                    self._batch = False
-            if resources is None:
-                resources = await self._read_one_by_one(patient_id)
+            resources = await self._record_resources(patient_id)
         except SourceError as exc:
             raise PatientReadError(patient_id, f"{where}: {exc}") from None
         foreign = _not_of_patient(resources, patient_id, self.base_url)
@@ -572,25 +574,113 @@ class HttpSource:
         except RecordError as exc:
             raise PatientReadError(patient_id, f"{where}: {exc}") from None
 
-    def _record_queries(self, patient_id: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
-        """(step, resource type or read path, params) for one record, in a fixed order."""
-        queries: list[tuple[str, str, list[tuple[str, str]]]] = [
-            ("reading Patient", f"Patient/{patient_id}", [])]
+    async def _record_resources(self, patient_id: str) -> list[Mapping[str, Any]]:
+        """The record's resources: revalidated from the cache, else by one batch, else by
+        individual searches."""
+        queries = self._record_queries(patient_id)
+        if await self._use_batch():
+            kept = None if self._cache is None else \
+                await asyncio.to_thread(self._cache.load, patient_id)
+            if kept is not None:
+                resources = await self._revalidate(kept)
+                if resources is not None:
+                    return resources
+            started = self._retry.now()
+            answer = await self._read_batch(queries, "reading the record (batch)")
+            if answer is not None:
+                parts, server_date = answer
+                if self._cache is not None:
+                    await self._keep(patient_id, parts, started, server_date)
+                return _unique([r for part in parts for r in part])
+            log.info("the server refused a batch read; reading records one search at a time "
+                     "from now on")
+            self._batch = False
+        parts = await _all([self._query(step, path, params) for step, path, params in queries])
+        return _unique([r for part in parts for r in part])
+
+    def _record_queries(self, patient_id: str) -> list[_Query]:
+        """(step, resource type or read path, params) for one record, in a fixed order:
+        the Patient, then RECORD_SEARCHES."""
+        queries: list[_Query] = [("reading Patient", f"Patient/{patient_id}", [])]
         for rtype, extra in RECORD_SEARCHES:
             params = [("patient", patient_id), *extra,
                       ("_count", str(self._record_page_size))]
             queries.append((f"reading {rtype}", rtype, params))
         return queries
 
-    async def _read_by_batch(self, patient_id: str) -> list[Mapping[str, Any]] | None:
-        """The record from one batch of searches; None when the server refuses batch."""
-        queries = self._record_queries(patient_id)
+    async def _keep(self, patient_id: str, parts: list[list[Mapping[str, Any]]],
+                    started: datetime, server_date: datetime | None) -> None:
+        """Keep a record read in full (parts as `_record_queries` asked) in the cache."""
+        assert self._cache is not None
+        searches: dict[str, KeptSearch] = {}
+        for (rtype, _), part in zip(RECORD_SEARCHES, parts[1:], strict=True):
+            kept = KeptSearch.of(rtype, part)
+            if kept is None:
+                return  # a resource without an id cannot be merged by id: not kept
+            searches[rtype] = kept
+        await asyncio.to_thread(self._cache.store, KeptRecord(
+            self.base_url, patient_id, full_at=started,
+            since=self._cache.next_since(started, server_date), searches=searches))
+
+    async def _revalidate(self, kept: KeptRecord) -> list[Mapping[str, Any]] | None:
+        """The record from its kept copy and one batch asking what changed since it was
+        read (previsit/sources/cache.py); None when it must be read in full."""
+        assert self._cache is not None
+        pid = kept.patient_id
+        since = "gt" + kept.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        count = str(self._record_page_size)
+        queries: list[_Query] = [("reading Patient", f"Patient/{pid}", [])]
+        for rtype, extra in RECORD_SEARCHES:
+            queries.append((f"reading {rtype} changes", rtype, [
+                ("patient", pid), *extra, ("_lastUpdated", since), ("_count", count)]))
+            queries.append((f"counting {rtype}", rtype, [("patient", pid),
+                                                         ("_summary", "count")]))
+        again: dict[str, list[int]] = {}  # search -> its queries reading includes again
+        for rtype, search in sorted(kept.searches.items()):
+            for itype, ids in search.included_ids().items():
+                again.setdefault(rtype, []).append(len(queries))
+                queries.append((f"reading {itype} again", itype, [("_id", ",".join(ids)),
+                                                                  ("_count", count)]))
+        started = self._retry.now()
+        answer = await self._read_batch(queries, "revalidating the record (batch)")
+        if answer is None:
+            return None
+        parts, server_date = answer
+        searches: dict[str, KeptSearch] = {}
+        for index, (rtype, _) in enumerate(RECORD_SEARCHES):
+            changed, counted = parts[1 + 2 * index], parts[2 + 2 * index]
+            total = counted[0].get("total") if counted else None
+            included = [r for i in again.get(rtype, ()) for r in parts[i]]
+            merged = None if rtype not in kept.searches else revalidated(
+                kept.searches[rtype], rtype, changed, total, included)
+            if merged is None:
+                log.info("a kept record no longer adds up to what the server holds (a "
+                         "deletion?); reading it in full")
+                log.debug("Patient/%s: %s: %d kept, %s now", pid, rtype,
+                          len(kept.searches[rtype].matches) if rtype in kept.searches else 0,
+                          total)
+                return None
+            searches[rtype] = merged
+        if searches != dict(kept.searches):
+            await asyncio.to_thread(self._cache.store, replace(
+                kept, since=self._cache.next_since(started, server_date), searches=searches))
+        resources = list(parts[0])
+        for search in searches.values():
+            resources.extend(search.matches)
+            resources.extend(search.included)
+        return _unique(resources)
+
+    async def _read_batch(self, queries: list[_Query], step: str
+                     ) -> tuple[list[list[Mapping[str, Any]]], datetime | None] | None:
+        """Each query's resources (a read's or count's answer itself, a search's resources
+        of every page) from one batch, and the server's Date; None when the server refuses
+        batch."""
         bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "GET", "url": _relative(path, params)}}
             for _, path, params in queries]}
         try:
             response = await self._request("POST", self._root, json_body=bundle,
-                                           idempotent=True, step="reading the record (batch)")
+                                           idempotent=True, step=step)
         except RequestFailed as exc:
             if exc.status in BATCH_REFUSED:
                 return None
@@ -598,18 +688,16 @@ class HttpSource:
         body = _json_object(response, self._base)
         entries = body.get("entry") or []
         if body.get("type") != "batch-response" or len(entries) != len(queries):
-            raise RequestFailed("reading the record (batch): the server answered with "
-                                f"{len(entries)} entries of a {body.get('type')!r} Bundle for "
-                                f"a batch of {len(queries)}")
+            raise RequestFailed(f"{step}: the server answered with {len(entries)} entries of a "
+                                f"{body.get('type')!r} Bundle for a batch of {len(queries)}")
 
-        async def one(entry: Any, query: tuple[str, str, list[tuple[str, str]]]
-                      ) -> list[Mapping[str, Any]]:
+        async def one(entry: Any, query: _Query) -> list[Mapping[str, Any]]:
             step, path, params = query
             answer = entry.get("response") if isinstance(entry, Mapping) else None
             status = _entry_status(answer)
             resource = entry.get("resource") if isinstance(entry, Mapping) else None
             if status is not None and 200 <= status < 300 and isinstance(resource, Mapping):
-                if not params:
+                if _whole(params):
                     return [resource]
                 return await self._pages(resource, step, first=_relative(path, params))
             if status in RETRY_STATUSES or status is None:
@@ -625,22 +713,18 @@ class HttpSource:
             answer = entry.get("response") if isinstance(entry, Mapping) else None
             if _entry_status(answer) == 429:
                 try:
-                    self._note_entry_quota(answer, "reading the record (batch)")
+                    self._note_entry_quota(answer, step)
                 except WaitBudgetSpent as exc:
                     raise RequestFailed(str(exc), status=429) from None
         parts = await _all([one(entry, query) for entry, query in zip(entries, queries,
                                                                        strict=True)])
-        return _unique([r for part in parts for r in part])
-
-    async def _read_one_by_one(self, patient_id: str) -> list[Mapping[str, Any]]:
-        parts = await _all([self._query(step, path, params)
-                            for step, path, params in self._record_queries(patient_id)])
-        return _unique([r for part in parts for r in part])
+        return parts, _server_date(response)
 
     async def _query(self, step: str, path: str, params: list[tuple[str, str]]
                      ) -> list[Mapping[str, Any]]:
-        if not params:  # a read
-            response = await self._request("GET", self._base.join(path), step=step)
+        if _whole(params):  # a read, or a count
+            response = await self._request("GET", self._base.join(path), params=params or None,
+                                           step=step)
             return [_json_object(response, self._base)]
         return await self._search(path, params, step=step)
 
@@ -912,6 +996,20 @@ async def _all(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
             first = first.exceptions[0]
         raise first from None
     return [t.result() for t in tasks]
+
+
+def _whole(params: Sequence[tuple[str, str]]) -> bool:
+    """Whether a query's answer is used as it is (a read, a count), not paged through."""
+    return not params or ("_summary", "count") in params
+
+
+def _server_date(response: httpx.Response) -> datetime | None:
+    """The server's clock from its Date header, or None."""
+    try:
+        when = parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def _relative(path: str, params: Sequence[tuple[str, str]]) -> str:

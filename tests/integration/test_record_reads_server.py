@@ -37,6 +37,9 @@ class Clinic:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREVISIT_")}
         if cache:
             env["PREVISIT_SOURCE_CACHE_DIR"] = str(self.tmp / "cache")
+            # The server and the test share a clock: no overlap, or every night would ask
+            # again for everything loaded in the last ten minutes (the whole sample day).
+            env["PREVISIT_SOURCE_CACHE_OVERLAP_SECONDS"] = "0"
         self.server.admin.reset()  # the counters, not the data
         proc = subprocess.run(
             [sys.executable, "-c", "from previsit.cli.app import main; main()", "run",
@@ -79,3 +82,86 @@ def test_each_record_is_read_once_per_run_for_every_visit_and_both_horizons(
     assert stats["bundles"] == {"batch": 31}
     assert stats["requests"]["by_method"] == {"GET": 2, "POST": 31}
     assert stats["interactions"]["read"] == {"Patient": 31}
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    """Every output file, the report without what may differ between two ways of reading
+    the same data (timings, request count)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "run-report.json":
+            report = json.loads(data)
+            report.pop("timings")
+            report.pop("http_requests")
+            data = json.dumps(report, sort_keys=True).encode()
+        files[path.relative_to(folder).as_posix()] = data
+    return files
+
+
+def findings(folder: Path, patient: str) -> dict[str, str]:
+    return {f["rule_id"]: f["status"] for v in plan_of(folder)["visits"]
+            if v["visit"]["patient_id"] == patient for f in v["findings"]}
+
+
+@pytest.fixture(scope="module")
+def nights(clinic: Clinic) -> tuple[tuple[Path, dict[str, Any]], tuple[Path, dict[str, Any]]]:
+    """Two nights with the cache and nothing changed between them."""
+    return clinic.run("cached-1", cache=True), clinic.run("cached-2", cache=True)
+
+
+def test_the_next_night_revalidates_kept_records_and_plans_identically(
+        clinic: Clinic, nights: tuple[tuple[Path, dict[str, Any]], ...]) -> None:
+    (first, full), (second, revalidated) = nights
+    assert outputs(second) == outputs(first)
+    assert len(plan_of(second)["visits"]) == 33
+    # As many requests (one batch a patient), a fraction of the bytes: the Observations,
+    # Encounters, … are not sent again, only counted.
+    assert full["bundles"] == revalidated["bundles"] == {"batch": 31}
+    assert revalidated["requests"]["by_method"] == full["requests"]["by_method"]
+    sent = [night["requests"]["bytes_by_method"]["POST"] for night in (full, revalidated)]
+    assert sent[1] * 8 < sent[0]  # 3.5 MB and 0.34 MB when written
+    # The kept records: one file a patient, private.
+    folders = [p for p in (clinic.tmp / "cache").iterdir()]
+    assert len(folders) == 1 and folders[0].stat().st_mode & 0o777 == 0o700
+    assert (clinic.tmp / "cache").stat().st_mode & 0o777 == 0o700
+    files = sorted(folders[0].iterdir())
+    assert len(files) == 31
+    assert {f.stat().st_mode & 0o777 for f in files} == {0o600}
+
+
+def test_each_kind_of_change_shows_up_the_next_night(
+        clinic: Clinic, nights: tuple[tuple[Path, dict[str, Any]], ...]) -> None:
+    (_, _), (before, _) = nights
+    with clinic.fhir() as client:
+        # changed: Walter Kowalski's last INR redated into the monitoring interval
+        inrs = client.get("Observation", params={
+            "patient": "pat-walter-kowalski", "code": "http://loinc.org|6301-6",
+            "_sort": "-date", "_count": "1"}).json()["entry"]
+        inr = {**inrs[0]["resource"], "effectiveDateTime": "2026-11-28T09:00:00-06:00"}
+        assert client.put(f"Observation/{inr['id']}", json=inr).status_code == 200
+        # new: a TSH result for Susan Greenberg
+        assert client.put("Observation/greenberg-tsh-new", json={
+            "resourceType": "Observation", "id": "greenberg-tsh-new", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "3016-3"}]},
+            "subject": {"reference": "Patient/pat-susan-greenberg"},
+            "effectiveDateTime": "2026-11-20T09:00:00-06:00",
+            "valueQuantity": {"value": 2.1, "unit": "mIU/L"}}).status_code == 201
+        # entered in error: Frank DeLuca's hepatitis C antibody test
+        hcv = client.get("Observation/frank-deluca-obs-086").json()
+        assert client.put("Observation/frank-deluca-obs-086", json={
+            **hcv, "status": "entered-in-error"}).status_code == 200
+        # deleted: Maria Lopez's hepatitis C antibody test
+        assert client.delete("Observation/maria-lopez-obs-144").status_code == 200
+    cached, stats = clinic.run("cached-3", cache=True)
+    full, _ = clinic.run("full-3")
+    assert outputs(cached) == outputs(full)
+    assert findings(before, "pat-walter-kowalski")["warfarin-inr-monitoring"] != "satisfied"
+    assert findings(cached, "pat-walter-kowalski")["warfarin-inr-monitoring"] == "satisfied"
+    assert findings(before, "pat-susan-greenberg")["levothyroxine-monitoring"] != "satisfied"
+    assert findings(cached, "pat-susan-greenberg")["levothyroxine-monitoring"] == "satisfied"
+    for patient in ("pat-frank-deluca", "pat-maria-lopez"):
+        assert findings(before, patient)["hepatitis-c-screening"] == "satisfied"
+        assert findings(cached, patient)["hepatitis-c-screening"] != "satisfied"
+    # The deletion is seen in the count: that one record was read again in full.
+    assert stats["bundles"] == {"batch": 32}
