@@ -87,6 +87,8 @@ FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # A batch POST answered with one of these means "no batch here": read searches one by one.
 BATCH_REFUSED = frozenset({400, 404, 405, 501})
+# A search answered with one of these means "not a search this server does".
+SEARCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
@@ -277,6 +279,7 @@ class HttpSource:
         self._records: dict[str, asyncio.Task[PatientRecord]] = {}
         # Records kept between nights (source.cache_dir), revalidated instead of re-read.
         self._cache = cache
+        self._revalidating = True  # until the server refuses a search revalidation needs
         self._problems: list[SourceProblem] = []
         self.capabilities: ServerCapabilities | None = None
         self.request_count = 0  # HTTP requests sent to the FHIR server, retries included
@@ -579,7 +582,7 @@ class HttpSource:
         individual searches."""
         queries = self._record_queries(patient_id)
         if await self._use_batch():
-            kept = None if self._cache is None else \
+            kept = None if self._cache is None or not self._revalidating else \
                 await asyncio.to_thread(self._cache.load, patient_id)
             if kept is not None:
                 resources = await self._revalidate(kept)
@@ -642,7 +645,18 @@ class HttpSource:
                 queries.append((f"reading {itype} again", itype, [("_id", ",".join(ids)),
                                                                   ("_count", count)]))
         started = self._retry.now()
-        answer = await self._read_batch(queries, "revalidating the record (batch)")
+        try:
+            answer = await self._read_batch(queries, "revalidating the record (batch)")
+        except RequestFailed as exc:
+            if exc.status not in SEARCH_REFUSED:
+                raise
+            # A server without _lastUpdated, _summary=count or _id searches: the kept
+            # records cannot be revalidated here; read them in full (and keep them).
+            if self._revalidating:
+                log.warning("the server refused a search the record cache needs (HTTP %d); "
+                            "records are read in full from now on", exc.status)
+            self._revalidating = False
+            return None
         if answer is None:
             return None
         parts, server_date = answer

@@ -32,15 +32,19 @@ class Clinic:
     server: FhirTestServer
     tmp: Path
 
-    def run(self, out: str, *, cache: bool = False) -> tuple[Path, dict[str, Any]]:
-        """One night as cron runs it: (the output folder, the server's counts for it)."""
+    def run(self, out: str, *, cache: bool = False, fault: dict[str, Any] | None = None
+            ) -> tuple[Path, dict[str, Any]]:
+        """One night as cron runs it: (the output folder, the server's counts for it);
+        `fault`: scripted for this night only."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREVISIT_")}
         if cache:
             env["PREVISIT_SOURCE_CACHE_DIR"] = str(self.tmp / "cache")
             # The server and the test share a clock: no overlap, or every night would ask
             # again for everything loaded in the last ten minutes (the whole sample day).
             env["PREVISIT_SOURCE_CACHE_OVERLAP_SECONDS"] = "0"
-        self.server.admin.reset()  # the counters, not the data
+        self.server.admin.reset()  # the counters (and faults), not the data
+        if fault is not None:
+            self.server.admin.add_fault(**fault)
         proc = subprocess.run(
             [sys.executable, "-c", "from previsit.cli.app import main; main()", "run",
              "--fhir-url", self.server.base_url, "--date", DAY, "--timezone",
@@ -165,3 +169,33 @@ def test_each_kind_of_change_shows_up_the_next_night(
         assert findings(cached, patient)["hepatitis-c-screening"] != "satisfied"
     # The deletion is seen in the count: that one record was read again in full.
     assert stats["bundles"] == {"batch": 32}
+
+
+def test_a_server_refusing_the_revalidation_searches_gets_full_reads(
+        clinic: Clinic, nights: tuple[tuple[Path, dict[str, Any]], ...]) -> None:
+    """A server without _lastUpdated (the benchmark server answers 400, as Medplum does for
+    a parameter it does not know): the records are read in full, nobody fails."""
+    full, _ = clinic.run("full-4")
+    cached, stats = clinic.run("cached-4", cache=True, fault={
+        "in_batch": True, "path": "_lastUpdated=", "status": 400, "times": None})
+    clinic.server.admin.reset()
+    assert outputs(cached) == outputs(full)
+    # 31 full reads, after the revalidations that were in flight when the first was refused
+    # (at most source.concurrency: 8).
+    assert 31 + 1 <= stats["bundles"]["batch"] <= 31 + 8
+
+
+def test_an_unreadable_kept_record_is_read_in_full(
+        clinic: Clinic, nights: tuple[tuple[Path, dict[str, Any]], ...]) -> None:
+    full, _ = clinic.run("full-5")
+    [folder] = (clinic.tmp / "cache").iterdir()
+    files = sorted(folder.iterdir())
+    files[0].write_bytes(b'{"format": 1, "searches": ')  # torn
+    files[1].write_bytes(files[2].read_bytes())  # another patient's record
+    cached, stats = clinic.run("cached-5", cache=True)
+    assert outputs(cached) == outputs(full)
+    # One batch a patient: 29 revalidated (two Observation searches: changes, count), the
+    # two whose files could not be used read in full (one).
+    assert stats["bundles"]["batch"] == 31
+    assert stats["interactions"]["search-type"]["Observation"] == 29 * 2 + 2
+    assert files[0].read_bytes().startswith(b'{"format":1,')  # kept anew
