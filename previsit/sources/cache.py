@@ -15,10 +15,11 @@ exactly as many resources as the server counts. So:
 - a resource that appears with an old `meta.lastUpdated` (an import, a restore) makes the
   count larger: read in full too.
 
-Why not `If-None-Match`: HAPI answers 304 to it on an instance read but not on a search,
-and Medplum sends ETags but answers reads in full; neither says anything about a
-search's result set, which is where a record's bytes are. `_lastUpdated` and
-`_summary=count` are standard search parameters both servers index.
+Why not `If-None-Match`: it revalidates one resource read (HAPI answers 304 to it on an
+instance read; Medplum sends `ETag: W/"<versionId>"`), not a search's result set, which
+is where a record's bytes are, and a conditional read of the Patient alone would cost a
+request outside the batch to save a few kilobytes. `_lastUpdated` and `_summary=count`
+are standard search parameters both HAPI and Medplum support, inside a batch too.
 
 What this cannot see, bounded by `source.cache_max_age_days` (a full read at least that
 often, default 7): a resource changed in place without a new `meta.lastUpdated` (a
