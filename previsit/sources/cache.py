@@ -106,10 +106,10 @@ def revalidated(kept: KeptSearch, resource_type: str, changed: Sequence[Resource
     matches.update((str(r["id"]), r) for r in fresh.matches)
     if len(matches) != count:
         return None
-    cited = set(_references(matches.values()))
     extra = {(str(r.get("resourceType")), str(r.get("id"))): r
              for r in (*included, *fresh.included)
              if isinstance(r.get("id"), str) and r.get("resourceType") != "OperationOutcome"}
+    cited = set(_references(matches.values())) if extra else set()  # a walk of every match
     kept_included = tuple(r for key, r in sorted(extra.items()) if "/".join(key) in cited)
     return KeptSearch(tuple(matches.values()), kept_included)
 

@@ -675,7 +675,10 @@ class HttpSource:
                           total)
                 return None
             searches[rtype] = merged
-        if searches != dict(kept.searches):
+        news = any(parts[1 + 2 * index] for index in range(len(RECORD_SEARCHES))) or \
+            any(search.included != kept.searches[rtype].included
+                for rtype, search in searches.items())
+        if news:  # else the kept record and its time still hold: nothing to write
             await asyncio.to_thread(self._cache.store, replace(
                 kept, since=self._cache.next_since(started, server_date), searches=searches))
         resources = list(parts[0])

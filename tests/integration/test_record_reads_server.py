@@ -1,4 +1,4 @@
-"""How often a night reads each record, against the test server (strict, Medplum-like)
+"""How often a night reads each record, against the test server (as Medplum, then as HAPI)
 seeded with the sample day: once per patient per run whatever the number of visits and
 horizons; and with `source.cache_dir`, the next night revalidates each kept record with
 `_lastUpdated` searches and counts instead of reading it again — fewer bytes, the same
@@ -59,9 +59,12 @@ class Clinic:
             "Authorization": f"Bearer {self.server.admin_token}"})
 
 
-@pytest.fixture(scope="module")
-def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clinic]:
-    with fhir_test_server() as server:
+@pytest.fixture(scope="module", params=["medplum", "hapi"])
+def clinic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Clinic]:
+    """The sample day on a server behaving as Medplum does (the default), then as HAPI does
+    (its paging links, its error wording)."""
+    with fhir_test_server(profile=request.param) as server:
         server.admin.load_folder(ROOT / "sample_bundles")
         yield Clinic(server, tmp_path_factory.mktemp("reads"))
 
