@@ -652,10 +652,8 @@ class HttpSource:
                 raise
             # A server without _lastUpdated, _summary=count or _id searches: the kept
             # records cannot be revalidated here; read them in full (and keep them).
-            if self._revalidating:
-                log.warning("the server refused a search the record cache needs (HTTP %d); "
-                            "records are read in full from now on", exc.status)
-            self._revalidating = False
+            self._stop_revalidating(f"the server refused a search the record cache needs "
+                                    f"(HTTP {exc.status})")
             return None
         if answer is None:
             return None
@@ -664,6 +662,11 @@ class HttpSource:
         for index, (rtype, _) in enumerate(RECORD_SEARCHES):
             changed, counted = parts[1 + 2 * index], parts[2 + 2 * index]
             total = counted[0].get("total") if counted else None
+            if not isinstance(total, int) or isinstance(total, bool):
+                # _summary=count answered without a count: revalidation cannot be checked
+                # here; read in full, and do not ask again this run.
+                self._stop_revalidating("the server answered _summary=count without a total")
+                return None
             included = [r for i in again.get(rtype, ()) for r in parts[i]]
             merged = None if rtype not in kept.searches else revalidated(
                 kept.searches[rtype], rtype, changed, total, included)
@@ -686,6 +689,11 @@ class HttpSource:
             resources.extend(search.matches)
             resources.extend(search.included)
         return _unique(resources)
+
+    def _stop_revalidating(self, why: str) -> None:
+        if self._revalidating:
+            log.warning("%s; records are read in full from now on", why)
+        self._revalidating = False
 
     async def _read_batch(self, queries: list[_Query], step: str
                      ) -> tuple[list[list[Mapping[str, Any]]], datetime | None] | None:
