@@ -6,13 +6,16 @@ the transport (respx) and the CLI builds one from configuration (`HttpSource.fro
 Reads follow the FHIR conventions in DESIGN.md: only spec-defined search parameters,
 `Bundle.link[next]` followed to the end (never `total`), each patient's record in one
 `batch` round trip where the server lists batch (individual searches otherwise, or when a
-batch POST is refused), each patient read once per run, and at most `concurrency` requests
-in flight. Transient failures (429/502/503/504, connect errors, timeouts) are retried with
-exponential backoff and jitter, honouring Retry-After, within a bounded number of
-attempts and a bounded total wait; a write is retried only when it is conditional. A rate
-limit (429 with Retry-After, the IETF RateLimit fields or Medplum's `_msBeforeNext`, or a
-RateLimit field saying the quota is spent) pauses every request of the source until the
-quota resets (`throttle.Throttle`), within the run's budget for waiting.
+batch POST is refused), record searches in pages of `record_page_size` (1000), each patient
+read once per run, and at most `concurrency` requests in flight. With a record cache
+(`source.cache_dir`, previsit/sources/cache.py) a record kept from an earlier night is
+revalidated in that same one batch instead of read again. Transient failures
+(429/502/503/504, connect errors, timeouts) are retried with exponential backoff and
+jitter, honouring Retry-After, within a bounded number of attempts and a bounded total
+wait; a write is retried only when it is conditional. A rate limit (429 with Retry-After,
+the IETF RateLimit fields or Medplum's `_msBeforeNext`, or a RateLimit field saying the
+quota is spent) pauses every request of the source until the quota resets
+(`throttle.Throttle`), within the run's budget for waiting.
 
 Errors a person reads name the request as "GET Observation?patient=…": parameter names,
 never values (DESIGN: no patient identifiers at INFO).
@@ -36,6 +39,7 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -280,6 +284,7 @@ class HttpSource:
         # Records kept between nights (source.cache_dir), revalidated instead of re-read.
         self._cache = cache
         self._revalidating = True  # until the server refuses a search revalidation needs
+        self.cache_counts: Counter[str] = Counter()  # revalidated, read in full, ...
         self._problems: list[SourceProblem] = []
         self.capabilities: ServerCapabilities | None = None
         self.request_count = 0  # HTTP requests sent to the FHIR server, retries included
@@ -530,6 +535,12 @@ class HttpSource:
         return tuple(self._problems)
 
     async def aclose(self) -> None:
+        if self._cache is not None and self._records:
+            log.info("record cache: %d records revalidated, %d kept but read in full (a count "
+                     "that did not add up, a refused search), %d not kept or too old (read "
+                     "in full)", self.cache_counts["revalidated"],
+                     self.cache_counts["kept but read in full"],
+                     self.cache_counts["read in full"])
         for task in self._records.values():
             if not task.done():
                 task.cancel()
@@ -587,7 +598,11 @@ class HttpSource:
             if kept is not None:
                 resources = await self._revalidate(kept)
                 if resources is not None:
+                    self.cache_counts["revalidated"] += 1
                     return resources
+                self.cache_counts["kept but read in full"] += 1
+            elif self._cache is not None:
+                self.cache_counts["read in full"] += 1
             started = self._retry.now()
             answer = await self._read_batch(queries, "reading the record (batch)")
             if answer is not None:
