@@ -696,13 +696,19 @@ class HttpSource:
         news = any(parts[1 + 2 * index] for index in range(len(RECORD_SEARCHES))) or \
             any(search.included != kept.searches[rtype].included
                 for rtype, search in searches.items())
-        if news:  # else the kept record and its time still hold: nothing to write
-            await asyncio.to_thread(self._cache.store, replace(
-                kept, since=self._cache.next_since(started, server_date), searches=searches))
         resources = list(parts[0])
         for search in searches.values():
             resources.extend(search.matches)
             resources.extend(search.included)
+        if _not_of_patient(resources, pid, self.base_url) is not None:
+            # The server's answers are checked again by the caller; a kept file naming
+            # another patient is a damaged cache, not this patient's failure.
+            log.warning("the record cache file %s holds another patient's data; reading the "
+                        "record in full", self._cache.path(pid))
+            return None
+        if news:  # else the kept record and its time still hold: nothing to write
+            await asyncio.to_thread(self._cache.store, replace(
+                kept, since=self._cache.next_since(started, server_date), searches=searches))
         return _unique(resources)
 
     def _stop_revalidating(self, why: str) -> None:
