@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,7 +114,7 @@ def revalidated(kept: KeptSearch, resource_type: str, changed: Sequence[Resource
     return KeptSearch(tuple(matches.values()), kept_included)
 
 
-def _references(resources: Iterator[Resource] | Sequence[Resource] | Any) -> Iterator[str]:
+def _references(resources: Iterable[Any]) -> Iterator[str]:
     """"Type/id" of every reference in `resources` (absolute or versioned ones cut down)."""
     stack: list[Any] = list(resources)
     while stack:
