@@ -17,7 +17,11 @@ What it answers, as previsit asks it (previsit/sources/http.py, previsit/capabil
   `location`, `actor`, `service-type`, `patient`), paged by `Bundle.link[next]`;
 - `GET /Patient/<id>`, and `GET /<Type>?patient=<id>&_count=n` for Condition,
   MedicationRequest (`_include=MedicationRequest:medication`), Observation, Procedure,
-  Immunization and ServiceRequest, each paged by `link[next]`;
+  Immunization, ServiceRequest, Encounter, MedicationDispense and MedicationStatement,
+  each paged by `link[next]`;
+- for the record cache (source.cache_dir): `_lastUpdated=gt<instant>` on those searches (the
+  replicas were last updated when the server started; a written order when it was
+  written), `_summary=count`, and `GET /Medication?_id=a,b`;
 - `POST /` with a `batch` of those GETs, or a `transaction` of conditional creates (POST
   with `ifNoneExist`: 201 the first time, 200 after) and conditional updates (PUT
   `Type?identifier=…`: 201, then 200). What was written is kept, so a re-run is
@@ -71,12 +75,14 @@ from synthea_day import (
     split_at_ids,
 )
 
+# What previsit's record reads (previsit/record.py RECORD_SEARCHES).
 RECORD_TYPES = ("Condition", "MedicationRequest", "Observation", "Procedure", "Immunization",
-                "ServiceRequest")
+                "ServiceRequest", "Encounter", "MedicationDispense", "MedicationStatement")
 WRITABLE = ("ServiceRequest", "MedicationRequest", "DocumentReference")
 APPOINTMENT_PARAMS = frozenset({"date", "status", "practitioner", "location", "actor",
                                 "service-type", "patient", "_count", "_offset"})
-RECORD_PARAMS = frozenset({"patient", "_count", "_offset"})
+# _lastUpdated (gt) and _summary=count: what previsit's record cache revalidates with.
+RECORD_PARAMS = frozenset({"patient", "_count", "_offset", "_lastUpdated", "_summary"})
 INCLUDE_MEDICATION = "MedicationRequest:medication"
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
@@ -269,6 +275,11 @@ class BenchFhir:
         # the search entries of written resources, so later searches see them.
         self.conditional: dict[tuple[str, str], tuple[str, str, int]] = {}
         self.written: dict[tuple[str, str], list[bytes]] = {}
+        self.written_at: dict[tuple[str, str], list[float]] = {}  # their meta.lastUpdated
+        self.loaded_at = time.time()  # the replicas' meta.lastUpdated
+        # Medication id suffix (after the replica prefix) -> (template, key of medications)
+        self.medication_suffixes = {key[PREFIX_LEN:]: (t, key) for t in self.templates
+                                    for key in t.medications}
         self.created_count = 0
         self.capability = _dumps(capability_statement(base_url))
 
@@ -288,6 +299,9 @@ class BenchFhir:
             paged = any(k == "_offset" for k, _ in params)
             self.stats.kinds["Appointment page" if paged else "Appointment search"] += 1
             return self.search_appointments(params, link_base)
+        if parts == ["Medication"]:
+            self.stats.kinds["Medication search"] += 1
+            return self.search_medications(params, link_base)
         if len(parts) == 1 and parts[0] in RECORD_TYPES:
             paged = any(k == "_offset" for k, _ in params)
             self.stats.kinds[f"{parts[0]} {'page' if paged else 'search'}"] += 1
@@ -337,6 +351,8 @@ class BenchFhir:
         _check_params(rtype, params, allowed)
         include = False
         for key, value in params:
+            if key == "_summary" and value != "count":
+                raise FhirError(400, f"_summary={value!r}: this server counts (count) only")
             if key == "_include":
                 if value != INCLUDE_MEDICATION:
                     raise FhirError(400, f"unsupported _include {value!r}")
@@ -345,21 +361,27 @@ class BenchFhir:
         if len(patients) != 1:
             raise FhirError(400, f"{rtype} search needs exactly one patient parameter")
         count, offset = _paging(params)
+        after = _after(params)
         found = self.replica(patients[0])
         pieces: Sequence[tuple[bytes, ...]] = ()
         written: Sequence[bytes] = ()
         prefix = b""
         if found is not None:
             template, prefix = found
-            pieces = template.entries[rtype]
-            written = self.written.get((patients[0].removeprefix("Patient/"), rtype), ())
+            held = (patients[0].removeprefix("Patient/"), rtype)
+            pieces = template.entries[rtype] if self.loaded_at > after else ()
+            written = [entry for entry, at in zip(self.written.get(held, ()),
+                                                  self.written_at.get(held, ()), strict=True)
+                       if at > after]
         total = len(pieces) + len(written)
+        if ("_summary", "count") in params:
+            return self._searchset(rtype, params, [], 0, 0, total, link_base, with_total=True)
         entries = [prefix.join(p) for p in pieces[offset:offset + count]]
         rest = count - len(entries)
         if rest > 0 and written:
             start = max(0, offset - len(pieces))
             entries.extend(written[start:start + rest])
-        if include and found is not None:
+        if include and found is not None and pieces:
             template, prefix = found
             cited = dict.fromkeys(ref for refs in template.medication_refs[offset:offset + count]
                                   for ref in refs)
@@ -412,8 +434,30 @@ class BenchFhir:
             out.append(i)
         return tuple(out)
 
+    def search_medications(self, params: list[tuple[str, str]], link_base: str) -> bytes:
+        """`Medication?_id=a,b`: the replicas' Medications (the record cache reads the ones
+        it keeps again by id)."""
+        _check_params("Medication", params, frozenset({"_id", "_count", "_offset"}))
+        count, offset = _paging(params)
+        entries = []
+        for value in (v for k, v in params if k == "_id"):
+            for mid in value.split(","):
+                known = self.medication_suffixes.get(mid[PREFIX_LEN:])
+                try:
+                    n = int(mid[:PREFIX_LEN], 16)
+                except ValueError:
+                    continue
+                if known is None or n >= self.spec.patients:
+                    continue
+                template, key = known
+                entries.append(replica_prefix(n).join(template.medications[key]).replace(
+                    b'"mode":"include"', b'"mode":"match"'))
+        return self._searchset("Medication", params, entries[offset:offset + count], offset,
+                               count, len(entries), link_base)
+
     def _searchset(self, rtype: str, params: list[tuple[str, str]], entries: list[bytes],
-                   offset: int, count: int, total: int, link_base: str) -> bytes:
+                   offset: int, count: int, total: int, link_base: str, *,
+                   with_total: bool = False) -> bytes:
         kept = [(k, v) for k, v in params if k != "_offset"]
         links = [b'{"relation":"self","url":"' + _url(link_base, rtype, params) + b'"}']
         if offset + count < total:
@@ -421,8 +465,10 @@ class BenchFhir:
             if not any(k == "_count" for k, _ in kept):
                 after.append(("_count", str(count)))
             links.append(b'{"relation":"next","url":"' + _url(link_base, rtype, after) + b'"}')
-        return (b'{"resourceType":"Bundle","type":"searchset","link":[' + b",".join(links) +
-                b'],"entry":[' + b",".join(entries) + b"]}")
+        head = b'{"resourceType":"Bundle","type":"searchset",' + \
+            (b'"total":%d,' % total if with_total else b"")
+        return (head + b'"link":[' + b",".join(links) + b'],"entry":[' + b",".join(entries) +
+                b"]}")
 
     def batch(self, bundle: Mapping[str, Any], link_base: str) -> bytes:
         self.stats.kinds["batch entries"] += len(bundle.get("entry") or ())
@@ -498,10 +544,13 @@ class BenchFhir:
         patient = _reference_id(resource, PATIENT_LINKS)
         if patient is None:
             return
-        stored = {**resource, "id": rid, "meta": {"versionId": "1"}}
+        now = time.time()
+        stored = {**resource, "id": rid, "meta": {
+            "versionId": "1", "lastUpdated": datetime.fromtimestamp(now, UTC).isoformat()}}
         self.written.setdefault((patient, rtype), []).append(_dumps({
             "fullUrl": f"{self.base_url}/{rtype}/{rid}", "resource": stored,
             "search": {"mode": "match"}}))
+        self.written_at.setdefault((patient, rtype), []).append(now)
 
 
 def _check_params(rtype: str, params: Iterable[tuple[str, str]],
@@ -523,6 +572,18 @@ def _paging(params: Iterable[tuple[str, str]]) -> tuple[int, int]:
         except ValueError:
             raise FhirError(400, f"{key}={value!r} is not a number") from None
     return count, offset
+
+
+def _after(params: Iterable[tuple[str, str]]) -> float:
+    """The instant of `_lastUpdated=gt<instant>` (POSIX seconds), or -inf without one."""
+    after = float("-inf")
+    for key, value in params:
+        if key == "_lastUpdated":
+            prefix, when = _date_bound(value)
+            if prefix != "gt":
+                raise FhirError(400, f"_lastUpdated={value!r}: this server compares with gt")
+            after = max(after, when)
+    return after
 
 
 def _date_bound(value: str) -> tuple[str, float]:
@@ -866,7 +927,7 @@ def measure(args: argparse.Namespace) -> int:
     cpu = float(stats["cpu_seconds"])
     per_request = cpu / max(sent, 1)
     print(f"benchmark server self-measure: {args.patients} patients, {sent} requests "
-          f"(per patient: 1 batch read of 7, 1 page, 1 transaction of 3 creates) from "
+          f"(per patient: 1 batch read of 10, 1 page, 1 transaction of 3 creates) from "
           f"{args.clients} concurrent clients, no added latency")
     print(f"  wall {seconds:.1f} s ({sent / seconds:.0f} requests/s, bounded by the client), "
           f"server CPU {cpu:.2f} s = {per_request * 1e6:.0f} µs per request, "

@@ -44,8 +44,23 @@ class SourceConfig(_Section):
     # create of more than 8 entries ("requires strict isolation"); HAPI takes far more. A
     # smaller limit a server states in a refusal is learned and used for the rest of the run.
     max_transaction_entries: int = Field(default=8, ge=1, le=1000)
-    page_size: int = Field(default=100, ge=1, le=1000)
+    page_size: int = Field(default=100, ge=1, le=1000)  # the appointment search's pages
+    # Pages of a record's searches (Observation, Encounter, …): a patient with thousands of
+    # results is read in a few pages, not dozens. 1000 is Medplum's maximum _count; HAPI
+    # answers a larger _count with pages of its own maximum (max_page_size), not an error.
+    record_page_size: int = Field(default=1000, ge=1, le=1000)
     use_batch: bool = True  # read each record with one batch Bundle when the server can
+    # A folder keeping each patient's record between nights (patient data: 0600 files in
+    # 0700 folders), so that the next night asks only what changed (_lastUpdated) and how
+    # many resources each search holds (_summary=count) instead of reading it all again
+    # (previsit/sources/cache.py). Off when unset.
+    cache_dir: Path | None = None
+    # A kept record is read in full again at least this often: the bound on what
+    # revalidation cannot see (a change in place without a new meta.lastUpdated).
+    cache_max_age_days: float = Field(default=7.0, gt=0)
+    # The next night asks for changes from this long before the last read (the server's
+    # clock or ours, whichever is earlier): clock skew, writes committed late.
+    cache_overlap_seconds: float = Field(default=600.0, ge=0)
     # Bounds on what a server can make a run read (a hostile or broken server: a 1 GiB body,
     # a gzip bomb, a byte every few seconds, next links that never end). What exceeds them
     # fails that patient; the defaults are far above any real record.
@@ -229,6 +244,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         return p if p is None or p.is_absolute() else base / p
 
     config.source.path = fix(config.source.path) or config.source.path
+    config.source.cache_dir = fix(config.source.cache_dir)
     config.rules.folder = fix(config.rules.folder)
     config.rules.valuesets = tuple(fix(p) or p for p in config.rules.valuesets)
     config.output.folder = fix(config.output.folder) or config.output.folder

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -783,3 +785,74 @@ def test_a_header_that_is_not_ascii_does_not_fail_the_read() -> None:
         200, headers=[(b"Content-Type", b"application/fhir+json"),
                       (b"X-Served-By", "Zürich \u202e".encode())], stream=Chunks(body)))
     assert [v.appointment_id for v in run(h.source.appointments(WINDOW))] == ["a1"]
+
+
+# --- the record cache (source.cache_dir) ---------------------------------------------------
+
+
+def test_a_server_that_ignores_summary_count_gets_full_reads_without_asking_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server answering _summary=count with a plain searchset (no total) cannot have a
+    kept record checked: that record is read in full, and no other is revalidated."""
+    from previsit.sources.cache import RecordCache
+
+    def source() -> Harness:
+        h = Harness(cache=RecordCache(tmp_path, BASE, max_age=timedelta(days=7), now=lambda:
+                                      NOW))
+        h.capability()
+        return h
+
+    a1c = observation("4548-4", days_ago=30)
+    first = source()
+    first.router.post(BASE).mock(side_effect=[json_response(record_batch(a1c)),
+                                              json_response(record_batch(pid="p2"))])
+    for pid in ("p1", "p2"):
+        run(first.source.patient_record(pid))
+    assert len(list(tmp_path.rglob("*.json"))) == 2  # both kept
+    # The next night: the first batch is a revalidation (19 entries) answered without totals.
+    night = source()
+    no_totals = batch_response(patient(), *[searchset() for _ in range(2 * len(RECORD_TYPES))])
+    batches = night.router.post(BASE).mock(side_effect=[
+        json_response(no_totals), json_response(record_batch(a1c)),
+        json_response(record_batch(pid="p2"))])
+    with caplog.at_level(logging.WARNING):
+        record = run(night.source.patient_record("p1"))
+        run(night.source.patient_record("p2"))
+    assert len(record.observations) == 1
+    sizes = [len(json.loads(c.request.content)["entry"]) for c in batches.calls]
+    assert sizes == [1 + 2 * len(RECORD_TYPES), 1 + len(RECORD_TYPES), 1 + len(RECORD_TYPES)]
+    assert "_summary=count without a total; records are read in full" in caplog.text
+
+
+def test_a_kept_record_naming_another_patient_is_read_in_full_not_failed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from previsit.sources.cache import RecordCache
+
+    cache = RecordCache(tmp_path, BASE, max_age=timedelta(days=7), now=lambda: NOW)
+    a1c = observation("4548-4", days_ago=30)
+    first = Harness(cache=cache)
+    first.capability()
+    first.router.post(BASE).mock(return_value=json_response(record_batch(a1c)))
+    run(first.source.patient_record("p1"))
+    # The file is damaged: it now holds an Observation of p2 among p1's.
+    kept = json.loads(cache.path("p1").read_bytes())
+    kept["searches"]["Observation"]["matches"].append(
+        observation("2160-0", days_ago=10, pid="p2"))
+    cache.path("p1").write_text(json.dumps(kept))
+
+    def count(total: int) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "searchset", "total": total}
+
+    # Nothing changed on the server, and its counts agree with the damaged file.
+    totals = {"Observation": 2}
+    revalidation = batch_response(patient(), *[part for rtype in RECORD_TYPES for part in (
+        searchset(), count(totals.get(rtype, 0)))])
+    night = Harness(cache=cache)
+    night.capability()
+    batches = night.router.post(BASE).mock(side_effect=[
+        json_response(revalidation), json_response(record_batch(a1c))])
+    with caplog.at_level(logging.WARNING):
+        record = run(night.source.patient_record("p1"))
+    assert [c.code for o in record.observations for c in o.code.codings] == ["4548-4"]
+    assert batches.call_count == 2
+    assert "holds another patient's data; reading the record in full" in caplog.text

@@ -6,13 +6,16 @@ the transport (respx) and the CLI builds one from configuration (`HttpSource.fro
 Reads follow the FHIR conventions in DESIGN.md: only spec-defined search parameters,
 `Bundle.link[next]` followed to the end (never `total`), each patient's record in one
 `batch` round trip where the server lists batch (individual searches otherwise, or when a
-batch POST is refused), each patient read once per run, and at most `concurrency` requests
-in flight. Transient failures (429/502/503/504, connect errors, timeouts) are retried with
-exponential backoff and jitter, honouring Retry-After, within a bounded number of
-attempts and a bounded total wait; a write is retried only when it is conditional. A rate
-limit (429 with Retry-After, the IETF RateLimit fields or Medplum's `_msBeforeNext`, or a
-RateLimit field saying the quota is spent) pauses every request of the source until the
-quota resets (`throttle.Throttle`), within the run's budget for waiting.
+batch POST is refused), record searches in pages of `record_page_size` (1000), each patient
+read once per run, and at most `concurrency` requests in flight. With a record cache
+(`source.cache_dir`, previsit/sources/cache.py) a record kept from an earlier night is
+revalidated in that same one batch instead of read again. Transient failures
+(429/502/503/504, connect errors, timeouts) are retried with exponential backoff and
+jitter, honouring Retry-After, within a bounded number of attempts and a bounded total
+wait; a write is retried only when it is conditional. A rate limit (429 with Retry-After,
+the IETF RateLimit fields or Medplum's `_msBeforeNext`, or a RateLimit field saying the
+quota is spent) pauses every request of the source until the quota resets
+(`throttle.Throttle`), within the run's budget for waiting.
 
 Errors a person reads name the request as "GET Observation?patient=…": parameter names,
 never values (DESIGN: no patient identifiers at INFO).
@@ -36,10 +39,12 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -64,6 +69,7 @@ from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id as patient_of_reference
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.bodies import ACCEPT_ENCODING, capped_send
+from previsit.sources.cache import KeptRecord, KeptSearch, RecordCache, revalidated
 from previsit.sources.throttle import (
     Throttle,
     WaitBudgetSpent,
@@ -85,6 +91,8 @@ FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # A batch POST answered with one of these means "no batch here": read searches one by one.
 BATCH_REFUSED = frozenset({400, 404, 405, 501})
+# A search answered with one of these means "not a search this server does".
+SEARCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
 # FHIR R4 id: [A-Za-z0-9\-\.]{1,64}. Checked before an id goes into a URL.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 1000  # per search: a server whose next links never end is a server bug
@@ -98,6 +106,8 @@ MAX_THROTTLED_ATTEMPTS = 50
 LONG_WRITE = 100  # entries from which a write logs its progress
 
 T = TypeVar("T")
+# One GET of a record: (step, resource type or read path, params).
+_Query = tuple[str, str, list[tuple[str, str]]]
 
 __all__ = ["HttpSource", "RetryPolicy", "build_client", "is_conditional_transaction",
            "open_http_source", "retry_after_seconds"]
@@ -236,13 +246,14 @@ class HttpSource:
     """A FHIR R4 server as a `Source`."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str, *, concurrency: int = 8,
-                 page_size: int = 100, use_batch: bool = True,
+                 page_size: int = 100, record_page_size: int | None = None,
+                 use_batch: bool = True,
                  retry: RetryPolicy | None = None, owns_client: bool = False,
                  max_transaction_entries: int = 8,
                  max_response_bytes: int = _DEFAULTS.max_response_bytes,
                  max_search_bytes: int = _DEFAULTS.max_search_bytes,
-                 request_deadline_seconds: float = _DEFAULTS.request_deadline_seconds
-                 ) -> None:
+                 request_deadline_seconds: float = _DEFAULTS.request_deadline_seconds,
+                 cache: RecordCache | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_transaction_entries < 1:
@@ -255,6 +266,7 @@ class HttpSource:
         self._base = httpx.URL(self.base_url + "/")  # for joining relative paths
         self._root = httpx.URL(self.base_url)  # batch and transaction go to [base] itself
         self._page_size = page_size
+        self._record_page_size = page_size if record_page_size is None else record_page_size
         self._retry = retry or RetryPolicy()
         # One pause for every request of this source when the server's quota is spent.
         self.throttle = Throttle(self._retry.max_wait_seconds, sleep=self._retry.sleep,
@@ -269,6 +281,10 @@ class HttpSource:
         self._batch: bool | None = None if use_batch else False  # None: ask /metadata first
         self._batch_decided: asyncio.Event | None = None
         self._records: dict[str, asyncio.Task[PatientRecord]] = {}
+        # Records kept between nights (source.cache_dir), revalidated instead of re-read.
+        self._cache = cache
+        self._revalidating = True  # until the server refuses a search revalidation needs
+        self.cache_counts: Counter[str] = Counter()  # revalidated, read in full, ...
         self._problems: list[SourceProblem] = []
         self.capabilities: ServerCapabilities | None = None
         self.request_count = 0  # HTTP requests sent to the FHIR server, retries included
@@ -300,14 +316,19 @@ class HttpSource:
             return build_client(source, flow, transport=transport)
 
         made = cls(new_client(), source.base_url, concurrency=source.concurrency,
-                   page_size=source.page_size, use_batch=source.use_batch,
+                   page_size=source.page_size, record_page_size=source.record_page_size,
+                   use_batch=source.use_batch,
                    retry=RetryPolicy(max_attempts=source.max_attempts,
                                      max_retry_seconds=source.max_retry_seconds,
                                      max_wait_seconds=source.max_wait_seconds),
                    owns_client=True, max_transaction_entries=source.max_transaction_entries,
                    max_response_bytes=source.max_response_bytes,
                    max_search_bytes=source.max_search_bytes,
-                   request_deadline_seconds=source.request_deadline_seconds)
+                   request_deadline_seconds=source.request_deadline_seconds,
+                   cache=None if source.cache_dir is None else RecordCache(
+                       source.cache_dir, source.base_url,
+                       max_age=timedelta(days=source.cache_max_age_days),
+                       overlap=timedelta(seconds=source.cache_overlap_seconds)))
         made._new_client = new_client
         return made
 
@@ -514,6 +535,12 @@ class HttpSource:
         return tuple(self._problems)
 
     async def aclose(self) -> None:
+        if self._cache is not None and self._records:
+            log.info("record cache: %d records revalidated, %d kept but read in full (a count "
+                     "that did not add up, a refused search), %d not kept or too old (read "
+                     "in full)", self.cache_counts["revalidated"],
+                     self.cache_counts["kept but read in full"],
+                     self.cache_counts["read in full"])
         for task in self._records.values():
             if not task.done():
                 task.cancel()
@@ -549,15 +576,7 @@ class HttpSource:
             raise PatientReadError(patient_id, f"{patient_id!r} is not a valid FHIR id")
         where = f"Patient/{patient_id}"
         try:
-            resources: list[Mapping[str, Any]] | None = None
-            if await self._use_batch():
-                resources = await self._read_by_batch(patient_id)
-                if resources is None:
-                    log.info("the server refused a batch read; reading records one search "
-                             "at a time from now on")
-                    self._batch = False
-            if resources is None:
-                resources = await self._read_one_by_one(patient_id)
+            resources = await self._record_resources(patient_id)
         except SourceError as exc:
             raise PatientReadError(patient_id, f"{where}: {exc}") from None
         foreign = _not_of_patient(resources, patient_id, self.base_url)
@@ -569,24 +588,145 @@ class HttpSource:
         except RecordError as exc:
             raise PatientReadError(patient_id, f"{where}: {exc}") from None
 
-    def _record_queries(self, patient_id: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
-        """(step, resource type or read path, params) for one record, in a fixed order."""
-        queries: list[tuple[str, str, list[tuple[str, str]]]] = [
-            ("reading Patient", f"Patient/{patient_id}", [])]
+    async def _record_resources(self, patient_id: str) -> list[Mapping[str, Any]]:
+        """The record's resources: revalidated from the cache, else by one batch, else by
+        individual searches."""
+        queries = self._record_queries(patient_id)
+        if await self._use_batch():
+            kept = None if self._cache is None or not self._revalidating else \
+                await asyncio.to_thread(self._cache.load, patient_id)
+            if kept is not None:
+                resources = await self._revalidate(kept)
+                if resources is not None:
+                    self.cache_counts["revalidated"] += 1
+                    return resources
+                self.cache_counts["kept but read in full"] += 1
+            elif self._cache is not None:
+                self.cache_counts["read in full"] += 1
+            started = self._retry.now()
+            answer = await self._read_batch(queries, "reading the record (batch)")
+            if answer is not None:
+                parts, server_date = answer
+                if self._cache is not None:
+                    await self._keep(patient_id, parts, started, server_date)
+                return _unique([r for part in parts for r in part])
+            log.info("the server refused a batch read; reading records one search at a time "
+                     "from now on")
+            self._batch = False
+        parts = await _all([self._query(step, path, params) for step, path, params in queries])
+        return _unique([r for part in parts for r in part])
+
+    def _record_queries(self, patient_id: str) -> list[_Query]:
+        """(step, resource type or read path, params) for one record, in a fixed order:
+        the Patient, then RECORD_SEARCHES."""
+        queries: list[_Query] = [("reading Patient", f"Patient/{patient_id}", [])]
         for rtype, extra in RECORD_SEARCHES:
-            params = [("patient", patient_id), *extra, ("_count", str(self._page_size))]
+            params = [("patient", patient_id), *extra,
+                      ("_count", str(self._record_page_size))]
             queries.append((f"reading {rtype}", rtype, params))
         return queries
 
-    async def _read_by_batch(self, patient_id: str) -> list[Mapping[str, Any]] | None:
-        """The record from one batch of searches; None when the server refuses batch."""
-        queries = self._record_queries(patient_id)
+    async def _keep(self, patient_id: str, parts: list[list[Mapping[str, Any]]],
+                    started: datetime, server_date: datetime | None) -> None:
+        """Keep a record read in full (parts as `_record_queries` asked) in the cache."""
+        assert self._cache is not None
+        searches: dict[str, KeptSearch] = {}
+        for (rtype, _), part in zip(RECORD_SEARCHES, parts[1:], strict=True):
+            kept = KeptSearch.of(rtype, part)
+            if kept is None:
+                return  # a resource without an id cannot be merged by id: not kept
+            searches[rtype] = kept
+        await asyncio.to_thread(self._cache.store, KeptRecord(
+            self.base_url, patient_id, full_at=started,
+            since=self._cache.next_since(started, server_date), searches=searches))
+
+    async def _revalidate(self, kept: KeptRecord) -> list[Mapping[str, Any]] | None:
+        """The record from its kept copy and one batch asking what changed since it was
+        read (previsit/sources/cache.py); None when it must be read in full."""
+        assert self._cache is not None
+        pid = kept.patient_id
+        since = "gt" + kept.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        count = str(self._record_page_size)
+        queries: list[_Query] = [("reading Patient", f"Patient/{pid}", [])]
+        for rtype, extra in RECORD_SEARCHES:
+            queries.append((f"reading {rtype} changes", rtype, [
+                ("patient", pid), *extra, ("_lastUpdated", since), ("_count", count)]))
+            queries.append((f"counting {rtype}", rtype, [("patient", pid),
+                                                         ("_summary", "count")]))
+        again: dict[str, list[int]] = {}  # search -> its queries reading includes again
+        for rtype, search in sorted(kept.searches.items()):
+            for itype, ids in search.included_ids().items():
+                again.setdefault(rtype, []).append(len(queries))
+                queries.append((f"reading {itype} again", itype, [("_id", ",".join(ids)),
+                                                                  ("_count", count)]))
+        started = self._retry.now()
+        try:
+            answer = await self._read_batch(queries, "revalidating the record (batch)")
+        except RequestFailed as exc:
+            if exc.status not in SEARCH_REFUSED:
+                raise
+            # A server without _lastUpdated, _summary=count or _id searches: the kept
+            # records cannot be revalidated here; read them in full (and keep them).
+            self._stop_revalidating(f"the server refused a search the record cache needs "
+                                    f"(HTTP {exc.status})")
+            return None
+        if answer is None:
+            return None
+        parts, server_date = answer
+        searches: dict[str, KeptSearch] = {}
+        for index, (rtype, _) in enumerate(RECORD_SEARCHES):
+            changed, counted = parts[1 + 2 * index], parts[2 + 2 * index]
+            total = counted[0].get("total") if counted else None
+            if not isinstance(total, int) or isinstance(total, bool):
+                # _summary=count answered without a count: revalidation cannot be checked
+                # here; read in full, and do not ask again this run.
+                self._stop_revalidating("the server answered _summary=count without a total")
+                return None
+            included = [r for i in again.get(rtype, ()) for r in parts[i]]
+            merged = None if rtype not in kept.searches else revalidated(
+                kept.searches[rtype], rtype, changed, total, included)
+            if merged is None:
+                log.info("a kept record no longer adds up to what the server holds (a "
+                         "deletion?); reading it in full")
+                log.debug("Patient/%s: %s: %d kept, %s now", pid, rtype,
+                          len(kept.searches[rtype].matches) if rtype in kept.searches else 0,
+                          total)
+                return None
+            searches[rtype] = merged
+        news = any(parts[1 + 2 * index] for index in range(len(RECORD_SEARCHES))) or \
+            any(search.included != kept.searches[rtype].included
+                for rtype, search in searches.items())
+        resources = list(parts[0])
+        for search in searches.values():
+            resources.extend(search.matches)
+            resources.extend(search.included)
+        if _not_of_patient(resources, pid, self.base_url) is not None:
+            # The server's answers are checked again by the caller; a kept file naming
+            # another patient is a damaged cache, not this patient's failure.
+            log.warning("the record cache file %s holds another patient's data; reading the "
+                        "record in full", self._cache.path(pid))
+            return None
+        if news:  # else the kept record and its time still hold: nothing to write
+            await asyncio.to_thread(self._cache.store, replace(
+                kept, since=self._cache.next_since(started, server_date), searches=searches))
+        return _unique(resources)
+
+    def _stop_revalidating(self, why: str) -> None:
+        if self._revalidating:
+            log.warning("%s; records are read in full from now on", why)
+        self._revalidating = False
+
+    async def _read_batch(self, queries: list[_Query], step: str
+                     ) -> tuple[list[list[Mapping[str, Any]]], datetime | None] | None:
+        """Each query's resources (a read's or count's answer itself, a search's resources
+        of every page) from one batch, and the server's Date; None when the server refuses
+        batch."""
         bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
             {"request": {"method": "GET", "url": _relative(path, params)}}
             for _, path, params in queries]}
         try:
             response = await self._request("POST", self._root, json_body=bundle,
-                                           idempotent=True, step="reading the record (batch)")
+                                           idempotent=True, step=step)
         except RequestFailed as exc:
             if exc.status in BATCH_REFUSED:
                 return None
@@ -594,18 +734,16 @@ class HttpSource:
         body = _json_object(response, self._base)
         entries = body.get("entry") or []
         if body.get("type") != "batch-response" or len(entries) != len(queries):
-            raise RequestFailed("reading the record (batch): the server answered with "
-                                f"{len(entries)} entries of a {body.get('type')!r} Bundle for "
-                                f"a batch of {len(queries)}")
+            raise RequestFailed(f"{step}: the server answered with {len(entries)} entries of a "
+                                f"{body.get('type')!r} Bundle for a batch of {len(queries)}")
 
-        async def one(entry: Any, query: tuple[str, str, list[tuple[str, str]]]
-                      ) -> list[Mapping[str, Any]]:
+        async def one(entry: Any, query: _Query) -> list[Mapping[str, Any]]:
             step, path, params = query
             answer = entry.get("response") if isinstance(entry, Mapping) else None
             status = _entry_status(answer)
             resource = entry.get("resource") if isinstance(entry, Mapping) else None
             if status is not None and 200 <= status < 300 and isinstance(resource, Mapping):
-                if not params:
+                if _whole(params):
                     return [resource]
                 return await self._pages(resource, step, first=_relative(path, params))
             if status in RETRY_STATUSES or status is None:
@@ -621,22 +759,18 @@ class HttpSource:
             answer = entry.get("response") if isinstance(entry, Mapping) else None
             if _entry_status(answer) == 429:
                 try:
-                    self._note_entry_quota(answer, "reading the record (batch)")
+                    self._note_entry_quota(answer, step)
                 except WaitBudgetSpent as exc:
                     raise RequestFailed(str(exc), status=429) from None
         parts = await _all([one(entry, query) for entry, query in zip(entries, queries,
                                                                        strict=True)])
-        return _unique([r for part in parts for r in part])
-
-    async def _read_one_by_one(self, patient_id: str) -> list[Mapping[str, Any]]:
-        parts = await _all([self._query(step, path, params)
-                            for step, path, params in self._record_queries(patient_id)])
-        return _unique([r for part in parts for r in part])
+        return parts, _server_date(response)
 
     async def _query(self, step: str, path: str, params: list[tuple[str, str]]
                      ) -> list[Mapping[str, Any]]:
-        if not params:  # a read
-            response = await self._request("GET", self._base.join(path), step=step)
+        if _whole(params):  # a read, or a count
+            response = await self._request("GET", self._base.join(path), params=params or None,
+                                           step=step)
             return [_json_object(response, self._base)]
         return await self._search(path, params, step=step)
 
@@ -908,6 +1042,20 @@ async def _all(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
             first = first.exceptions[0]
         raise first from None
     return [t.result() for t in tasks]
+
+
+def _whole(params: Sequence[tuple[str, str]]) -> bool:
+    """Whether a query's answer is used as it is (a read, a count), not paged through."""
+    return not params or ("_summary", "count") in params
+
+
+def _server_date(response: httpx.Response) -> datetime | None:
+    """The server's clock from its Date header, or None."""
+    try:
+        when = parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def _relative(path: str, params: Sequence[tuple[str, str]]) -> str:

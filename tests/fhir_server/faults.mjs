@@ -126,7 +126,7 @@ export class Stats {
   }
 
   reset() {
-    this.requests = { total: 0, by_method: {}, by_status: {}, by_path: {} };
+    this.requests = { total: 0, by_method: {}, by_status: {}, by_path: {}, bytes_out: 0, bytes_by_method: {} };
     this.interactions = {}; // interaction -> resourceType -> count (top-level and entries)
     this.entries = { total: 0, by_status: {} }; // entries inside batch/transaction Bundles
     this.bundles = {}; // batch / transaction -> count
@@ -139,8 +139,10 @@ export class Stats {
     this.auth = { authorize: 0, codes_issued: 0, launches: 0, rate_limited: 0 };
   }
 
-  request(method, area, status) {
+  request(method, area, status, bytesOut = 0) {
     this.requests.total++;
+    this.requests.bytes_out += bytesOut; // body bytes sent: what a cache saves shows here
+    this.requests.bytes_by_method[method] = (this.requests.bytes_by_method[method] ?? 0) + bytesOut;
     bump(this.requests.by_method, method);
     bump(this.requests.by_status, String(status));
     bump(this.requests.by_path, area);

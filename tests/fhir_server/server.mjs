@@ -246,7 +246,7 @@ const server = createServer(async (req, res) => {
   answer ??= fhir(200, allOk);
   const area = url.pathname.startsWith(BASE_PATH) ? 'fhir' : url.pathname.split('/')[1] || '/';
   if (!url.pathname.startsWith('/__admin/')) {
-    stats.request(req.method, area, ctx.drop ? 'dropped' : answer.status);
+    stats.request(req.method, area, ctx.drop ? 'dropped' : answer.status, ctx.drop ? 0 : Buffer.byteLength(answer.body ?? ''));
   }
   if (answer.status >= 500 || config.verbose) {
     process.stderr.write(`${req.method} ${req.url} -> ${ctx.drop ? 'dropped' : answer.status}${answer.status >= 500 ? ' ' + answer.body : ''}\n`);
