@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from previsit.jsonio import MAX_DEPTH, JsonError, dumps, loads, object_or_none
+from previsit.jsonio import (
+    MAX_DEPTH,
+    JsonError,
+    collector_paused,
+    dumps,
+    loads,
+    object_or_none,
+)
 
 
 def test_ordinary_json_is_read_as_the_standard_library_reads_it() -> None:
@@ -123,3 +131,26 @@ def test_golden_outputs_are_written_byte_for_byte_again() -> None:
     for path in files:
         text = path.read_text(encoding="utf-8")
         assert dumps(loads(text)) == text, path.name
+
+
+def test_the_collector_is_paused_while_reading_and_back_after_the_last_pause() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    with pytest.raises(JsonError), collector_paused():
+        loads("{oops")
+    assert gc.isenabled()  # back after an error too
+
+
+def test_a_collector_switched_off_before_stays_off() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

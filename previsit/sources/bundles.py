@@ -38,6 +38,7 @@ from typing import Any
 
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
+from previsit.jsonio import collector_paused
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id
@@ -134,18 +135,19 @@ class RecordLoader:
         if not self.parts:
             raise PatientReadError(self.patient_id, "no Patient resource in the bundle folder")
         resources: list[dict[str, Any]] = []
-        for part in self.parts:
-            if part.held is not None:
-                resources.extend(part.held)
-            else:
-                resources.extend(self._read(part))
-        medications = dict(self.medications)
-        extra = [medications[ref] for ref in sorted(_medication_refs(resources))
-                 if ref in medications]
-        try:
-            return build_record([*resources, *extra])
-        except RecordError as exc:
-            raise PatientReadError(self.patient_id, str(exc)) from exc
+        with collector_paused():
+            for part in self.parts:
+                if part.held is not None:
+                    resources.extend(part.held)
+                else:
+                    resources.extend(self._read(part))
+            medications = dict(self.medications)
+            extra = [medications[ref] for ref in sorted(_medication_refs(resources))
+                     if ref in medications]
+            try:
+                return build_record([*resources, *extra])
+            except RecordError as exc:
+                raise PatientReadError(self.patient_id, str(exc)) from exc
 
     def _read(self, part: FilePart) -> Iterator[dict[str, Any]]:
         for position, item in enumerate(read_file(part.path)):
@@ -198,8 +200,9 @@ class BundleSource:
                 raise SourceError(f"{self.folder}: bundle folder does not exist")
             seen: dict[str, str] = {}  # Type/id -> where it was first met (the scan only)
             self._files = folder_files(self.folder)
-            for number, path in enumerate(self._files):
-                self._scan(number, path, seen)
+            with collector_paused():
+                for number, path in enumerate(self._files):
+                    self._scan(number, path, seen)
             self._loaded = True
 
     def _scan(self, number: int, path: Path, seen: dict[str, str]) -> None:
