@@ -343,7 +343,11 @@ def _references(items: Any, name: str | None = None) -> tuple[str, ...]:
 def _concepts(items: Any) -> Concept:
     """Every coding of a list of CodeableConcepts as one concept (Encounter.type,
     Observation.interpretation), with the first text."""
-    concepts = [Concept.from_json(c) for c in items] if isinstance(items, list) else []
+    if not isinstance(items, list) or not items:
+        return Concept.from_json(None)
+    concepts = [Concept.from_json(c) for c in items]
+    if len(concepts) == 1:
+        return concepts[0]  # the same value, and already shared (Concept.from_json)
     return Concept(tuple(c for concept in concepts for c in concept.codings),
                    next((c.text for c in concepts if c.text), None))
 

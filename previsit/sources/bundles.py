@@ -30,6 +30,7 @@ concurrently (the scan itself is guarded by a lock).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,13 +53,17 @@ _PATIENT_TYPES = frozenset({*(rtype for rtype, _ in RECORD_SEARCHES), "Diagnosti
                             "AllergyIntolerance"})
 
 
+# A file's resources name their patient hundreds of times in the same words.
+_local_patient = functools.lru_cache(maxsize=4096)(patient_id)
+
+
 def _patient_of(resource: Mapping[str, Any], aliases: Mapping[str, str]) -> str | None:
     """The patient a resource belongs to: `Patient/<id>` (or a fullUrl standing for one),
     read as appointments are (references.patient_id)."""
     for name in _PATIENT_FIELDS:
         ref = resource.get(name)
         reference = ref.get("reference") if isinstance(ref, dict) else None
-        pid = patient_id(aliases.get(reference, reference)) \
+        pid = _local_patient(aliases.get(reference, reference)) \
             if isinstance(reference, str) else None
         if pid is not None:
             return pid
