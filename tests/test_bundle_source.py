@@ -15,7 +15,7 @@ from builders import appointment, bundle, condition, observation, patient, write
 
 from previsit.errors import PatientReadError, SourceError
 from previsit.sources import VisitWindow
-from previsit.sources.bundles import BundleSource, load_record
+from previsit.sources.bundles import BundleSource, _Seen, load_record
 
 DAY = date(2026, 12, 1)
 TZ = "America/Chicago"
@@ -244,3 +244,38 @@ def test_records_may_be_read_concurrently(tmp_path: Path) -> None:
     assert [r.observations[0].value_quantity.value for r in records
             if r.observations[0].value_quantity is not None] == [
         6.0 + n for n in [*range(8), *range(8)]]
+
+
+def test_duplicates_are_found_in_the_same_file_across_files_and_past_a_hash_collision(
+        tmp_path: Path) -> None:
+    write(tmp_path, "a.json", bundle(patient(pid="p1"), condition("44054006", pid="p1")))
+    write(tmp_path, "b.ndjson", "\n".join(json.dumps(r) for r in (
+        {"resourceType": "Observation", "id": "o1"}, {"resourceType": "Observation",
+                                                       "id": "o1"})) + "\n")
+    files = sorted(tmp_path.iterdir())
+    seen = _Seen(files)
+    seen.digest = lambda key: 7  # every key collides: only the exact comparison is left
+    a, b = (str(f) for f in files)
+    assert seen.first("Patient/p1", at=0, where=f"{a} entry[0]") is None
+    assert seen.first("Condition/x", at=1, where=f"{a} entry[1]") is None
+    assert seen.first("Patient/p1", at=5, where="elsewhere") == f"{a} entry[0]"
+    assert seen.first("Condition/x", at=5, where="elsewhere") == f"{a} entry[1]"
+    assert seen.first("Observation/o1", at=1 << 32, where=f"{b} line 1") is None
+    assert seen.first("Observation/o1", at=1 << 32 | 1, where=f"{b} line 2") == \
+        f"{b} line 1"
+
+
+def test_a_duplicate_in_the_same_file_is_reported_with_its_first_place(
+        tmp_path: Path) -> None:
+    cond = condition("44054006", pid="p1")
+    write(tmp_path, "a.ndjson", "\n".join(json.dumps(r) for r in (
+        patient(pid="p1"), cond, cond, cond)) + "\n")
+    source = BundleSource(tmp_path)
+    record = asyncio.run(source.patient_record("p1"))
+    assert len(record.conditions) == 1
+    first = f"{tmp_path / 'a.ndjson'} line 2"
+    assert [(Path(p.where).name, p.message) for p in source.problems()] == [
+        ("a.ndjson line 3", f"Condition/{cond['id']} also appears in {first}; the first "
+         "one is used"),
+        ("a.ndjson line 4", f"Condition/{cond['id']} also appears in {first}; the first "
+         "one is used")]

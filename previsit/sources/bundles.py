@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,48 @@ def load_record(loader: RecordLoader) -> PatientRecord:
     return loader.load()
 
 
+class _Seen:
+    """The resources (Type/id) the scan has met, and where: for a folder of a million
+    resources, in a tenth of the memory a dict of their keys and places would take.
+
+    Each key is kept as its hash, mapped to the file number and position where it was met.
+    A hash met again is checked against that item, read again from its file (the last few
+    files read so are kept: duplicates come in runs); two keys of one hash are told apart
+    exactly.
+    """
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self._files = files
+        self._at: dict[int, int] = {}  # hash of Type/id -> file number << 32 | position
+        self._exact: dict[str, str] = {}  # Type/id -> where, for keys whose hash was taken
+        self._items: dict[int, list[tuple[str | None, str]]] = {}  # file -> (key, where)s
+        self.digest: Callable[[str], int] = hash
+
+    def first(self, key: str, *, at: int, where: str) -> str | None:
+        """Where `key` was met before, or None (and it is remembered as met at `at`)."""
+        digest = self.digest(key)
+        before = self._at.get(digest)
+        if before is None:
+            self._at[digest] = at
+            return None
+        first_key, first_where = self._read(before >> 32)[before & 0xFFFFFFFF]
+        if first_key == key:
+            return first_where
+        if key in self._exact:
+            return self._exact[key]
+        self._exact[key] = where
+        return None
+
+    def _read(self, number: int) -> list[tuple[str | None, str]]:
+        if number not in self._items:
+            if len(self._items) >= 8:
+                del self._items[next(iter(self._items))]
+            self._items[number] = [
+                (_key(item.resource) if item.resource is not None else None, item.where)
+                for item in read_file(self._files[number])]
+        return self._items[number]
+
+
 class BundleSource:
     """Answers the Source protocol from files (scanned once, on first use)."""
 
@@ -203,20 +245,22 @@ class BundleSource:
                 return
             if not self.folder.is_dir():
                 raise SourceError(f"{self.folder}: bundle folder does not exist")
-            seen: dict[str, str] = {}  # Type/id -> where it was first met (the scan only)
             self._files = folder_files(self.folder)
+            seen = _Seen(self._files)
             with collector_paused():
                 for number, path in enumerate(self._files):
                     self._scan(number, path, seen)
             self._loaded = True
 
-    def _scan(self, number: int, path: Path, seen: dict[str, str]) -> None:
+    def _scan(self, number: int, path: Path, seen: _Seen) -> None:
         owned: dict[str, list[dict[str, Any]]] = {}  # patient id -> resources, this file
         for position, item in enumerate(read_file(path)):
             if item.resource is None:
                 self._problem(item.where, item.problem or "unreadable")
                 continue
-            placed = self._add(item.resource, item.where, item.aliases, seen)
+            placed = self._add(item.resource, item.where, item.aliases,
+                               functools.partial(seen.first, at=number << 32 | position,
+                                                 where=item.where))
             if placed is None:
                 self._set_aside.setdefault(number, set()).add(position)
             elif placed.owner is not None:
@@ -227,8 +271,9 @@ class BundleSource:
                 self._held[(number, owner)] = tuple(resources)
 
     def _add(self, resource: dict[str, Any], where: str, aliases: Mapping[str, str],
-             seen: dict[str, str]) -> _Placed | None:
-        """Index one resource; None when it is a duplicate (set aside)."""
+             first: Callable[[str], str | None]) -> _Placed | None:
+        """Index one resource; None when it is a duplicate (set aside). `first(key)`: where
+        the resource `key` was met before, or None (then it is remembered as met here)."""
         rtype = resource["resourceType"]
         rid = resource.get("id")
         if rid is not None and not isinstance(rid, str):
@@ -236,11 +281,11 @@ class BundleSource:
             return _Placed(resource)
         if isinstance(rid, str):
             key = f"{rtype}/{rid}"
-            if key in seen:
-                self._problem(where, f"{key} also appears in {seen[key]}; the first one "
+            before = first(key)
+            if before is not None:
+                self._problem(where, f"{key} also appears in {before}; the first one "
                               "is used")
                 return None
-            seen[key] = where
         if rtype == "Appointment":
             self._appointments.append((where, resource))
             return _Placed(resource)
