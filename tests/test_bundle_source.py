@@ -228,8 +228,10 @@ def test_a_record_loader_reads_the_same_record_in_another_process(tmp_path: Path
     assert local.medications[0].medication.codings[0].code == "314076"
     assert [o.value_quantity.value for o in local.observations
             if o.value_quantity is not None] == [6.5]
-    with pytest.raises(PatientReadError):
-        source.record_loader("ghost").load()
+    with pytest.raises(PatientReadError) as err, ProcessPoolExecutor(max_workers=1) as pool:
+        pool.submit(load_record, source.record_loader("ghost")).result()
+    assert (err.value.patient_id, str(err.value)) == (
+        "ghost", "no Patient resource in the bundle folder")
 
 
 def test_records_may_be_read_concurrently(tmp_path: Path) -> None:
