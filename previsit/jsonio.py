@@ -33,12 +33,12 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _DUMPS = (orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
           | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
           | orjson.OPT_PASSTHROUGH_SUBCLASS)
-# A number token orjson spells unlike Python's float repr: fixed notation under 1e-4
-# (0.00001 for 1e-05) and an unpadded exponent (1e-9 for 1e-09). Exponents are otherwise
-# the same; such floats are rare in outputs, so any exponent sends the data to json. A
-# string value starts with a quote, so no text in one matches.
-_UNLIKE_REPR = re.compile(rb"(?m)(?:: |^ *)-?(?:0\.0000|[0-9.]+e)")
-
+# What orjson spells unlike Python's float repr, and only that (checked on every double):
+# fixed notation from 1e-5 to 1e-4 (0.00001 for 1e-05) and a one-digit negative exponent
+# (1e-9 for 1e-09). Positive exponents and everything else are spelled alike.
+_FIXED_SMALL = re.compile(rb"0\.0000")
+_SHORT_EXPONENT = re.compile(rb"e-[0-9](?![0-9])")
+_NUMBER_BYTES = frozenset(b"0123456789.")
 
 class JsonError(ValueError):
     """Text that is not JSON (or not the JSON expected)."""
@@ -91,9 +91,42 @@ def dumps(data: Any) -> str:
         text = orjson.dumps(data, option=_DUMPS)
     except orjson.JSONEncodeError:
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    if _UNLIKE_REPR.search(text):
+    if _spelled_unlike_json(text):
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return text.decode("utf-8")
+
+
+def _spelled_unlike_json(text: bytes) -> bool:
+    """Whether orjson's indented output holds a number json would spell otherwise.
+
+    Found by their bytes, then confirmed a number token: a value after `": "` or alone on
+    an indented line (an array item). Text in a string never is (it follows a quote), so
+    ids and notes cost a look, not a fallback; a false alarm would only cost json's time.
+    """
+    for match in _FIXED_SMALL.finditer(text):
+        if _number_starts(text, match.start()) == match.start():
+            return True
+    for match in _SHORT_EXPONENT.finditer(text):
+        start = match.start()
+        if start and text[start - 1] in _NUMBER_BYTES and \
+                _number_starts(text, start) is not None:
+            return True
+    return False
+
+
+def _number_starts(text: bytes, at: int) -> int | None:
+    """Where the number token holding byte `at` starts (its sign aside), or None when the
+    bytes there are not a JSON value of an indented document."""
+    start = at
+    while start > 0 and text[start - 1] in _NUMBER_BYTES:
+        start -= 1
+    value = start - 1 if start > 0 and text[start - 1] == ord("-") else start
+    if text[max(0, value - 2):value] == b": ":
+        return start
+    indent = value
+    while indent > 0 and text[indent - 1] == ord(" "):
+        indent -= 1
+    return start if indent == 0 or text[indent - 1] == ord("\n") else None
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import pytest
 from previsit.jsonio import (
     MAX_DEPTH,
     JsonError,
+    _spelled_unlike_json,
     collector_paused,
     dumps,
     loads,
@@ -154,3 +155,17 @@ def test_a_collector_switched_off_before_stays_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("text,unlike", [
+    (b'{\n  "a": 0.00001\n}\n', True),  # json: 1e-05
+    (b'{\n  "a": -0.000044771168669661275\n}\n', True),
+    (b'[\n  1e-9,\n  2\n]\n', True),  # json: 1e-09
+    (b"0.00001\n", True),
+    (b'{\n  "a": 10.00001,\n  "b": 1e-10,\n  "c": 1e+16\n}\n', False),  # spelled alike
+    # in strings: ids and text that look like such numbers are not numbers
+    (b'{\n  "id": "9d35e-4b1f-0.0000",\n  "t": "x-1e-5 mg"\n}\n', False),
+])
+def test_numbers_spelled_unlike_json_are_found_in_orjson_output(text: bytes,
+                                                                 unlike: bool) -> None:
+    assert _spelled_unlike_json(text) is unlike
