@@ -117,7 +117,7 @@ _NO_CONCEPT = Concept()
 # Concepts made from JSON, by _concept_key; emptied when full (a bound on memory, not an
 # eviction policy: the same concepts come back at once).
 _CONCEPTS: dict[tuple[str | None, ...], Concept] = {}
-_CONCEPTS_MAX = 65536
+_CONCEPTS_MAX = 16384  # a few MB at most; a chart repeats a few hundred
 
 
 def _concept_key(value: dict[str, Any]) -> tuple[str | None, ...] | None:

@@ -40,7 +40,7 @@ BY_VALUE = frozenset({
     "medicationCodeableConcept", "medicationReference", "dosageInstruction", "quantity",
     "expectedSupplyDuration",
 })
-DEFAULT_SIZE = 4096
+DEFAULT_SIZE = 1024  # a night writes a few hundred shapes
 
 _WHITESPACE = re.compile(r"\s")
 _TWO_WHITESPACE = re.compile(r"\s\s")
