@@ -49,7 +49,7 @@ def canonical_system(system: str | None) -> str:
     return SYSTEM_ALIASES.get(system, system)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Coding:
     system: str
     code: str
@@ -59,7 +59,7 @@ class Coding:
         return (self.system, self.code)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Concept:
     """A CodeableConcept: its codings and its free text."""
 
