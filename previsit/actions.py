@@ -33,6 +33,7 @@ from fhir.resources.R4B.bundle import Bundle
 from previsit.errors import ProposalError
 from previsit.identifiers import stable_token
 from previsit.suppressions import DECLINE_REASON_SYSTEM, DeclineReason
+from previsit.validation import SHAPES
 
 STATUS_REASON_EXTENSION = "http://hl7.org/fhir/StructureDefinition/request-statusReason"
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
@@ -107,7 +108,7 @@ def provenance(*, targets: Sequence[str], actor: Actor, when: datetime, activity
 def _transaction(entries: list[dict[str, Any]]) -> dict[str, Any]:
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     try:
-        Bundle.model_validate(bundle)
+        SHAPES.validate(Bundle, bundle)
     except ValueError as exc:
         raise ProposalError(f"the action's transaction does not validate: {exc}") from exc
     return bundle

@@ -49,7 +49,7 @@ def canonical_system(system: str | None) -> str:
     return SYSTEM_ALIASES.get(system, system)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Coding:
     system: str
     code: str
@@ -59,7 +59,7 @@ class Coding:
         return (self.system, self.code)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Concept:
     """A CodeableConcept: its codings and its free text."""
 
@@ -68,8 +68,27 @@ class Concept:
 
     @classmethod
     def from_json(cls, value: Any) -> Concept:
+        """The concept of a CodeableConcept's JSON (nothing usable: no codings, no text).
+
+        Charts repeat the same few hundred concepts thousands of times (every blood
+        pressure, every encounter type), so a concept of plain strings is made once and
+        shared (concepts are immutable): a record costs less to build and to hold.
+        """
         if not isinstance(value, dict):
-            return cls()
+            return _NO_CONCEPT
+        key = _concept_key(value)
+        if key is None:
+            return cls._parse(value)
+        concept = _CONCEPTS.get(key)
+        if concept is None:
+            concept = cls._parse(value)
+            if len(_CONCEPTS) >= _CONCEPTS_MAX:
+                _CONCEPTS.clear()
+            _CONCEPTS[key] = concept
+        return concept
+
+    @classmethod
+    def _parse(cls, value: dict[str, Any]) -> Concept:
         codings = []
         for raw in value.get("coding") or ():
             if isinstance(raw, dict) and isinstance(raw.get("code"), str):
@@ -92,6 +111,38 @@ class Concept:
         """Lower-cased text and displays, for the ingredient-name fallback."""
         parts = [self.text or ""] + [c.display or "" for c in self.codings]
         return " ".join(parts).lower()
+
+
+_NO_CONCEPT = Concept()
+# Concepts made from JSON, by _concept_key; emptied when full (a bound on memory, not an
+# eviction policy: the same concepts come back at once).
+_CONCEPTS: dict[tuple[str | None, ...], Concept] = {}
+_CONCEPTS_MAX = 16384  # a few MB at most; a chart repeats a few hundred
+
+
+def _concept_key(value: dict[str, Any]) -> tuple[str | None, ...] | None:
+    """(text, system, code, display, system, code, display...) of a CodeableConcept whose
+    text and codings' fields are each a string or absent, which is all that makes its
+    Concept; None for anything else (made every time, never shared)."""
+    text = value.get("text")
+    if text is not None and type(text) is not str:
+        return None
+    raws = value.get("coding")
+    if raws is None:
+        return (text,)
+    if type(raws) is not list:
+        return None
+    key: list[str | None] = [text]
+    for raw in raws:
+        if type(raw) is not dict:
+            return None
+        system, code, display = raw.get("system"), raw.get("code"), raw.get("display")
+        if (system is not None and type(system) is not str) or \
+                (code is not None and type(code) is not str) or \
+                (display is not None and type(display) is not str):
+            return None
+        key += (system, code, display)
+    return tuple(key)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fhir.resources.R4B.documentreference import DocumentReference
 from previsit.codes import LOINC
 from previsit.identifiers import sheet_identifier
 from previsit.plan import VisitPlan
+from previsit.validation import SHAPES
 
 
 def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
@@ -49,7 +50,7 @@ def sheet_document(plan: VisitPlan, html: str, *, identifier_system: str,
             "title": "Pre-visit planning sheet"}}],
         "context": {"related": [{"reference": f"Appointment/{plan.visit.appointment_id}"}]},
     }
-    DocumentReference.model_validate(resource)
+    SHAPES.validate(DocumentReference, resource)
     return resource
 
 
@@ -62,5 +63,5 @@ def sheet_transaction(plan: VisitPlan, html: str, *, identifier_system: str,
         "resource": resource,
         "request": {"method": "PUT",
                     "url": f"DocumentReference?identifier={identifier_system}|{value}"}}]}
-    Bundle.model_validate(bundle)
+    SHAPES.validate(Bundle, bundle)
     return bundle

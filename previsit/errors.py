@@ -104,6 +104,10 @@ class PatientReadError(SourceError):
         super().__init__(message)
         self.patient_id = patient_id
 
+    def __reduce__(self) -> tuple[type[PatientReadError], tuple[str, str]]:
+        # raised in a process pool's worker (sources.bundles.load_record), it is pickled
+        return (type(self), (self.patient_id, str(self)))
+
 
 class WriteError(SourceError):
     """A transaction could not be written (or its outcome is unknown); `key` names it."""

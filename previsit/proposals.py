@@ -48,6 +48,7 @@ from previsit.plan import (
     VisitPlan,
 )
 from previsit.record import MedicationOrder, OpenRequest, PatientRecord
+from previsit.validation import SHAPES
 
 ROLE_SYSTEM = "https://previsit.dev/fhir/CodeSystem/care-team-role"
 
@@ -296,7 +297,7 @@ def _validate(resource: dict[str, Any]) -> None:
     if resource.get("status") != "draft" or resource.get("intent") != "proposal":
         raise ProposalError("proposals are always status=draft, intent=proposal")
     try:
-        model.model_validate(resource)
+        SHAPES.validate(model, resource)
     except ValueError as exc:
         raise ProposalError(f"{resource['resourceType']} proposal does not validate as FHIR "
                             f"R4B: {exc}") from exc
@@ -380,7 +381,7 @@ def plan_proposals(plan: VisitPlan, record: PatientRecord, *, identifier_system:
     if entries:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         try:
-            Bundle.model_validate(bundle)
+            SHAPES.validate(Bundle, bundle)
         except ValueError as exc:
             raise ProposalError(f"transaction Bundle does not validate: {exc}") from exc
     return VisitProposals(tuple(summaries), bundle)

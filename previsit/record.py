@@ -43,7 +43,7 @@ ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-or
                            "instance-order"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Quantity:
     value: float
     unit: str | None = None  # as shown (unit, else the code)
@@ -55,7 +55,7 @@ class Quantity:
         return f"{value} {self.unit}" if self.unit else value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataIssue:
     """Something in the patient's data that could not be used, said so a person can fix it."""
 
@@ -63,7 +63,7 @@ class DataIssue:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     ref: str
     code: Concept
@@ -90,7 +90,7 @@ class Observation:
         return ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Condition:
     ref: str
     code: Concept
@@ -114,7 +114,7 @@ class Condition:
         return self.onset or self.recorded
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Procedure:
     ref: str
     code: Concept
@@ -122,7 +122,7 @@ class Procedure:
     status: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Immunization:
     ref: str
     vaccine: Concept
@@ -130,7 +130,7 @@ class Immunization:
     status: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MedicationOrder:
     """A MedicationRequest (order) with what is needed to know what it is and when it runs out."""
 
@@ -156,7 +156,7 @@ class MedicationOrder:
                                             or self.intent == "plan")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dispense:
     """A MedicationDispense: what the pharmacy actually handed over, and for how long."""
 
@@ -176,7 +176,7 @@ class Dispense:
 _NOT_TAKING = frozenset({"stopped", "completed", "not-taken"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MedicationUse:
     """A MedicationStatement: whether the patient says they take a drug (no supply)."""
 
@@ -190,7 +190,7 @@ class MedicationUse:
         return self.status in _NOT_TAKING
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Encounter:
     ref: str
     type: Concept  # the codings of every Encounter.type
@@ -202,7 +202,7 @@ class Encounter:
     class_code: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenRequest:
     """A ServiceRequest or MedicationRequest already on the chart (ours or anyone's)."""
 
@@ -220,7 +220,7 @@ class OpenRequest:
         return self.status in ("draft", "active", "on-hold")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Patient:
     id: str
     birth_date: date | None
@@ -231,7 +231,7 @@ class Patient:
     deceased_on: date | None = None  # deceasedDateTime, when the chart gives the date
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PatientRecord:
     patient: Patient
     conditions: tuple[Condition, ...] = ()
@@ -343,7 +343,11 @@ def _references(items: Any, name: str | None = None) -> tuple[str, ...]:
 def _concepts(items: Any) -> Concept:
     """Every coding of a list of CodeableConcepts as one concept (Encounter.type,
     Observation.interpretation), with the first text."""
-    concepts = [Concept.from_json(c) for c in items] if isinstance(items, list) else []
+    if not isinstance(items, list) or not items:
+        return Concept.from_json(None)
+    concepts = [Concept.from_json(c) for c in items]
+    if len(concepts) == 1:
+        return concepts[0]  # the same value, and already shared (Concept.from_json)
     return Concept(tuple(c for concept in concepts for c in concept.codings),
                    next((c.text for c in concepts if c.text), None))
 

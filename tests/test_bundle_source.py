@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from builders import appointment, bundle, condition, observation, patient, write
 
 from previsit.errors import PatientReadError, SourceError
 from previsit.sources import VisitWindow
-from previsit.sources.bundles import BundleSource
+from previsit.sources.bundles import BundleSource, _Seen, load_record
 
 DAY = date(2026, 12, 1)
 TZ = "America/Chicago"
@@ -163,3 +165,119 @@ def test_a_resource_belongs_to_the_patient_its_reference_names_on_this_source(
     assert sorted(p.message for p in source.problems()) == [
         f"Observation/{foreign['id']} has no Patient subject; skipped",
         f"Observation/{traversing['id']} has no Patient subject; skipped"]
+
+
+def test_a_patient_split_over_files_and_files_shared_by_patients(tmp_path: Path) -> None:
+    write(tmp_path, "a/p1.json", bundle(patient(pid="p1"), observation("4548-4", 30, 7.0, "%")))
+    write(tmp_path, "a/p2.json", bundle(patient(pid="p2"), observation("4548-4", 20, 9.0, "%",
+                                                                       pid="p2")))
+    # one file with both patients, read after theirs (sorted paths)
+    write(tmp_path, "b/labs.ndjson", "\n".join(json.dumps(r) for r in (
+        observation("2160-0", 10, 1.1, "mg/dL", pid="p2"),
+        observation("2160-0", 10, 0.9, "mg/dL", pid="p1"),
+        condition("44054006", pid="p1"))) + "\n")
+    source = BundleSource(tmp_path)
+    one = asyncio.run(source.patient_record("p1"))
+    two = asyncio.run(source.patient_record("p2"))
+    assert [(o.code.codings[0].code, o.value_quantity.value if o.value_quantity else None)
+            for o in one.observations] == [("4548-4", 7.0), ("2160-0", 0.9)]
+    assert [c.code.codings[0].code for c in one.conditions] == ["44054006"]
+    assert [(o.code.codings[0].code, o.value_quantity.value if o.value_quantity else None)
+            for o in two.observations] == [("4548-4", 9.0), ("2160-0", 1.1)]
+    assert two.conditions == ()
+    assert source.problems() == []
+
+
+def test_records_are_read_from_the_files_when_asked_for(tmp_path: Path) -> None:
+    """A one-patient file is not held after the scan: the record is read from it again,
+    keeping only what the scan kept (the first of a duplicate)."""
+    cond = condition("44054006", pid="p1")
+    write(tmp_path, "a.json", bundle(patient(pid="p1"), cond))
+    write(tmp_path, "b.json", bundle(patient(pid="p2", sex="male"), cond,
+                                     condition("38341003", pid="p2")))
+    source = BundleSource(tmp_path)
+    source.load()
+    assert [p.message for p in source.problems()] == [
+        f"Condition/{cond['id']} also appears in {tmp_path / 'a.json'} entry[1]; "
+        "the first one is used"]
+    (tmp_path / "a.json").write_text('{"resourceType": "Bundle", "entry": [')
+    with pytest.raises(PatientReadError, match="not valid JSON") as err:
+        asyncio.run(source.patient_record("p1"))
+    assert err.value.patient_id == "p1"
+    record = asyncio.run(source.patient_record("p2"))
+    assert [c.code.codings[0].code for c in record.conditions] == ["38341003"]
+    assert record.patient.sex == "male"
+
+
+def test_a_record_loader_reads_the_same_record_in_another_process(tmp_path: Path) -> None:
+    med = {"resourceType": "Medication", "id": "m1", "code": {"coding": [{
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]}}
+    request = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active",
+               "intent": "order", "subject": {"reference": "Patient/p1"},
+               "medicationReference": {"reference": "Medication/m1"}, "authoredOn": "2026-01-01"}
+    write(tmp_path, "p1.json", bundle(patient(pid="p1"), request, condition("44054006")))
+    write(tmp_path, "shared.ndjson", json.dumps(med) + "\n" + json.dumps(
+        observation("4548-4", 30, 7.0, "%", pid="p2")) + "\n" + json.dumps(
+        observation("4548-4", 40, 6.5, "%", pid="p1")) + "\n")
+    source = BundleSource(tmp_path)
+    loader = source.record_loader("p1")
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        remote = pool.submit(load_record, pickle.loads(pickle.dumps(loader))).result()
+    local = asyncio.run(source.patient_record("p1"))
+    assert remote == local
+    assert local.medications[0].medication.codings[0].code == "314076"
+    assert [o.value_quantity.value for o in local.observations
+            if o.value_quantity is not None] == [6.5]
+    with pytest.raises(PatientReadError) as err, ProcessPoolExecutor(max_workers=1) as pool:
+        pool.submit(load_record, source.record_loader("ghost")).result()
+    assert (err.value.patient_id, str(err.value)) == (
+        "ghost", "no Patient resource in the bundle folder")
+
+
+def test_records_may_be_read_concurrently(tmp_path: Path) -> None:
+    for n in range(8):
+        write(tmp_path, f"p{n}.json", bundle(patient(pid=f"p{n}"),
+                                             observation("4548-4", n + 1, 6.0 + n, "%",
+                                                         pid=f"p{n}")))
+    source = BundleSource(tmp_path)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        records = list(pool.map(lambda n: asyncio.run(source.patient_record(f"p{n}")),
+                                [*range(8), *range(8)]))
+    assert [r.observations[0].value_quantity.value for r in records
+            if r.observations[0].value_quantity is not None] == [
+        6.0 + n for n in [*range(8), *range(8)]]
+
+
+def test_duplicates_are_found_in_the_same_file_across_files_and_past_a_hash_collision(
+        tmp_path: Path) -> None:
+    write(tmp_path, "a.json", bundle(patient(pid="p1"), condition("44054006", pid="p1")))
+    write(tmp_path, "b.ndjson", "\n".join(json.dumps(r) for r in (
+        {"resourceType": "Observation", "id": "o1"}, {"resourceType": "Observation",
+                                                       "id": "o1"})) + "\n")
+    files = sorted(tmp_path.iterdir())
+    seen = _Seen(files)
+    seen.digest = lambda key: 7  # every key collides: only the exact comparison is left
+    a, b = (str(f) for f in files)
+    assert seen.first("Patient/p1", at=0, where=f"{a} entry[0]") is None
+    assert seen.first("Condition/x", at=1, where=f"{a} entry[1]") is None
+    assert seen.first("Patient/p1", at=5, where="elsewhere") == f"{a} entry[0]"
+    assert seen.first("Condition/x", at=5, where="elsewhere") == f"{a} entry[1]"
+    assert seen.first("Observation/o1", at=1 << 32, where=f"{b} line 1") is None
+    assert seen.first("Observation/o1", at=1 << 32 | 1, where=f"{b} line 2") == \
+        f"{b} line 1"
+
+
+def test_a_duplicate_in_the_same_file_is_reported_with_its_first_place(
+        tmp_path: Path) -> None:
+    cond = condition("44054006", pid="p1")
+    write(tmp_path, "a.ndjson", "\n".join(json.dumps(r) for r in (
+        patient(pid="p1"), cond, cond, cond)) + "\n")
+    source = BundleSource(tmp_path)
+    record = asyncio.run(source.patient_record("p1"))
+    assert len(record.conditions) == 1
+    first = f"{tmp_path / 'a.ndjson'} line 2"
+    assert [(Path(p.where).name, p.message) for p in source.problems()] == [
+        ("a.ndjson line 3", f"Condition/{cond['id']} also appears in {first}; the first "
+         "one is used"),
+        ("a.ndjson line 4", f"Condition/{cond['id']} also appears in {first}; the first "
+         "one is used")]

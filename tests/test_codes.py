@@ -246,3 +246,33 @@ def test_load_folder_names_the_file_with_an_unusable_set(tmp_path: Path) -> None
     write(tmp_path, "filtered.json", compose({"system": SNOMED, "filter": [{}]}))
     with pytest.raises(ValueSetError, match=r"filtered\.json: .*filters or nested"):
         ValueSetRegistry().load_folder(tmp_path)
+
+
+def test_concepts_from_the_same_json_are_made_once_and_shared() -> None:
+    height = {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.1", "code": "8302-2",
+                          "display": "Body Height"}], "text": "Body Height"}
+    first = Concept.from_json(height)
+    again = Concept.from_json(json.loads(json.dumps(height)))
+    assert again is first
+    assert first == Concept((Coding("http://loinc.org", "8302-2", "Body Height"),),
+                            "Body Height")
+    # another display is another concept
+    assert Concept.from_json({**height, "text": "Height"}).text == "Height"
+    assert Concept.from_json({"coding": []}) == Concept.from_json({}) == Concept()
+
+
+@pytest.mark.parametrize("value,expected", [
+    # fields that are not strings are read as before (a code that is not a string: no
+    # coding; a display or text that is not one: none), and not shared
+    ({"coding": [{"system": "http://loinc.org", "code": 8302}], "text": "h"},
+     Concept((), "h")),
+    ({"coding": [{"system": "http://loinc.org", "code": "1", "display": 2}], "text": 3},
+     Concept((Coding("http://loinc.org", "1", None),), None)),
+    ({"coding": [{"code": "1"}, "junk", {"code": "2", "system": None}]},
+     Concept((Coding("", "1"), Coding("", "2")))),
+    ({"coding": {"code": "1"}}, Concept()),
+    ("not an object", Concept()),
+])
+def test_concepts_of_odd_json(value: Any, expected: Concept) -> None:
+    assert Concept.from_json(value) == expected
+    assert Concept.from_json(value) == expected

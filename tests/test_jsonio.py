@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import json
+import math
+from pathlib import Path
+
 import pytest
 
-from previsit.jsonio import MAX_DEPTH, JsonError, dumps, loads, object_or_none
+from previsit.jsonio import (
+    MAX_DEPTH,
+    JsonError,
+    _spelled_unlike_json,
+    collector_paused,
+    dumps,
+    loads,
+    object_or_none,
+)
 
 
 def test_ordinary_json_is_read_as_the_standard_library_reads_it() -> None:
@@ -57,3 +71,101 @@ def test_object_or_none() -> None:
     assert object_or_none('{"a": 1}') == {"a": 1}
     assert object_or_none("[1]") is None
     assert object_or_none("[" * 5000 + "]" * 5000) is None
+
+
+def _standard(data: object) -> str:
+    """What dumps wrote before orjson, and must still write byte for byte."""
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("data", [
+    {"b": 1, "a": [], "c": {}, "d": [[], {}, [{}]], "e": None, "f": True, "g": False},
+    # floats: fixed and exponent notation, the edges of each, signed zero, subnormals
+    [0.1, 1.0, -0.0, 100.0, 1e-4, 1e-05, -2.5e-07, 4.477e-05, 1e-09, 1e15, 1e16, 1.5e16,
+     123456789012345.6, 1e22, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
+     0.30000000000000004, 1 / 3],
+    # integers: the 64-bit edges orjson writes, and beyond them (json writes those)
+    [2**63 - 1, 2**63, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 10**40],
+    # strings: control characters, quotes, DEL, line separators, BOM, non-BMP
+    "".join(map(chr, range(0x20))) + '"\\/\x7f\x80\u2028\u2029\ufeff é 中 \U0001f600',
+    # keys sorted by code point, non-ASCII and astral included
+    {"é": 1, "Z": 2, "a": 3, "\U0001f600": 4, "\uffff": 5, "ａ": 6, "": 7},
+    {1: "int key", 2: "another"},  # non-string keys: orjson refuses, json converts them
+    {"note": "ratio: 1e-5, 0.00001", "when": "2026-12-01"},  # number-like text in strings
+    {"x": ("a", "tuple")},
+])
+def test_dumps_writes_what_the_standard_library_wrote(data: object) -> None:
+    assert dumps(data) == _standard(data)
+
+
+def test_dumps_literal_spellings() -> None:
+    assert dumps({"a": 1e-05, "b": [2.5e-07]}) == \
+        '{\n  "a": 1e-05,\n  "b": [\n    2.5e-07\n  ]\n}\n'
+    assert dumps({"t": "\x1f\n"}) == '{\n  "t": "\\u001f\\n"\n}\n'
+    assert dumps([]) == "[]\n"
+    assert dumps(0.0001) == "0.0001\n"
+
+
+def test_dumps_of_a_subclass_or_dataclass_is_the_standard_librarys() -> None:
+    class Code(str):
+        pass
+
+    assert dumps({"c": Code("x")}) == '{\n  "c": "x"\n}\n'
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    with pytest.raises(TypeError):
+        dumps(Point(1))  # as json.dumps: not JSON data
+
+
+def test_dumps_of_a_non_finite_float_is_null() -> None:
+    """JSON has no NaN; previsit never holds one (record.py sets them aside)."""
+    assert dumps([math.nan, math.inf]) == "[\n  null,\n  null\n]\n"
+
+
+def test_golden_outputs_are_written_byte_for_byte_again() -> None:
+    golden = Path(__file__).parent / "golden" / "sample-day"
+    files = sorted(golden.rglob("*.json"))
+    assert len(files) > 3
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert dumps(loads(text)) == text, path.name
+
+
+def test_the_collector_is_paused_while_reading_and_back_after_the_last_pause() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    with pytest.raises(JsonError), collector_paused():
+        loads("{oops")
+    assert gc.isenabled()  # back after an error too
+
+
+def test_a_collector_switched_off_before_stays_off() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("text,unlike", [
+    (b'{\n  "a": 0.00001\n}\n', True),  # json: 1e-05
+    (b'{\n  "a": -0.000044771168669661275\n}\n', True),
+    (b'[\n  1e-9,\n  2\n]\n', True),  # json: 1e-09
+    (b"0.00001\n", True),
+    (b'{\n  "a": 10.00001,\n  "b": 1e-10,\n  "c": 1e+16\n}\n', False),  # spelled alike
+    # in strings: ids and text that look like such numbers are not numbers
+    (b'{\n  "id": "9d35e-4b1f-0.0000",\n  "t": "x-1e-5 mg"\n}\n', False),
+])
+def test_numbers_spelled_unlike_json_are_found_in_orjson_output(text: bytes,
+                                                                 unlike: bool) -> None:
+    assert _spelled_unlike_json(text) is unlike

@@ -16,8 +16,8 @@ from typing import Any
 from previsit.jsonio import JsonError, loads
 
 
-@dataclass(frozen=True)
-class FolderItem:
+@dataclass(slots=True)  # not frozen: made for every resource, twice a run, and a frozen
+class FolderItem:      # dataclass costs four times as much to make; nobody changes one
     """One resource read from the folder, or one problem (then `resource` is None)."""
 
     where: str  # "folder/file.json entry[12]", "folder/file.ndjson line 4"
@@ -29,33 +29,42 @@ class FolderItem:
     foreign: bool = False  # the problem is that it is not FHIR at all (a package.json)
 
 
-def _files(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in (".json", ".ndjson") and \
-                "node_modules" not in path.parts:
-            yield path
+def folder_files(folder: Path) -> list[Path]:
+    """The *.json and *.ndjson files below `folder` (node_modules aside), in read order."""
+    return [path for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.suffix.lower() in (".json", ".ndjson")
+            and "node_modules" not in path.parts]
 
 
 def read_folder(folder: Path) -> Iterator[FolderItem]:
     """Every resource below `folder`, and every problem met on the way."""
-    for path in _files(folder):
-        where = str(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not data
-        except (OSError, UnicodeDecodeError) as exc:
-            yield FolderItem(where, problem=f"cannot read file: {exc}")
-            continue
-        if path.suffix.lower() == ".ndjson":
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    yield _item(line, f"{where} line {number}")
-            continue
-        try:
-            data = loads(text)
-        except JsonError as exc:
-            yield FolderItem(where, problem=f"{exc}; file skipped")
-            continue
-        yield from _document(data, where)
+    for path in folder_files(folder):
+        yield from read_file(path)
+
+
+def read_file(path: Path) -> Iterator[FolderItem]:
+    """Every resource in one file, and every problem met on the way, in the file's order.
+
+    The same file always gives the same items in the same order, so an item's position in
+    this sequence names it (the bundle source re-reads a patient's files by position).
+    """
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not data
+    except (OSError, UnicodeDecodeError) as exc:
+        yield FolderItem(where, problem=f"cannot read file: {exc}")
+        return
+    if path.suffix.lower() == ".ndjson":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield _item(line, f"{where} line {number}")
+        return
+    try:
+        data = loads(text)
+    except JsonError as exc:
+        yield FolderItem(where, problem=f"{exc}; file skipped")
+        return
+    yield from _document(data, where)
 
 
 def _item(line: str, where: str) -> FolderItem:
