@@ -17,7 +17,8 @@ What it answers, as previsit asks it (previsit/sources/http.py, previsit/capabil
   `location`, `actor`, `service-type`, `patient`), paged by `Bundle.link[next]`;
 - `GET /Patient/<id>`, and `GET /<Type>?patient=<id>&_count=n` for Condition,
   MedicationRequest (`_include=MedicationRequest:medication`), Observation, Procedure,
-  Immunization and ServiceRequest, each paged by `link[next]`;
+  Immunization, ServiceRequest, Encounter, MedicationDispense and MedicationStatement, each
+  paged by `link[next]`;
 - `POST /` with a `batch` of those GETs, or a `transaction` of conditional creates (POST
   with `ifNoneExist`: 201 the first time, 200 after) and conditional updates (PUT
   `Type?identifier=…`: 201, then 200). What was written is kept, so a re-run is
@@ -71,8 +72,9 @@ from synthea_day import (
     split_at_ids,
 )
 
+# What previsit reads of a record (previsit.record.RECORD_SEARCHES), each searched by patient.
 RECORD_TYPES = ("Condition", "MedicationRequest", "Observation", "Procedure", "Immunization",
-                "ServiceRequest")
+                "ServiceRequest", "Encounter", "MedicationDispense", "MedicationStatement")
 WRITABLE = ("ServiceRequest", "MedicationRequest", "DocumentReference")
 APPOINTMENT_PARAMS = frozenset({"date", "status", "practitioner", "location", "actor",
                                 "service-type", "patient", "_count", "_offset"})

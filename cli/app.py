@@ -294,6 +294,7 @@ def run(
                          lab_only_codes=config.planning.lab_only_codes,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
+                         write_concurrency=config.source.write_concurrency,
                          render_sheet=render_visit_sheet if store_sheets else None,
                          patients=part.holds if part else None,
                          declines=_declines(config),
