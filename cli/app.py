@@ -257,6 +257,10 @@ def run(
         "--shard", help="Plan only shard K of N (K/N): the patients whose id hashes there "
                         "(SHA-256 mod N); default: JOB_COMPLETION_INDEX and JOB_COMPLETIONS "
                         "when set. `previsit merge` joins the shards' folders.")] = None,
+    processes: Annotated[int | None, typer.Option(
+        "--processes", min=0, max=256, help="Worker processes that plan the visits (0: plan "
+        "in this process); default: one per core for a day of 200 appointments or more.")
+    ] = None,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
     _setup_logging(verbose, quiet)
@@ -295,6 +299,7 @@ def run(
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
                          write_concurrency=config.source.write_concurrency,
+                         processes=processes,
                          render_sheet=render_visit_sheet if store_sheets else None,
                          patients=part.holds if part else None,
                          declines=_declines(config),

@@ -109,6 +109,44 @@ class _Appender:
         self._file.close()
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """A finished visit's part of each output, as text (what a worker process sends back
+    instead of rendering in the run's process). None where it could not be rendered: that
+    sheet is left out (visits.html or huddle.html, for an article or a huddle entry)."""
+
+    plan: str  # its entry of plan.json, indented as there
+    transaction: str | None  # its transaction Bundle's file
+    article: str | None = None  # its part of visits.html (clinic-day visits only)
+    sheet: str | None = None  # its own sheet
+    huddle: HuddleEntry | None = None
+
+
+def render_visit(plan: VisitPlan, bundle: dict[str, Any] | None, horizon: Horizon,
+                 generated_for: date) -> Rendered:
+    """Every output of one visit of the day `generated_for`. Pure; a sheet that cannot be
+    rendered is logged and left out."""
+    text = dumps(to_json(plan)).rstrip("\n").replace("\n", "\n" + _ITEM_INDENT)
+    transaction = None if bundle is None else dumps(bundle)
+    if horizon != Horizon.HUDDLE:
+        return Rendered(text, transaction)
+    article = sheet = huddle = None
+    try:
+        article = render_visit_article(plan, generated_for)
+    except Exception as exc:
+        _left_out(exc, "visits.html")
+    same_day = article is not None and format_day(plan.visit.day) == format_day(generated_for)
+    try:
+        sheet = render_visit_sheet(plan, article=article if same_day else None)
+    except Exception as exc:
+        _left_out(exc, visit_sheet_filename(plan))
+    try:
+        huddle = huddle_entry(plan)
+    except Exception as exc:
+        _left_out(exc, "huddle.html")
+    return Rendered(text, transaction, article, sheet, huddle)
+
+
 class FolderSink:
     """The sink of a streamed run: see the module's docstring. A context manager: the
     spool is removed on leaving, whether the outputs were assembled or not."""
@@ -141,38 +179,28 @@ class FolderSink:
     # --- as visits finish ---------------------------------------------------------------
 
     def add(self, position: int, horizon: Horizon, plan: VisitPlan,
-            bundle: dict[str, Any] | None) -> None:
-        text = dumps(to_json(plan)).rstrip("\n").replace("\n", "\n" + _ITEM_INDENT)
-        spooled = _Spooled(horizon, self._plans.append(utf8(text)),
+            bundle: dict[str, Any] | None, rendered: Rendered | None = None) -> None:
+        """Spool one finished visit; `rendered`: its outputs, when already rendered (by a
+        worker process) from this very plan."""
+        if rendered is None:
+            rendered = render_visit(plan, bundle, horizon, self.generated_for)
+        spooled = _Spooled(horizon, self._plans.append(utf8(rendered.plan)),
                            sort_key=time_key(plan.visit))
-        if bundle is not None:
+        if rendered.transaction is not None:
             spooled.transaction = f"{safe_part(plan.visit.appointment_id)}.json"
-            write_bytes(self.spool / f"tx-{position}.json", utf8(dumps(bundle)))
+            write_bytes(self.spool / f"tx-{position}.json", utf8(rendered.transaction))
         if horizon == Horizon.HUDDLE:
-            self._sheets(position, plan, spooled)
+            if rendered.article is None:
+                self._visits_ok = False
+            else:
+                spooled.article = self._articles.append(utf8(rendered.article))
+            if rendered.sheet is not None:
+                write_bytes(self.spool / f"sheet-{position}.html", utf8(rendered.sheet))
+                spooled.sheet = visit_sheet_filename(plan)
+            if rendered.huddle is None:
+                self._huddle_ok = False
+            spooled.huddle = rendered.huddle
         self._spooled[position] = spooled
-
-    def _sheets(self, position: int, plan: VisitPlan, spooled: _Spooled) -> None:
-        """The visit's parts of the sheets: its article of visits.html, its own sheet (from
-        the same article when it is of the same day), its entry of the huddle."""
-        article = None
-        try:
-            article = render_visit_article(plan, self.generated_for)
-            spooled.article = self._articles.append(utf8(article))
-        except Exception as exc:
-            self._visits_ok = False
-            _left_out(exc, "visits.html")
-        name = visit_sheet_filename(plan)
-        same_day = article is not None and \
-            format_day(plan.visit.day) == format_day(self.generated_for)
-        if write_sheet(self.spool / f"sheet-{position}.html", lambda: render_visit_sheet(
-                plan, article=article if same_day else None)):
-            spooled.sheet = name
-        try:
-            spooled.huddle = huddle_entry(plan)
-        except Exception as exc:
-            self._huddle_ok = False
-            _left_out(exc, "huddle.html")
 
     # --- at the end -----------------------------------------------------------------------
 

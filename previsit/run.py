@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from previsit import timeline as tl
-from previsit.errors import ProposalError, SourceError
-from previsit.evaluate import Settings, evaluate
+from previsit.errors import SourceError
+from previsit.evaluate import Settings
 from previsit.filenames import safe_part
 from previsit.files import private_folder, write_text
 from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
 from previsit.jsonio import dumps
+from previsit.outputs import Rendered
 from previsit.plan import DayPlan, Horizon, ProposalOutcome, Visit, VisitPlan
-from previsit.proposals import SameDay, plan_proposals
 from previsit.record import PatientRecord
 from previsit.report import (
     EXIT_NOTHING,
@@ -45,7 +45,16 @@ from previsit.report import (
 )
 from previsit.ruleset import RuleSet
 from previsit.sources import Source, SourceProblem, VisitWindow, WriteResult
-from previsit.suppressions import DeclineLookup, apply_declines
+from previsit.suppressions import DeclineLookup
+from previsit.workers import (
+    PlanContext,
+    Planner,
+    VisitDone,
+    VisitJob,
+    failed_plan,
+    pool_size,
+    unexpected,
+)
 
 log = logging.getLogger("previsit.run")
 
@@ -63,6 +72,10 @@ class RunOptions:
     lab_only_codes: tuple[str, ...] = ()  # the clinic's own codes of lab-only appointments
     write_back: bool = False  # send transactions to the source (a server)
     concurrency: int = 8  # records being read at a time
+    # Worker processes that plan (evaluate, propose, render): 0 plans in this process (the
+    # web app, tests); None lets previsit choose (one per core for a large day; see
+    # previsit.workers.pool_size).
+    processes: int | None = 0
     # Transactions being written at a time (config source.write_concurrency); each waits on
     # the source's own rate-limit pause like a read does.
     write_concurrency: int = 4
@@ -110,25 +123,7 @@ class RunResult:
         return out
 
 
-def _failed_plan(visit: Visit, reason: str) -> VisitPlan:
-    return VisitPlan(visit=visit, patient_name=None, patient_age=None, patient_sex=None,
-                     patient_mrn=None, findings=(), failed=reason)
-
-
-# What a patient's earlier visit in this run settled, so that a later visit neither draws
-# the same lab twice nor re-proposes what a clinician declined.
-_HANDLED_HERE = frozenset({ProposalOutcome.PROPOSED, ProposalOutcome.ALREADY_WRITTEN,
-                           ProposalOutcome.ALREADY_OPEN, ProposalOutcome.DECLINED,
-                           ProposalOutcome.DONE})
-
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def _unexpected(exc: BaseException) -> str:
-    """The reason for a failure nobody foresaw: its kind, never its message (which may
-    quote a chart's values); the traceback is logged at DEBUG."""
-    return (f"unexpected {type(exc).__name__} (a bug, or data previsit cannot read; details "
-            "with --verbose)")
 
 
 async def _read_record(source: Source, pid: str, gate: asyncio.Semaphore,
@@ -151,7 +146,7 @@ async def _read_record(source: Source, pid: str, gate: asyncio.Semaphore,
     except Exception as exc:  # the per-patient boundary: this patient only
         log.warning("a patient record could not be read: unexpected %s", type(exc).__name__)
         log.debug("record %s", pid, exc_info=True)
-        return f"record could not be read: {_unexpected(exc)}"
+        return f"record could not be read: {unexpected(exc)}"
 
 
 def _release(source: Source, patient_id: str) -> None:
@@ -178,7 +173,7 @@ class VisitSink(Protocol):
     the visit's place in the day (appointment start, then id), whatever that order."""
 
     def add(self, position: int, horizon: Horizon, plan: VisitPlan,
-            bundle: dict[str, Any] | None) -> None: ...
+            bundle: dict[str, Any] | None, rendered: Rendered | None = None) -> None: ...
 
 
 class _MemorySink:
@@ -190,7 +185,7 @@ class _MemorySink:
         self.bundles: dict[int, tuple[str, dict[str, Any]]] = {}
 
     def add(self, position: int, horizon: Horizon, plan: VisitPlan,
-            bundle: dict[str, Any] | None) -> None:
+            bundle: dict[str, Any] | None, rendered: Rendered | None = None) -> None:
         self.plans[position] = (horizon, plan)
         if bundle is not None:
             self.bundles[position] = (plan.visit.appointment_id, bundle)
@@ -215,7 +210,8 @@ class _Progress:
 
 async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                     timeline: tl.Timeline, visits: Sequence[Visit], sink: VisitSink,
-                    deadline: float | None, on_progress: Progress | None) -> _Progress:
+                    deadline: float | None, on_progress: Progress | None,
+                    render_for: date | None) -> _Progress:
     """Every patient through read → plan → write → sink, at most `concurrency` records
     being read and `write_concurrency` transactions being written at a time; a patient's
     record is released when its visits are done, so memory is bounded by those two."""
@@ -227,12 +223,15 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
     read_gate = asyncio.Semaphore(options.concurrency)
     write_gate = asyncio.Semaphore(options.write_concurrency)
     horizons = [timeline.horizon(v) for v in visits]
+    context = PlanContext(ruleset, options.settings, options.identifier_system,
+                          options.write_back, timeline, len(visits), render_for)
     ranks = list(accumulate(h == Horizon.HUDDLE for h in horizons))  # 1-based, clinic day
 
     def finish(position: int, plan: VisitPlan, bundle: dict[str, Any] | None,
-               not_written: frozenset[str] = frozenset()) -> None:
+               not_written: frozenset[str] = frozenset(),
+               rendered: Rendered | None = None) -> None:
         horizon = horizons[position]
-        sink.add(position, horizon, plan, bundle)
+        sink.add(position, horizon, plan, bundle, rendered)
         if horizon == Horizon.HUDDLE:
             done.tally.add(plan, not_written, position=position)
             if plan.failed:
@@ -254,34 +253,67 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
         async with write_gate:
             return await source.write_transaction(bundle, key=key)
 
+    def job(position: int) -> VisitJob | None:
+        """The visit's job for the planner; None (and the visit failed) when what the run
+        knows of it cannot be gathered (the declines lookup failing)."""
+        visit = visits[position]
+        try:
+            declined = None if options.declines is None else options.declines(visit)
+        except Exception as exc:  # the per-visit boundary: this visit only
+            log.warning("appointment %d of %d could not be planned: unexpected %s",
+                        position + 1, len(visits), type(exc).__name__)
+            log.debug("appointment %s", visit.appointment_id, exc_info=True)
+            finish(position, failed_plan(visit, f"could not be planned: {unexpected(exc)}"),
+                   None)
+            return None
+        return VisitJob(position, visit, horizons[position],
+                        same_day[visit.appointment_id], declined)
+
     async def patient(pid: str) -> None:
         positions = by_patient[pid]
         record = await _read_record(source, pid, read_gate, deadline)
         done.records_done += 1
         if on_progress:
             on_progress("records", done.records_done, len(by_patient))
-        if not isinstance(record, PatientRecord):
-            for position in positions:
-                finish(position, _failed_plan(visits[position], record), None)
-            return
-        proposed_for: list[tuple[str, str]] = []
-        for position in positions:
-            visit = visits[position]
+        try:
+            if not isinstance(record, PatientRecord):
+                for position in positions:
+                    finish(position, failed_plan(visits[position], record), None)
+                return
+            planned = await plan(record, [j for p in positions if (j := job(p))])
+            del record  # not kept while the writes wait: memory is bounded by the reads
+            await write_all(planned)
+        finally:
+            _release(source, pid)
+
+    async def plan(record: PatientRecord, jobs: list[VisitJob]) -> list[VisitDone]:
+        try:
+            return await planner.plan(record, jobs)
+        except Exception as exc:  # the per-patient boundary (the pool itself failing)
+            log.warning("a patient's visits could not be planned: unexpected %s",
+                        type(exc).__name__)
+            log.debug("appointments %s", [j.visit.appointment_id for j in jobs],
+                      exc_info=True)
+            return [VisitDone(j.position, failed_plan(
+                j.visit, f"could not be planned: {unexpected(exc)}")) for j in jobs]
+
+    async def write_all(planned: list[VisitDone]) -> None:
+        for done_visit in planned:
+            position = done_visit.position
             try:
-                planned = _plan_visit(record, visit, horizons[position], ruleset, options,
-                                      timeline, same_day[visit.appointment_id],
-                                      proposed_for)
-                plan, bundle, missing = await _write_back(planned, options, write,
-                                                          done.writes)
+                plan, bundle, missing = await _write_back(
+                    done_visit.plan, done_visit.bundle, horizons[position], options, write,
+                    done.writes)
             except Exception as exc:  # the per-visit boundary: this visit only
                 log.warning("appointment %d of %d could not be planned: unexpected %s",
                             position + 1, len(visits), type(exc).__name__)
-                log.debug("appointment %s", visit.appointment_id, exc_info=True)
-                plan, bundle, missing = (_failed_plan(
-                    visit, f"could not be planned: {_unexpected(exc)}"), None, frozenset())
-            finish(position, plan, bundle, missing)
-        del record
-        _release(source, pid)
+                log.debug("appointment %s", visits[position].appointment_id, exc_info=True)
+                plan, bundle, missing = (failed_plan(
+                    visits[position], f"could not be planned: {unexpected(exc)}"), None,
+                    frozenset())
+            # outputs rendered by the planner are of this plan unless the write changed it
+            finish(position, plan, bundle, missing,
+                   done_visit.rendered if plan is done_visit.plan else None)
 
     pending = iter(by_patient)
 
@@ -291,60 +323,20 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
 
     workers = max(1, options.concurrency + (options.write_concurrency
                                             if options.write_back else 0))
-    await asyncio.gather(*(worker() for _ in range(min(workers, len(by_patient)))))
+    async with Planner(context, pool_size(options.processes, len(visits))) as planner:
+        await asyncio.gather(*(worker() for _ in range(min(workers, len(by_patient)))))
     return done
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """One visit planned (before its write-back): the plan and its transaction, if any."""
-
-    plan: VisitPlan
-    horizon: Horizon
-    bundle: dict[str, Any] | None = None
-
-
-def _plan_visit(record: PatientRecord, visit: Visit, horizon: Horizon, ruleset: RuleSet,
-                options: RunOptions, timeline: tl.Timeline, same_day: SameDay,
-                proposed_for: list[tuple[str, str]]) -> _Planned:
-    """One visit: evaluate, apply declines, propose. `proposed_for`: what the patient's
-    earlier visits in this run settled, extended with what this one does. Pure but for
-    that list: no I/O."""
-    plan = evaluate(record, ruleset, visit, options.settings)
-    if options.declines is not None:
-        plan = apply_declines(plan, options.declines(visit))
-    try:
-        proposals = plan_proposals(
-            plan, record, identifier_system=options.identifier_system,
-            authored=timeline.run_day, already_this_run=tuple(proposed_for),
-            same_day=same_day, dating=tl.dating(plan, timeline, same_day),
-            labs_only=horizon == Horizon.LABS_AHEAD)
-    except ProposalError as exc:
-        return _Planned(replace(plan, failed=f"proposals could not be built: {exc}"), horizon)
-    proposed_for.extend((p.resource_type, p.code) for p in proposals.summaries
-                        if p.outcome in _HANDLED_HERE)
-    summaries = proposals.summaries
-    if not options.write_back:  # a dry run: say so on the sheet and in plan.json
-        summaries = tuple(replace(p, outcome=ProposalOutcome.DRY_RUN)
-                          if p.outcome == ProposalOutcome.PROPOSED else p
-                          for p in summaries)
-    plan = replace(plan, proposals=summaries)
-    if horizon == Horizon.HUDDLE:
-        plan = replace(plan, labs=tl.lab_progress(plan, record, ruleset,
-                                                  options.identifier_system,
-                                                  options.settings))
-    return _Planned(plan, horizon, proposals.bundle)
 
 
 Writer = Callable[[dict[str, Any], str], Awaitable[WriteResult]]
 
 
-async def _write_back(planned: _Planned, options: RunOptions, write: Writer,
-                      writes: Counter[str]
+async def _write_back(plan: VisitPlan, bundle: dict[str, Any] | None, horizon: Horizon,
+                      options: RunOptions, write: Writer, writes: Counter[str]
                       ) -> tuple[VisitPlan, dict[str, Any] | None, frozenset[str]]:
     """Write one visit's transaction (and store its sheet) when the run writes back: the
-    plan as it then stands, its bundle, and the identifiers of what was not written."""
-    plan, bundle = planned.plan, planned.bundle
+    plan as it then stands (the same object when nothing changed), its bundle, and the
+    identifiers of what was not written."""
     missing: frozenset[str] = frozenset()
     key = plan.visit.appointment_id
     if bundle is not None and options.write_back:
@@ -360,13 +352,13 @@ async def _write_back(planned: _Planned, options: RunOptions, write: Writer,
                 missing = _identifiers(bundle, result.missing)
                 plan = replace(plan, failed=_partly_written(plan, missing, result))
     if options.write_back and options.render_sheet is not None and not plan.failed \
-            and planned.horizon == Horizon.HUDDLE:
+            and horizon == Horizon.HUDDLE:
         plan = await _store_sheet(write, plan, options.render_sheet, options, writes)
     return plan, bundle, missing
 
 
 async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: VisitSink,
-               on_progress: Progress | None
+               on_progress: Progress | None, render_for: date | None = None
                ) -> tuple[tl.Timeline, list[Visit], _Progress, dict[str, float]]:
     started = time.perf_counter()
     seconds = options.read_deadline_seconds
@@ -382,7 +374,7 @@ async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: Visi
     log.info("planning %d appointments, and the pre-visit labs of %d further out",
              len(visits) - ahead_count, ahead_count)
     done = await _plan_day(source, ruleset, options, timeline, visits, sink, deadline,
-                           on_progress)
+                           on_progress, render_for)
     finished = time.perf_counter()
     # Records are read while visits are planned: "records" and "planning" are one stage.
     timings = {"appointments_seconds": round(read_done - started, 3),
@@ -444,7 +436,8 @@ async def run_to_folder(source: Source, ruleset: RuleSet, options: RunOptions,
     from previsit.outputs import FolderSink
 
     with FolderSink(out_dir, options.window.start, minutes_saved) as sink:
-        timeline, _, done, timings = await _run(source, ruleset, options, sink, on_progress)
+        timeline, _, done, timings = await _run(source, ruleset, options, sink, on_progress,
+                                                render_for=options.window.start)
         day = DayPlan(generated_for=options.window.start,
                       days=(options.window.end - options.window.start).days, plans=(),
                       ruleset=ruleset.describe(), run_day=timeline.run_day)
