@@ -71,6 +71,9 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 RulesOpt = Annotated[Path | None, typer.Option(
     "--rules", help="Rule folder to use instead of the configured / shipped one.",
     exists=True, file_okay=False)]
+ProcessesOpt = Annotated[int | None, typer.Option(
+    "--processes", min=0, max=256, help="Worker processes that plan the visits (0: plan in "
+    "this process); default: one per core for a day of 200 appointments or more.")]
 
 
 def fail(message: str, code: int = EXIT_NOTHING, *, keep_newlines: bool = False) -> typer.Exit:
@@ -257,10 +260,7 @@ def run(
         "--shard", help="Plan only shard K of N (K/N): the patients whose id hashes there "
                         "(SHA-256 mod N); default: JOB_COMPLETION_INDEX and JOB_COMPLETIONS "
                         "when set. `previsit merge` joins the shards' folders.")] = None,
-    processes: Annotated[int | None, typer.Option(
-        "--processes", min=0, max=256, help="Worker processes that plan the visits (0: plan "
-        "in this process); default: one per core for a day of 200 appointments or more.")
-    ] = None,
+    processes: ProcessesOpt = None,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
     _setup_logging(verbose, quiet)

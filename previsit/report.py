@@ -96,8 +96,8 @@ class RunReport:
     source_problems: tuple[SourceProblem, ...]
     http_requests: int
     exit_code: int
-    # Seconds per stage ("records_seconds", ...): they vary run to run, so tests compare
-    # everything but these.
+    # Seconds per stage ("records_seconds", ...; see run._Progress.seconds): they vary run
+    # to run, so tests compare everything but these.
     timings: Mapping[str, float] = field(default_factory=dict)
     # Every input problem seen, also those source_problems only counts (see _capped).
     source_problem_count: int = 0

@@ -206,6 +206,13 @@ class _Progress:
     failed: dict[int, FailedVisit] = field(default_factory=dict)
     visits_done: int = 0
     records_done: int = 0
+    # Seconds per stage, summed over the patients in flight (they overlap: not wall time):
+    # waiting for records, planning (in this process or a worker), writing back, spooling.
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("records", "planning", "writing", "outputs"), 0.0))
+
+    def timed(self, stage: str, since: float) -> None:
+        self.seconds[stage] += time.perf_counter() - since
 
 
 async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
@@ -231,7 +238,9 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                not_written: frozenset[str] = frozenset(),
                rendered: Rendered | None = None) -> None:
         horizon = horizons[position]
+        since = time.perf_counter()
         sink.add(position, horizon, plan, bundle, rendered)
+        done.timed("outputs", since)
         if horizon == Horizon.HUDDLE:
             done.tally.add(plan, not_written, position=position)
             if plan.failed:
@@ -271,7 +280,9 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
 
     async def patient(pid: str) -> None:
         positions = by_patient[pid]
+        since = time.perf_counter()
         record = await _read_record(source, pid, read_gate, deadline)
+        done.timed("records", since)
         done.records_done += 1
         if on_progress:
             on_progress("records", done.records_done, len(by_patient))
@@ -280,7 +291,9 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                 for position in positions:
                     finish(position, failed_plan(visits[position], record), None)
                 return
+            since = time.perf_counter()
             planned = await plan(record, [j for p in positions if (j := job(p))])
+            done.timed("planning", since)
             del record  # not kept while the writes wait: memory is bounded by the reads
             await write_all(planned)
         finally:
@@ -301,9 +314,11 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
         for done_visit in planned:
             position = done_visit.position
             try:
+                since = time.perf_counter()
                 plan, bundle, missing = await _write_back(
                     done_visit.plan, done_visit.bundle, horizons[position], options, write,
                     done.writes)
+                done.timed("writing", since)
             except Exception as exc:  # the per-visit boundary: this visit only
                 log.warning("appointment %d of %d could not be planned: unexpected %s",
                             position + 1, len(visits), type(exc).__name__)
@@ -376,10 +391,11 @@ async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: Visi
     done = await _plan_day(source, ruleset, options, timeline, visits, sink, deadline,
                            on_progress, render_for)
     finished = time.perf_counter()
-    # Records are read while visits are planned: "records" and "planning" are one stage.
+    # Patients are read, planned and written at once: the stages are summed over them.
     timings = {"appointments_seconds": round(read_done - started, 3),
-               "records_seconds": 0.0,
-               "planning_seconds": round(finished - read_done, 3),
+               **{f"{stage}_seconds": round(done.seconds[stage], 3)
+                  for stage in ("records", "planning", "writing", "outputs")},
+               "patients_seconds": round(finished - read_done, 3),
                "total_seconds": round(finished - started, 3)}
     return timeline, visits, done, timings
 
@@ -441,12 +457,14 @@ async def run_to_folder(source: Source, ruleset: RuleSet, options: RunOptions,
         day = DayPlan(generated_for=options.window.start,
                       days=(options.window.end - options.window.start).days, plans=(),
                       ruleset=ruleset.describe(), run_day=timeline.run_day)
+        assembling = time.perf_counter()
+        paths = {"plan": sink.write_plan(day), "transactions": sink.write_transactions(),
+                 "report": out_dir / "run-report.json"}
+        sheets = sink.write_sheets()
+        timings["assembly_seconds"] = round(time.perf_counter() - assembling, 3)
         result = _result(source, ruleset, options, timeline, done, timings, day, {},
                          sink.transaction_count)
-        paths = {"plan": sink.write_plan(day), "report": out_dir / "run-report.json"}
         write_text(paths["report"], dumps(result.report_json()))
-        paths["transactions"] = sink.write_transactions()
-        sheets = sink.write_sheets()
     return result, paths, sheets
 
 

@@ -23,6 +23,7 @@ process again is failed with a reason that says so.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -162,6 +163,10 @@ _WORKER_CONTEXT: PlanContext | None = None
 
 def _start_worker(ctx: PlanContext) -> None:
     global _WORKER_CONTEXT
+    # A forked worker shares the run's memory (a folder source holds the whole folder) until
+    # it writes to it: the collector walking those objects would copy every page it visits.
+    # Frozen, they are never walked; the worker's own objects are collected as usual.
+    gc.freeze()
     _WORKER_CONTEXT = ctx
 
 
