@@ -75,7 +75,8 @@ def test_a_worker_that_dies_fails_only_the_patient_it_was_planning(
             os._exit(9)  # the worker process dies as an out-of-memory kill would end it
         return real(record, ruleset, visit, settings)
 
-    # worker processes are forked from the run: they plan with this evaluate
+    # worker processes forked from the run plan with this evaluate
+    monkeypatch.setattr(workers, "START_METHOD", "fork")
     monkeypatch.setattr(workers, "evaluate", evaluate)
     result = to_folder(tmp_path / "crashed", 2)
     monkeypatch.setattr(workers, "evaluate", real)
