@@ -1,10 +1,23 @@
 """One run: appointments → records → plans → proposals → write-back → outputs + report.
 
 This is the only module that sequences the edges; each step is a call into a module
-that knows nothing of the others. A patient whose record cannot be read, or whose
-write-back fails, marks that patient's visits `failed` with the reason; the run goes on
-and the exit code tells the scheduler. Which visits are prepared in full and which only
-get their pre-visit labs, and when those are drawn, is previsit.timeline's.
+that knows nothing of the others.
+
+The run streams. After the appointments, each patient goes read → plan (evaluate,
+proposals, rendered outputs: previsit.workers, in this process or a worker process) →
+write-back → the sink, and is then let go (`release_record`, for a source that keeps
+records for the run): at most `concurrency` records are being read and `write_concurrency`
+transactions written at a time, and memory is bounded by those, not by the day. A
+patient's visits are planned in order, one after the other (a later visit relies on what
+the earlier one proposed). The sink gets each visit as it finishes, with its place in the
+day: `run_day` keeps them (a DayPlan in memory: the web app, tests), `run_to_folder`
+spools them into the output folder (previsit.outputs) and assembles the outputs in the
+day's order at the end. The report is added up visit by visit (report.Tally).
+
+A patient whose record cannot be read, or whose write-back fails, marks that patient's
+visits `failed` with the reason; the run goes on and the exit code tells the scheduler.
+Which visits are prepared in full and which only get their pre-visit labs, and when
+those are drawn, is previsit.timeline's.
 
 Each patient's read and each visit's planning is one broad boundary: whatever goes wrong
 inside (a SourceError, or something nobody foresaw in one chart) fails that patient's
