@@ -117,6 +117,10 @@ class FailedVisit:
 
 @dataclass(frozen=True)
 class RunResult:
+    """What a run did. From `run_day`, `day` holds every plan and `bundles` every
+    transaction; from `run_to_folder` (which wrote them to the folder as it went) `day` is
+    only the header of plan.json (no visits) and `bundles` is empty: read the report."""
+
     day: DayPlan
     bundles: dict[str, dict[str, Any]]  # appointment id -> transaction Bundle to write
     report: RunReport  # the huddle horizon; its exit code covers both horizons
