@@ -114,7 +114,7 @@ class Measured:
     exit_code: int | None
     wall_seconds: float
     peak_rss_mb: float  # the run's peak memory: max(tree PSS sampled, own ru_maxrss)
-    cpu_seconds: float  # user + system, of the run and the worker processes it reaped
+    cpu_seconds: float  # user + system, of the run and its worker processes
     machine_cpu_seconds: float  # CPU time the whole machine spent meanwhile (/proc/stat)
     tree_pss_mb: float = 0.0  # peak of the sampled PSS sum over the run's processes
     own_rss_mb: float = 0.0  # wait4's ru_maxrss of the run's main process
@@ -157,6 +157,16 @@ def session_processes(session: int) -> list[int]:
     return pids
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2:].split()  # fields 3.. of proc(5): utime is 14th
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_pss_mb(pids: Iterable[int]) -> float:
     """The summed PSS of these processes (shared pages counted once across them)."""
     total_kb = 0
@@ -178,6 +188,7 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
         stopped_for: str | None = None
         peak_pss = 0.0
         peak_processes = 1
+        cpu_seen: dict[int, float] = {}  # per process of the run: its CPU when last seen
         try:
             while True:
                 pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -185,6 +196,8 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
                     break
                 tree = session_processes(process.pid)
                 peak_processes = max(peak_processes, len(tree))
+                for member in tree:
+                    cpu_seen[member] = max(cpu_seen.get(member, 0.0), cpu_seconds_of(member))
                 pss = tree_pss_mb(tree)
                 peak_pss = max(peak_pss, pss)
                 if stopped_for is None:
@@ -210,9 +223,13 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
     else:
         outcome = "ok" if code == 0 else f"exit {code}"
     own = usage.ru_maxrss / 1024
+    # Workers started by a fork server are not the run's children: its rusage misses them.
+    # Their CPU as last sampled (up to 0.1 s of each one's end is missed) counts instead.
+    own_cpu = usage.ru_utime + usage.ru_stime
+    others = sum(cpu for member, cpu in cpu_seen.items() if member != process.pid)
     return Measured(outcome, code if code >= 0 else None, wall, max(own, peak_pss),
-                    usage.ru_utime + usage.ru_stime, machine_cpu, tree_pss_mb=peak_pss,
-                    own_rss_mb=own, peak_processes=peak_processes)
+                    max(own_cpu, cpu_seen.get(process.pid, 0.0) + others), machine_cpu,
+                    tree_pss_mb=peak_pss, own_rss_mb=own, peak_processes=peak_processes)
 
 
 # --- runs --------------------------------------------------------------------------------
