@@ -33,7 +33,7 @@ from previsit.sheets.filenames import visit_sheet_filename
 from previsit.sheets.formatting import format_day
 from previsit.sheets.huddle import HuddleEntry, huddle_entry, whole_day_huddle
 from previsit.sheets.render import (
-    render_huddle_view,
+    render_huddle_parts,
     render_visit_article,
     render_visit_sheet,
     render_visit_sheets_from,
@@ -58,6 +58,28 @@ def write_sheet(path: Path, render: Callable[[], str]) -> bool:
         return False
     write_text(path, html)
     return True
+
+
+def _write_parts(path: Path, render: Callable[[], Iterator[str]]) -> None:
+    """`write_sheet` of a document rendered in parts (the day's, of thousands of visits):
+    one that cannot be rendered is left out (the earlier file stays, as with write_sheet);
+    a failure to write it is raised."""
+    rendering: list[Exception] = []
+
+    def parts() -> Iterator[bytes]:
+        try:
+            for part in render():
+                yield utf8(part)
+        except Exception as exc:
+            rendering.append(exc)
+            raise
+
+    try:
+        write_chunks(path, parts())
+    except Exception as exc:
+        if not rendering:
+            raise
+        _left_out(exc, path.name)
 
 
 def _left_out(exc: Exception, name: str) -> None:
@@ -263,13 +285,12 @@ class FolderSink:
         if self._visits_ok:
             articles = (self._articles.read(s.article).decode("utf-8") for s in by_time
                         if s.article is not None)
-            write_chunks(every, (utf8(part) for part in render_visit_sheets_from(
-                self.generated_for, articles)))
+            _write_parts(every, lambda: render_visit_sheets_from(self.generated_for, articles))
         written.append(every)
         huddle = self.out_dir / "huddle.html"
         if self._huddle_ok:
             entries = [s.huddle for s in by_time if s.huddle is not None]
-            write_sheet(huddle, lambda: render_huddle_view(whole_day_huddle(
+            _write_parts(huddle, lambda: render_huddle_parts(whole_day_huddle(
                 self.generated_for, entries, self.minutes_saved), self.generated_for))
         written.append(huddle)
         return written

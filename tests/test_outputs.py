@@ -8,8 +8,11 @@ The sample day itself is compared with its committed snapshot by test_golden_out
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from builders import appointment, bundle, patient, tiny_rules, write
@@ -67,3 +70,39 @@ def test_the_streamed_folder_is_what_the_day_plan_writes(tmp_path: Path,
     written = files(tmp_path / "streamed")
     assert written == files(tmp_path / "memory")
     assert len([n for n in written if n.startswith("sheets/")]) == (4 if appointments else 0)
+
+
+def test_a_sheet_that_cannot_be_rendered_is_left_out_and_the_rest_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    from previsit import outputs
+
+    data = tmp_path / "data"
+    write(data, "day.json", bundle(
+        patient(pid="p1", age=50), patient(pid="p2", age=60),
+        appointment("a1", "2026-12-01T09:00:00-06:00", pid="p1"),
+        appointment("a2", "2026-12-01T10:00:00-06:00", pid="p2")))
+    out = tmp_path / "out"
+    write_text(out / "huddle.html", "last night's huddle")
+    real = outputs.render_visit_sheet
+
+    def broken_for_a2(plan: Any, **options: Any) -> str:
+        if plan.visit.appointment_id == "a2":
+            raise ValueError("a template bug")
+        return real(plan, **options)
+
+    def broken(*args: Any, **options: Any) -> Iterator[str]:
+        yield "<!DOCTYPE html>"
+        raise ValueError("a template bug")
+
+    monkeypatch.setattr(outputs, "render_visit_sheet", broken_for_a2)
+    monkeypatch.setattr(outputs, "render_huddle_parts", broken)
+    streamed(data, tmp_path / "rules", TWO_DAYS, out)
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["visit-a1.html"]
+    assert (out / "huddle.html").read_text() == "last night's huddle"
+    assert "visit-a2" in (out / "visits.html").read_text()
+    assert len(json.loads((out / "plan.json").read_text())["visits"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "previsit.sheets"] == [
+        "a sheet could not be rendered (ValueError): visit-a2.html left out",
+        "a sheet could not be rendered (ValueError): huddle.html left out"]
+    assert not list(out.glob(".*"))  # no spool, no half-written file

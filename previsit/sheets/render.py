@@ -162,7 +162,14 @@ def render_huddle(day: DayPlan, *, location: str | None = None,
 
 def render_huddle_view(view: Huddle, generated_for: date, *, paper: Paper = "letter") -> str:
     """The huddle sheet of a view-model (`huddle`, or `whole_day_huddle` in a run)."""
-    return _render("huddle.html.j2", title=f"Huddle {generated_for.isoformat()}",
-                   paper=paper, days=list(view.days), scope_location=view.location,
-                   scope_practitioner=view.practitioner,
-                   role_columns=[(r.column, r.heading) for r in Role], for_day=view.for_day)
+    return "".join(render_huddle_parts(view, generated_for, paper=paper))
+
+
+def render_huddle_parts(view: Huddle, generated_for: date, *, paper: Paper = "letter"
+                        ) -> Iterator[str]:
+    """`render_huddle_view` in parts, for a huddle of thousands of rows."""
+    return environment().get_template("huddle.html.j2").generate(
+        title=f"Huddle {generated_for.isoformat()}", css=_css(), page_size=_page_size(paper),
+        days=list(view.days), scope_location=view.location,
+        scope_practitioner=view.practitioner,
+        role_columns=[(r.column, r.heading) for r in Role], for_day=view.for_day)
