@@ -3,9 +3,9 @@
 `run.run_to_folder` hands each visit here as soon as it is planned and written back
 (`FolderSink.add`, in completion order). What a visit leaves is spooled at once in a
 private folder inside the output folder (`.previsit-spool-*`, 0700): its plan.json entry
-as text, its transaction Bundle and visit sheet as files, its article of visits.html;
-in memory stays only what the huddle and the report need of it (a `HuddleEntry`, a few
-counts) and where its parts lie in the spool. `FolderSink.finish` then assembles the
+as text, its transaction Bundle and visit sheet as files, its article of visits.html, its
+entry of the huddle (pickled); in memory stays only where its parts lie in the spool (and
+the report's counts, in run.py). `FolderSink.finish` then assembles the
 outputs in the day's order (appointment start, then id), whatever the completion order:
 plan.json, the transactions and the sheets are byte-identical to those of `run_day` +
 `run.write_outputs` + the CLI's sheets, and none of them is ever one string in memory
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -105,7 +106,7 @@ class _Spooled:
     transaction: str | None = None  # its Bundle's file name in transactions/
     sheet: str | None = None  # its sheet's file name in sheets/ (rendered)
     article: _Part | None = None  # its part of visits.html
-    huddle: HuddleEntry | None = None
+    huddle: _Part | None = None  # its HuddleEntry, pickled
     sort_key: tuple[int, float, str] = (0, 0.0, "")
 
 
@@ -183,6 +184,7 @@ class FolderSink:
         self._spooled: dict[int, _Spooled] = {}
         self._plans = _Appender(self.spool / "plans.jsonl")
         self._articles = _Appender(self.spool / "articles.html")
+        self._huddle = _Appender(self.spool / "huddle.pickle")
         self._visits_ok = True  # visits.html: every article rendered
         self._huddle_ok = True
 
@@ -196,6 +198,7 @@ class FolderSink:
     def close(self) -> None:
         self._plans.close()
         self._articles.close()
+        self._huddle.close()
         shutil.rmtree(self.spool, ignore_errors=True)
 
     # --- as visits finish ---------------------------------------------------------------
@@ -221,7 +224,8 @@ class FolderSink:
                 spooled.sheet = visit_sheet_filename(plan)
             if rendered.huddle is None:
                 self._huddle_ok = False
-            spooled.huddle = rendered.huddle
+            else:
+                spooled.huddle = self._huddle.append(pickle.dumps(rendered.huddle))
         self._spooled[position] = spooled
 
     # --- at the end -----------------------------------------------------------------------
@@ -289,11 +293,18 @@ class FolderSink:
         written.append(every)
         huddle = self.out_dir / "huddle.html"
         if self._huddle_ok:
-            entries = [s.huddle for s in by_time if s.huddle is not None]
+            entries = [_entry(self._huddle.read(s.huddle)) for s in by_time
+                       if s.huddle is not None]
             _write_parts(huddle, lambda: render_huddle_parts(whole_day_huddle(
                 self.generated_for, entries, self.minutes_saved), self.generated_for))
         written.append(huddle)
         return written
+
+
+def _entry(data: bytes) -> HuddleEntry:
+    entry = pickle.loads(data)  # our own spool, written by this run: nobody else's data
+    assert isinstance(entry, HuddleEntry)
+    return entry
 
 
 def _spool_file(path: Path, data: bytes) -> None:

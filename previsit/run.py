@@ -233,22 +233,25 @@ class _Progress:
 
 
 async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
-                    timeline: tl.Timeline, visits: Sequence[Visit], sink: VisitSink,
+                    timeline: tl.Timeline, visits: list[Visit], sink: VisitSink,
                     deadline: float | None, on_progress: Progress | None,
                     render_for: date | None) -> _Progress:
     """Every patient through read → plan → write → sink, at most `concurrency` records
     being read and `write_concurrency` transactions being written at a time; a patient's
-    record is released when its visits are done, so memory is bounded by those two."""
+    record is released when its visits are done, so memory is bounded by those two.
+    Takes `visits` over (the list is emptied): a patient's visits are let go with it."""
     done = _Progress()
-    by_patient: dict[str, list[int]] = {}
+    total = len(visits)
+    by_patient: dict[str, list[tuple[int, Visit]]] = {}
     for position, visit in enumerate(visits):
-        by_patient.setdefault(visit.patient_id, []).append(position)
+        by_patient.setdefault(visit.patient_id, []).append((position, visit))
     same_day = tl.same_day(visits, tl.lab_only_test(ruleset.valuesets, options.lab_only_codes))
     read_gate = asyncio.Semaphore(options.concurrency)
     write_gate = asyncio.Semaphore(options.write_concurrency)
     horizons = [timeline.horizon(v) for v in visits]
     context = PlanContext(ruleset, options.settings, options.identifier_system,
-                          options.write_back, timeline, len(visits), render_for)
+                          options.write_back, timeline, total, render_for)
+    visits.clear()
     ranks = list(accumulate(h == Horizon.HUDDLE for h in horizons))  # 1-based, clinic day
 
     def finish(position: int, plan: VisitPlan, bundle: dict[str, Any] | None,
@@ -273,21 +276,20 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                 plan.visit.patient_id)
         done.visits_done += 1
         if on_progress:
-            on_progress("visits", done.visits_done, len(visits))
+            on_progress("visits", done.visits_done, total)
 
     async def write(bundle: dict[str, Any], key: str) -> WriteResult:
         async with write_gate:
             return await source.write_transaction(bundle, key=key)
 
-    def job(position: int) -> VisitJob | None:
+    def job(position: int, visit: Visit) -> VisitJob | None:
         """The visit's job for the planner; None (and the visit failed) when what the run
         knows of it cannot be gathered (the declines lookup failing)."""
-        visit = visits[position]
         try:
             declined = None if options.declines is None else options.declines(visit)
         except Exception as exc:  # the per-visit boundary: this visit only
             log.warning("appointment %d of %d could not be planned: unexpected %s",
-                        position + 1, len(visits), type(exc).__name__)
+                        position + 1, total, type(exc).__name__)
             log.debug("appointment %s", visit.appointment_id, exc_info=True)
             finish(position, failed_plan(visit, f"could not be planned: {unexpected(exc)}"),
                    None)
@@ -296,20 +298,20 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                         same_day[visit.appointment_id], declined)
 
     async def patient(pid: str) -> None:
-        positions = by_patient[pid]
+        items = by_patient.pop(pid)
         since = time.perf_counter()
         record = await _read_record(source, pid, read_gate, deadline)
         done.timed("records", since)
         done.records_done += 1
         if on_progress:
-            on_progress("records", done.records_done, len(by_patient))
+            on_progress("records", done.records_done, patients)
         try:
             if not isinstance(record, PatientRecord):
-                for position in positions:
-                    finish(position, failed_plan(visits[position], record), None)
+                for position, visit in items:
+                    finish(position, failed_plan(visit, record), None)
                 return
             since = time.perf_counter()
-            planned = await plan(record, [j for p in positions if (j := job(p))])
+            planned = await plan(record, [j for p, v in items if (j := job(p, v))])
             done.timed("planning", since)
             del record  # not kept while the writes wait: memory is bounded by the reads
             await write_all(planned)
@@ -337,17 +339,18 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                     done.writes)
                 done.timed("writing", since)
             except Exception as exc:  # the per-visit boundary: this visit only
+                visit = done_visit.plan.visit
                 log.warning("appointment %d of %d could not be planned: unexpected %s",
-                            position + 1, len(visits), type(exc).__name__)
-                log.debug("appointment %s", visits[position].appointment_id, exc_info=True)
+                            position + 1, total, type(exc).__name__)
+                log.debug("appointment %s", visit.appointment_id, exc_info=True)
                 plan, bundle, missing = (failed_plan(
-                    visits[position], f"could not be planned: {unexpected(exc)}"), None,
-                    frozenset())
+                    visit, f"could not be planned: {unexpected(exc)}"), None, frozenset())
             # outputs rendered by the planner are of this plan unless the write changed it
             finish(position, plan, bundle, missing,
                    done_visit.rendered if plan is done_visit.plan else None)
 
-    pending = iter(by_patient)
+    patients = len(by_patient)
+    pending = iter(list(by_patient))
 
     async def worker() -> None:
         for pid in pending:  # shared: each patient is taken by one worker
@@ -391,7 +394,7 @@ async def _write_back(plan: VisitPlan, bundle: dict[str, Any] | None, horizon: H
 
 async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: VisitSink,
                on_progress: Progress | None, render_for: date | None = None
-               ) -> tuple[tl.Timeline, list[Visit], _Progress, dict[str, float]]:
+               ) -> tuple[tl.Timeline, _Progress, dict[str, float]]:
     started = time.perf_counter()
     seconds = options.read_deadline_seconds
     deadline = None if seconds is None else time.monotonic() + seconds
@@ -414,7 +417,7 @@ async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: Visi
                   for stage in ("records", "planning", "writing", "outputs")},
                "patients_seconds": round(finished - read_done, 3),
                "total_seconds": round(finished - started, 3)}
-    return timeline, visits, done, timings
+    return timeline, done, timings
 
 
 def _result(source: Source, ruleset: RuleSet, options: RunOptions, timeline: tl.Timeline,
@@ -446,7 +449,7 @@ async def run_day(source: Source, ruleset: RuleSet, options: RunOptions, *,
     app, tests; `run_to_folder` streams them to an output folder instead). Raises
     SourceError when nothing can be read."""
     sink = _MemorySink()
-    timeline, _, done, timings = await _run(source, ruleset, options, sink, on_progress)
+    timeline, done, timings = await _run(source, ruleset, options, sink, on_progress)
     day = DayPlan(generated_for=options.window.start,
                   days=(options.window.end - options.window.start).days,
                   plans=sink.horizon(Horizon.HUDDLE), ruleset=ruleset.describe(),
@@ -469,7 +472,7 @@ async def run_to_folder(source: Source, ruleset: RuleSet, options: RunOptions,
     from previsit.outputs import FolderSink
 
     with FolderSink(out_dir, options.window.start, minutes_saved) as sink:
-        timeline, _, done, timings = await _run(source, ruleset, options, sink, on_progress,
+        timeline, done, timings = await _run(source, ruleset, options, sink, on_progress,
                                                 render_for=options.window.start)
         day = DayPlan(generated_for=options.window.start,
                       days=(options.window.end - options.window.start).days, plans=(),
