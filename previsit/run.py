@@ -358,7 +358,7 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
 
     workers = max(1, options.concurrency + (options.write_concurrency
                                             if options.write_back else 0))
-    async with Planner(context, pool_size(options.processes, len(visits))) as planner:
+    async with Planner(context, pool_size(options.processes, total)) as planner:
         await asyncio.gather(*(worker() for _ in range(min(workers, len(by_patient)))))
     return done
 

@@ -8,6 +8,7 @@ the CLI runs it) or kept in memory (run.run_day, as the web app runs it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import date
 from pathlib import Path
@@ -31,7 +32,7 @@ MINUTES = Config().sheets.minutes_saved
 WHITEHORSE = "appt-1201-1000-whitehorse"
 
 
-def to_folder(out: Path, processes: int) -> RunResult:
+def to_folder(out: Path, processes: int | None) -> RunResult:
     result, _, _ = asyncio.run(run_to_folder(
         BundleSource(SAMPLE), shipped_rules(), RunOptions(window=WINDOW, processes=processes),
         out, minutes_saved=MINUTES))
@@ -103,3 +104,18 @@ def test_the_pool_is_left_out_of_a_small_day_unless_asked_for() -> None:
     assert workers.pool_size(0, 10_000) == 0
     assert workers.pool_size(1, 10_000) == 0
     assert workers.pool_size(3, 5) == 3
+
+
+def test_a_day_as_large_as_the_threshold_is_planned_in_a_pool_when_left_to_previsit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    caplog.set_level(logging.INFO, logger="previsit.run")
+    monkeypatch.setattr(workers, "POOL_MIN_VISITS", 36)  # the sample day: 36 appointments
+    cores = len(os.sched_getaffinity(0))
+    to_folder(tmp_path / "pooled", None)
+    pooled = [r.getMessage() for r in caplog.records if "worker processes" in r.getMessage()]
+    assert pooled == ([f"planning in {cores} worker processes"] if cores > 1 else [])
+    caplog.clear()
+    monkeypatch.setattr(workers, "POOL_MIN_VISITS", 37)
+    to_folder(tmp_path / "alone", None)
+    assert not [r for r in caplog.records if "worker processes" in r.getMessage()]
