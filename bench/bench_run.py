@@ -7,7 +7,10 @@
 
 For each size N (patients, one appointment each unless --visits-per-patient) it runs the
 installed CLI, `.venv/bin/previsit run`, as a child process, so that its wall time and
-peak RSS (wait4's rusage of that one child) are the command's own:
+peak memory are the command's own. Peak memory is that of the whole process tree (the run
+and any worker processes it starts): the sum of the PSS of every process of the run's
+session, sampled from /proc every 0.1 s, or the run's own peak RSS (wait4's ru_maxrss)
+when that is larger — ru_maxrss alone would count one process of a pool:
 - source `bundle`: a folder written by synthea_day.py (cached under --cache-dir by N);
 - source `http`: a fresh fhir_bench_server.py per run (`--latency-ms`, default 50), as a
   dry run and with `--write-back` (`--modes`); the server counts the requests.
@@ -110,9 +113,12 @@ class Measured:
     outcome: str  # "ok", "exit 3", "timeout", "memory cap", "killed by signal 9"
     exit_code: int | None
     wall_seconds: float
-    peak_rss_mb: float
-    cpu_seconds: float  # user + system
+    peak_rss_mb: float  # the run's peak memory: max(tree PSS sampled, own ru_maxrss)
+    cpu_seconds: float  # user + system, of the run and its worker processes
     machine_cpu_seconds: float  # CPU time the whole machine spent meanwhile (/proc/stat)
+    tree_pss_mb: float = 0.0  # peak of the sampled PSS sum over the run's processes
+    own_rss_mb: float = 0.0  # wait4's ru_maxrss of the run's main process
+    peak_processes: int = 1  # most processes of the run seen at once
 
     @property
     def finished(self) -> bool:
@@ -135,6 +141,41 @@ def _rss_mb(pid: int) -> float:
     return int(value.split()[0]) / 1024 if value else 0.0
 
 
+def session_processes(session: int) -> list[int]:
+    """The processes of a session (the run was started in its own: it and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8")
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()  # state ppid pgrp session ...
+        if len(fields) > 3 and int(fields[3]) == session:
+            pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2:].split()  # fields 3.. of proc(5): utime is 14th
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pss_mb(pids: Iterable[int]) -> float:
+    """The summed PSS of these processes (shared pages counted once across them)."""
+    total_kb = 0
+    for pid in pids:
+        value = _proc_field(f"/proc/{pid}/smaps_rollup", "Pss")
+        total_kb += int(value.split()[0]) if value else 0
+    return total_kb / 1024
+
+
 def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path,
                     timeout: float, max_rss_mb: float) -> Measured:
     """Run `command`, reap it with wait4 (its own rusage, not the server's), cap it."""
@@ -145,19 +186,28 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
                                    stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
                                    start_new_session=True)
         stopped_for: str | None = None
+        peak_pss = 0.0
+        peak_processes = 1
+        cpu_seen: dict[int, float] = {}  # per process of the run: its CPU when last seen
         try:
             while True:
                 pid, status, usage = os.wait4(process.pid, os.WNOHANG)
                 if pid:
                     break
+                tree = session_processes(process.pid)
+                peak_processes = max(peak_processes, len(tree))
+                for member in tree:
+                    cpu_seen[member] = max(cpu_seen.get(member, 0.0), cpu_seconds_of(member))
+                pss = tree_pss_mb(tree)
+                peak_pss = max(peak_pss, pss)
                 if stopped_for is None:
                     if time.perf_counter() - started > timeout:
                         stopped_for = "timeout"
-                    elif max_rss_mb and _rss_mb(process.pid) > max_rss_mb:
+                    elif max_rss_mb and max(pss, _rss_mb(process.pid)) > max_rss_mb:
                         stopped_for = "memory cap"
                     if stopped_for is not None:
                         os.killpg(process.pid, signal.SIGKILL)
-                time.sleep(0.05)
+                time.sleep(0.1)
         except BaseException:  # interrupted: do not leave the run behind
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -172,8 +222,14 @@ def measure_command(command: Sequence[str], *, env: Mapping[str, str], cwd: Path
         outcome = f"killed by signal {-code}"
     else:
         outcome = "ok" if code == 0 else f"exit {code}"
-    return Measured(outcome, code if code >= 0 else None, wall, usage.ru_maxrss / 1024,
-                    usage.ru_utime + usage.ru_stime, machine_cpu)
+    own = usage.ru_maxrss / 1024
+    # Workers started by a fork server are not the run's children: its rusage misses them.
+    # Their CPU as last sampled (up to 0.1 s of each one's end is missed) counts instead.
+    own_cpu = usage.ru_utime + usage.ru_stime
+    others = sum(cpu for member, cpu in cpu_seen.items() if member != process.pid)
+    return Measured(outcome, code if code >= 0 else None, wall, max(own, peak_pss),
+                    max(own_cpu, cpu_seen.get(process.pid, 0.0) + others), machine_cpu,
+                    tree_pss_mb=peak_pss, own_rss_mb=own, peak_processes=peak_processes)
 
 
 # --- runs --------------------------------------------------------------------------------
@@ -363,7 +419,8 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 HEADER = (f"{'size':>6} {'source':<6} {'mode':<10} {'appts':>6} {'wall s':>8} "
-          f"{'peak RSS MB':>11} {'CPU s':>7} {'reads/appt':>10} {'tx/appt':>7} "
+          f"{'peak MB':>8} {'tree PSS':>8} {'procs':>5} {'CPU s':>7} {'reads/appt':>10} "
+          f"{'tx/appt':>7} "
           f"{'appts/s':>8} {'server CPU s':>12} {'others CPU s':>12} {'result':<10}")
 
 
@@ -373,7 +430,8 @@ def format_row(row: Row) -> str:
     wall = _num(m.wall_seconds) if m.finished else f">{m.wall_seconds:.0f}"
     result = m.outcome if row.failed in (None, 0) else f"{m.outcome}, {row.failed} failed"
     return (f"{row.size:>6} {row.source:<6} {row.mode:<10} {row.appointments:>6} {wall:>8} "
-            f"{_num(m.peak_rss_mb, 0):>11} {_num(m.cpu_seconds):>7} "
+            f"{_num(m.peak_rss_mb, 0):>8} {_num(m.tree_pss_mb, 0):>8} {m.peak_processes:>5} "
+            f"{_num(m.cpu_seconds):>7} "
             f"{_num(row.per_appointment(row.reads), 2):>10} "
             f"{_num(row.per_appointment(row.transactions), 2):>7} {_num(rate):>8} "
             f"{_num(row.server_cpu_seconds):>12} {_num(row.others_cpu_seconds):>12} "

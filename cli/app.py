@@ -24,11 +24,12 @@ from previsit.evaluate import Settings, evaluate
 from previsit.files import private_folder, write_text
 from previsit.intervals import Duration
 from previsit.jsonio import loads
+from previsit.outputs import write_sheet
 from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
 from previsit.plausibility import DEFAULT_BOUNDS, Bounds
 from previsit.report import EXIT_NOTHING, EXIT_PARTIAL
 from previsit.ruleset import RuleSet, load_ruleset
-from previsit.run import RunOptions, RunResult, run_day, write_failure, write_outputs
+from previsit.run import RunOptions, RunResult, run_to_folder, write_failure
 from previsit.shards import Shard, parse_shard, shard_from_env, write_marker
 from previsit.sources import Source, VisitWindow, WriteResult
 from previsit.sources.bundles import BundleSource
@@ -70,6 +71,9 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 RulesOpt = Annotated[Path | None, typer.Option(
     "--rules", help="Rule folder to use instead of the configured / shipped one.",
     exists=True, file_okay=False)]
+ProcessesOpt = Annotated[int | None, typer.Option(
+    "--processes", min=0, max=256, help="Worker processes that plan the visits (0: plan in "
+    "this process); default: one per core for a day of 200 appointments or more.")]
 
 
 def fail(message: str, code: int = EXIT_NOTHING, *, keep_newlines: bool = False) -> typer.Exit:
@@ -256,6 +260,7 @@ def run(
         "--shard", help="Plan only shard K of N (K/N): the patients whose id hashes there "
                         "(SHA-256 mod N); default: JOB_COMPLETION_INDEX and JOB_COMPLETIONS "
                         "when set. `previsit merge` joins the shards' folders.")] = None,
+    processes: ProcessesOpt = None,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
     _setup_logging(verbose, quiet)
@@ -293,15 +298,15 @@ def run(
                          lab_only_codes=config.planning.lab_only_codes,
                          write_back=write_back or local,
                          concurrency=config.source.concurrency,
+                         write_concurrency=config.source.write_concurrency,
+                         processes=processes,
                          render_sheet=render_visit_sheet if store_sheets else None,
                          patients=part.holds if part else None,
                          declines=_declines(config),
                          read_deadline_seconds=config.source.deadline_seconds)
-    result = _run_with_progress(config, ruleset, options, quiet)
     out_dir = config.output.folder
-    paths = write_outputs(result, out_dir)
+    result, paths, sheet_paths = _run_with_progress(config, ruleset, options, quiet)
     write_marker(out_dir, part)
-    sheet_paths = _write_sheets(result.day, out_dir, config)
     if not quiet:
         _print_summary(result, config, paths, sheet_paths, write_back, local,
                        store_sheets and write_back, verbose)
@@ -334,7 +339,9 @@ def _declines(config: Config) -> DeclineLookup | None:
 
 
 def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
-                       quiet: bool) -> RunResult:
+                       quiet: bool) -> tuple[RunResult, dict[str, Path], list[Path]]:
+    """The run, streamed into the output folder (run.run_to_folder), with a progress bar on
+    a terminal."""
     tty = sys.stderr.isatty() and not quiet
     state: dict[str, int] = {}
 
@@ -352,8 +359,9 @@ def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
             logging.getLogger("previsit.run").info("%s: %d/%d", stage, done, total)
 
     try:
-        return _with_source(config, lambda source: run_day(source, ruleset, options,
-                                                           on_progress=progress))
+        return _with_source(config, lambda source: run_to_folder(
+            source, ruleset, options, config.output.folder,
+            minutes_saved=config.sheets.minutes_saved, on_progress=progress))
     except SourceError as exc:
         write_failure(config.output.folder, day=options.window.start, reason=str(exc))
         raise fail(f"nothing could be planned: {exc}") from None
@@ -370,28 +378,16 @@ def _write_sheets(day: DayPlan, out_dir: Path, config: Config) -> list[Path]:
     written = []
     for plan in day.plans:
         path = folder / sheets.visit_sheet_filename(plan)
-        if _write_sheet(path, partial(sheets.render_visit_sheet, plan)):
+        if write_sheet(path, partial(sheets.render_visit_sheet, plan)):
             written.append(path)
     every = out_dir / "visits.html"
-    _write_sheet(every, lambda: sheets.render_visit_sheets(day))
+    write_sheet(every, lambda: sheets.render_visit_sheets(day))
     written.append(every)
     huddle = out_dir / "huddle.html"
-    _write_sheet(huddle, lambda: sheets.render_huddle(
+    write_sheet(huddle, lambda: sheets.render_huddle(
         day, minutes_saved=config.sheets.minutes_saved))
     written.append(huddle)
     return written
-
-
-def _write_sheet(path: Path, render: Callable[[], str]) -> bool:
-    try:
-        html = render()
-    except Exception as exc:  # one sheet: the others and the plan are still written
-        logging.getLogger("previsit.sheets").warning(
-            "a sheet could not be rendered (%s): %s left out", type(exc).__name__, path.name)
-        logging.getLogger("previsit.sheets").debug("rendering %s", path, exc_info=True)
-        return False
-    write_text(path, html)
-    return True
 
 
 def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
@@ -451,20 +447,19 @@ def _print_summary(result: RunResult, config: Config, paths: dict[str, Path],
     if stored_sheets:
         stored = report.sheets_stored
         echo(f"  sheets stored on the server: {stored.created} new, {stored.updated} replaced")
-    plans = result.day.plans
-    for position, plan in enumerate(plans, start=1):
-        if plan.failed:
-            # stdout goes to cron mail: the appointment by position and id; the patient's id
-            # only with --verbose (and in run-report.json)
-            reason = plan.failed if verbose else _without_id(plan.failed, plan.visit.patient_id)
-            when = f", {plan.visit.start:%H:%M}" if plan.visit.start else ""
-            echo(f"  FAILED appointment {position} of {len(plans)} "
-                 f"({plan.visit.appointment_id}{when}): {reason}")
+    for failed in result.failed:
+        # stdout goes to cron mail: the appointment by position and id; the patient's id
+        # only with --verbose (and in run-report.json)
+        visit = failed.visit
+        reason = failed.reason if verbose else _without_id(failed.reason, visit.patient_id)
+        when = f", {visit.start:%H:%M}" if visit.start else ""
+        echo(f"  FAILED appointment {failed.position} of {visits.total} "
+             f"({visit.appointment_id}{when}): {reason}")
     if report.source_problem_count:
         echo(f"  input problems: {report.source_problem_count} (see run-report.json)")
     visit_sheets = sheet_paths[:-2]
     echo(f"  outputs: {paths['plan']}, {paths['report']}, {paths['transactions']}/ "
-         f"({len(result.bundles)} bundles), {sheet_paths[-1]} (huddle), {sheet_paths[-2]} "
+         f"({result.bundle_count} bundles), {sheet_paths[-1]} (huddle), {sheet_paths[-2]} "
          f"(all visits, one per page), {len(visit_sheets)} visit sheets in "
          f"{visit_sheets[0].parent if visit_sheets else '-'}/")
 

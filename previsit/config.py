@@ -35,6 +35,7 @@ class SourceConfig(_Section):
     base_url: str | None = None  # fhir: the server's base, e.g. https://ehr.example/fhir/R4
     timezone: str = "UTC"  # the clinic's time zone: "tomorrow" and the window are local days
     concurrency: int = Field(default=8, ge=1, le=64)
+    write_concurrency: int = Field(default=4, ge=1, le=64)  # transactions sent at a time
     timeout_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=20)  # per request, with backoff
     max_retry_seconds: float = Field(default=120.0, gt=0)  # total backoff budget per request

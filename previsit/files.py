@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from previsit.errors import PrevisitError
@@ -51,13 +52,20 @@ def private_folder(path: Path) -> Path:
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to `path` atomically with mode 0600, replacing a file (or a symlink:
     the link is replaced, its target left alone) that is there."""
+    return write_chunks(path, (data,))
+
+
+def write_chunks(path: Path, chunks: Iterable[bytes]) -> Path:
+    """`write_bytes` of a file given in parts (an output too large to hold as one string):
+    nothing replaces the old file unless every part was written."""
     private_folder(path.parent)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.",
                                      suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), FILE_MODE)  # mkstemp's 0600, whatever the umask
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -71,8 +79,12 @@ def write_bytes(path: Path, data: bytes) -> Path:
 def write_text(path: Path, text: str) -> Path:
     """Write `text` as UTF-8, atomically, mode 0600 (see `write_bytes`). A character UTF-8
     cannot hold (a lone surrogate) becomes U+FFFD rather than an exception half-way."""
+    return write_bytes(path, utf8(text))
+
+
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8, a lone surrogate (which UTF-8 cannot hold) as U+FFFD."""
     try:
-        data = text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
-        data = re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
-    return write_bytes(path, data)
+        return re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from previsit.plan import DayPlan, Kind, ProposalOutcome, Status
+from previsit.plan import DayPlan, Kind, ProposalOutcome, Status, VisitPlan
 from previsit.sources import SourceProblem
 
 EXIT_OK = 0  # every visit planned
@@ -96,8 +96,8 @@ class RunReport:
     source_problems: tuple[SourceProblem, ...]
     http_requests: int
     exit_code: int
-    # Seconds per stage ("records_seconds", ...): they vary run to run, so tests compare
-    # everything but these.
+    # Seconds per stage ("records_seconds", ...; see run._Progress.seconds): they vary run
+    # to run, so tests compare everything but these.
     timings: Mapping[str, float] = field(default_factory=dict)
     # Every input problem seen, also those source_problems only counts (see _capped).
     source_problem_count: int = 0
@@ -125,6 +125,60 @@ class RunReport:
         }
 
 
+class Tally:
+    """The report's counts, added up one visit at a time as the run plans them (in any
+    order: `failures` are put in the day's order by `report`), holding no plan."""
+
+    def __init__(self) -> None:
+        self.statuses: Counter[Status] = Counter()
+        self.actionable: Counter[Kind] = Counter()
+        self.outcomes: Counter[ProposalOutcome] = Counter()
+        self.unwritten = 0
+        self.visits = 0
+        self.patients: set[str] = set()
+        self._failures: list[tuple[int, Failure]] = []
+
+    def add(self, plan: VisitPlan, not_written: Collection[str] = (), *,
+            position: int | None = None) -> None:
+        """One visit of the huddle horizon; `position`: its place in the day (default: after
+        the visits added so far); `not_written`: the identifiers of its proposals its
+        write-back did not write."""
+        if plan.failed:
+            self._failures.append((self.visits if position is None else position, Failure(
+                plan.visit.appointment_id,
+                plan.visit.start.isoformat() if plan.visit.start else None, plan.failed,
+                tuple(sorted(not_written)))))
+        self.visits += 1
+        self.patients.add(plan.visit.patient_id)
+        for f in plan.findings:
+            self.statuses[f.status] += 1
+            if f.status.actionable:
+                self.actionable[f.kind] += 1
+        for p in plan.proposals:
+            if p.outcome == ProposalOutcome.PROPOSED and p.identifier in not_written:
+                self.unwritten += 1
+            else:
+                self.outcomes[p.outcome] += 1
+
+    def report(self, generated_for: date, days: int, *, write_back: bool, created: int,
+               already_present: int, sheets: SheetCounts, problems: Iterable[SourceProblem],
+               http_requests: int, timings: Mapping[str, float]) -> RunReport:
+        failures = tuple(f for _, f in sorted(self._failures, key=lambda pf: pf[0]))
+        failed = len(failures)
+        planned = self.visits - failed
+        seen = list(problems)
+        return RunReport(
+            date=generated_for, days=days, write_back=write_back,
+            visits=VisitCounts(self.visits, planned, failed, len(self.patients)),
+            findings=dict(self.statuses), actionable_by_kind=dict(self.actionable),
+            proposals=ProposalCounts(dict(self.outcomes), created, already_present,
+                                     self.unwritten),
+            sheets_stored=sheets,
+            failures=failures, source_problems=_capped(seen),
+            http_requests=http_requests, timings=timings,
+            exit_code=exit_code_for(planned, failed), source_problem_count=len(seen))
+
+
 def build_report(day: DayPlan, *, write_back: bool, created: int, already_present: int,
                  sheets: SheetCounts, problems: Iterable[SourceProblem], http_requests: int,
                  timings: Mapping[str, float],
@@ -133,39 +187,12 @@ def build_report(day: DayPlan, *, write_back: bool, created: int, already_presen
 
     `not_written`: per appointment, the identifiers of the proposals its write-back did not
     write (all of them when it failed, the rest when it was partly written)."""
-    statuses: Counter[Status] = Counter()
-    actionable: Counter[Kind] = Counter()
-    outcomes: Counter[ProposalOutcome] = Counter()
-    unwritten = 0
-    failures = []
+    tally = Tally()
     for plan in day.plans:
-        missing = (not_written or {}).get(plan.visit.appointment_id, ())
-        if plan.failed:
-            failures.append(Failure(plan.visit.appointment_id,
-                                    plan.visit.start.isoformat() if plan.visit.start else None,
-                                    plan.failed, tuple(sorted(missing))))
-        for f in plan.findings:
-            statuses[f.status] += 1
-            if f.status.actionable:
-                actionable[f.kind] += 1
-        for p in plan.proposals:
-            if p.outcome == ProposalOutcome.PROPOSED and p.identifier in missing:
-                unwritten += 1
-            else:
-                outcomes[p.outcome] += 1
-    failed = len(failures)
-    planned = len(day.plans) - failed
-    seen = list(problems)
-    return RunReport(
-        date=day.generated_for, days=day.days, write_back=write_back,
-        visits=VisitCounts(len(day.plans), planned, failed,
-                           len({p.visit.patient_id for p in day.plans})),
-        findings=dict(statuses), actionable_by_kind=dict(actionable),
-        proposals=ProposalCounts(dict(outcomes), created, already_present, unwritten),
-        sheets_stored=sheets,
-        failures=tuple(failures), source_problems=_capped(seen),
-        http_requests=http_requests, timings=timings,
-        exit_code=exit_code_for(planned, failed), source_problem_count=len(seen))
+        tally.add(plan, (not_written or {}).get(plan.visit.appointment_id, ()))
+    return tally.report(day.generated_for, day.days, write_back=write_back, created=created,
+                        already_present=already_present, sheets=sheets, problems=problems,
+                        http_requests=http_requests, timings=timings)
 
 
 def _capped(problems: list[SourceProblem]) -> tuple[SourceProblem, ...]:

@@ -305,3 +305,31 @@ def test_a_clinic_day_already_past_is_refused(week: Path, tmp_path: Path) -> Non
     options = RunOptions(window=WINDOW, run_day=date(2026, 12, 2))
     with pytest.raises(ConfigError, match="before the run day"):
         asyncio.run(run_day(BundleSource(week), rules, options))
+
+
+class Releasing(BundleSource):
+    """Records when the run says it is done with a patient (release_record), and which of
+    the patient's appointments had been written by then."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.written: list[str] = []
+        self.released: dict[str, list[str]] = {}
+
+    async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> Any:
+        self.written.append(key)
+        return await super().write_transaction(bundle, key=key)
+
+    def release_record(self, patient_id: str) -> None:
+        self.released[patient_id] = list(self.written)
+
+
+def test_a_patient_is_released_once_all_their_visits_are_written(day: Path,
+                                                                   tmp_path: Path) -> None:
+    source = Releasing(day)
+    result = run(source, tmp_path)
+    assert result.exit_code == EXIT_OK
+    assert set(source.released) == {"p1", "p2", "p3"}
+    assert "a1" in source.released["p1"]
+    assert "a2" in source.released["p2"]  # a2b proposes nothing: its lab is a2's
+    assert "a3" in source.released["p3"]

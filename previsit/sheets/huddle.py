@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from previsit.plan import DayPlan, Kind, LabState, Role, Status, VisitPlan
+from previsit.plan import DayPlan, Kind, LabState, Role, Status, Visit, VisitPlan
 from previsit.sheets.filenames import visit_sheet_filename
 from previsit.sheets.formatting import (
     KIND_LABELS,
@@ -18,7 +18,7 @@ from previsit.sheets.formatting import (
     ref_label,
     sex_label,
 )
-from previsit.sheets.selection import scope_labels, select_plans
+from previsit.sheets.selection import scope_labels, select_plans, time_key
 from previsit.sheets.tasks import (
     ELSEWHERE,
     Task,
@@ -28,7 +28,6 @@ from previsit.sheets.tasks import (
     handled_elsewhere,
     needs_review,
     prepared_here,
-    role_counts,
     short_title,
     tasks,
     with_reason,
@@ -166,12 +165,25 @@ def time_saved(plans: Iterable[VisitPlan], minutes_saved: Mapping[str, float],
     """Clinician minutes the prepared work saves: actionable findings per kind × the
     configured minutes per task of that kind (config [sheets] minutes_saved). Kinds the
     configuration does not name count zero minutes."""
+    return _time_saved((_prepared_kinds(p) for p in plans), minutes_saved, scope)
+
+
+def _prepared_kinds(plan: VisitPlan) -> tuple[tuple[Kind, int], ...]:
+    """The findings prepared at this visit, per kind (a patient's two visits count once)."""
+    if plan.failed:
+        return ()
+    counts: dict[Kind, int] = {}
+    for finding in prepared_here(plan):
+        counts[finding.kind] = counts.get(finding.kind, 0) + 1
+    return tuple(counts.items())
+
+
+def _time_saved(prepared: Iterable[tuple[tuple[Kind, int], ...]],
+                minutes_saved: Mapping[str, float], scope: str) -> TimeSaved:
     counts = dict.fromkeys(Kind, 0)
-    for plan in plans:
-        if plan.failed:
-            continue
-        for finding in prepared_here(plan):  # a patient's two visits count once
-            counts[finding.kind] += 1
+    for kinds in prepared:
+        for kind, count in kinds:
+            counts[kind] += count
     lines = []
     for kind in sorted(Kind, key=lambda k: KIND_ORDER[k]):
         each = float(minutes_saved.get(kind.value, 0.0))
@@ -179,8 +191,7 @@ def time_saved(plans: Iterable[VisitPlan], minutes_saved: Mapping[str, float],
     return TimeSaved(tuple(lines), sum(line.minutes for line in lines), scope)
 
 
-def _huddle_row(plan: VisitPlan) -> HuddleRow:
-    counts = role_counts([plan])
+def _huddle_row(plan: VisitPlan, counts: Mapping[Role, int]) -> HuddleRow:
     visit = plan.visit
     return HuddleRow(
         anchor=visit_sheet_filename(plan, "x").removesuffix(".x"), time=format_time(visit.start),
@@ -192,46 +203,80 @@ def _huddle_row(plan: VisitPlan) -> HuddleRow:
         not_planned=plan.not_planned)
 
 
-def _role_lists(plans: Sequence[VisitPlan]) -> tuple[RoleList, ...]:
-    """Per role, one line per visit: the visit's tasks for that role grouped by action
-    ("Draw by Tue Nov 24: HbA1c, lipids · Offer: influenza vaccine")."""
-    lists: dict[Role, list[RoleTask]] = {r: [] for r in Role}
+def _role_tasks(plan: VisitPlan) -> tuple[tuple[tuple[Role, RoleTask], ...], dict[Role, int]]:
+    """Per role, one line for this visit: its tasks for that role grouped by action
+    ("Draw by Tue Nov 24: HbA1c, lipids · Offer: influenza vaccine"); and the count of
+    tasks per role."""
     counts: dict[Role, int] = dict.fromkeys(Role, 0)
-    for plan in plans:
-        by_role: dict[Role, dict[str, list[Task]]] = {}
-        for task in tasks(plan):
-            by_role.setdefault(task.role, {}).setdefault(task.action, []).append(task)
-            counts[task.role] = counts.get(task.role, 0) + 1
-        for role, actions in by_role.items():
-            what = " · ".join(f"{action}: {', '.join(t.subject for t in group)}"
-                              for action, group in actions.items())
-            review = any(t.review for group in actions.values() for t in group)
-            lists.setdefault(role, []).append(RoleTask(
-                format_time(plan.visit.start), plan.patient_name, what, review))
-    return tuple(RoleList(role.label, role.heading, tuple(items),
-                          counts.get(role, 0))
+    by_role: dict[Role, dict[str, list[Task]]] = {}
+    for task in tasks(plan):
+        by_role.setdefault(task.role, {}).setdefault(task.action, []).append(task)
+        counts[task.role] = counts.get(task.role, 0) + 1
+    lines = []
+    for role, actions in by_role.items():
+        what = " · ".join(f"{action}: {', '.join(t.subject for t in group)}"
+                          for action, group in actions.items())
+        review = any(t.review for group in actions.values() for t in group)
+        lines.append((role, RoleTask(format_time(plan.visit.start), plan.patient_name, what,
+                                     review)))
+    return tuple(lines), counts
+
+
+@dataclass(frozen=True)
+class HuddleEntry:
+    """What the huddle needs of one visit: computed as the visit is planned, so that a run
+    assembles the huddle of thousands of visits without keeping their plans."""
+
+    visit: Visit
+    row: HuddleRow
+    roles: tuple[tuple[Role, RoleTask], ...]  # the visit's line in each role's list
+    prepared: tuple[tuple[Kind, int], ...]  # findings prepared here, per kind (time saved)
+    failed: bool
+
+
+def huddle_entry(plan: VisitPlan) -> HuddleEntry:
+    roles, counts = _role_tasks(plan)
+    return HuddleEntry(plan.visit, _huddle_row(plan, counts), roles, _prepared_kinds(plan),
+                       bool(plan.failed))
+
+
+def _role_lists(entries: Sequence[HuddleEntry]) -> tuple[RoleList, ...]:
+    lists: dict[Role, list[RoleTask]] = {r: [] for r in Role}
+    for entry in entries:
+        for role, task in entry.roles:
+            lists[role].append(task)
+    totals = _role_totals(entries)
+    return tuple(RoleList(role.label, role.heading, tuple(items), totals[role])
                  for role, items in lists.items())
 
 
-def huddle_days(day: DayPlan, chosen: Sequence[VisitPlan],
-                 scope_plans: Sequence[VisitPlan], minutes_saved: Mapping[str, float],
-                 scope: str) -> list[HuddleDay]:
-    by_day: dict[date | None, list[VisitPlan]] = {}
-    for plan in chosen:
-        by_day.setdefault(plan.visit.day, []).append(plan)
+def _role_totals(entries: Iterable[HuddleEntry]) -> dict[Role, int]:
+    totals = dict.fromkeys(Role, 0)
+    for entry in entries:
+        for role, count in zip(Role, entry.row.counts, strict=True):
+            totals[role] += count
+    return totals
+
+
+def huddle_days(generated_for: date, chosen: Sequence[HuddleEntry],
+                scope_entries: Sequence[HuddleEntry], minutes_saved: Mapping[str, float],
+                scope: str) -> list[HuddleDay]:
+    by_day: dict[date | None, list[HuddleEntry]] = {}
+    for entry in chosen:
+        by_day.setdefault(entry.visit.day, []).append(entry)
     if not by_day:
-        by_day[day.generated_for] = []
+        by_day[generated_for] = []
     out = []
     for when in sorted(by_day, key=lambda d: d or date.max):
-        plans = by_day[when]
-        counts = role_counts(plans)
-        same_day = [p for p in scope_plans if p.visit.day == when]
+        entries = by_day[when]
+        counts = _role_totals(entries)
+        same_day = [e.prepared for e in scope_entries if e.visit.day == when]
         out.append(HuddleDay(
             anchor=f"huddle-{when.isoformat() if when else 'undated'}",
-            day=format_day(when), rows=tuple(_huddle_row(p) for p in plans),
-            roles=_role_lists(plans), totals=tuple((r.label, counts[r]) for r in Role),
-            appointments=len(plans), failed=sum(1 for p in plans if p.failed),
-            saved=time_saved(same_day, minutes_saved, scope)))
+            day=format_day(when), rows=tuple(e.row for e in entries),
+            roles=_role_lists(entries), totals=tuple((r.label, counts[r]) for r in Role),
+            appointments=len(entries), failed=sum(1 for e in entries if e.failed),
+            saved=_time_saved(same_day, minutes_saved, scope)))
     return out
 
 
@@ -251,9 +296,22 @@ def huddle(day: DayPlan, *, location: str | None = None, practitioner: str | Non
 
     The time-saved estimate covers the whole clinic day at the chosen location, whatever
     practitioner is selected, so that it can never be read as one physician's score."""
-    chosen = select_plans(day, location=location, practitioner=practitioner)
-    scope_plans = select_plans(day, location=location)
+    chosen = [huddle_entry(p) for p in select_plans(day, location=location,
+                                                    practitioner=practitioner)]
+    scope_entries = chosen if practitioner is None else [
+        huddle_entry(p) for p in select_plans(day, location=location)]
     where, who = scope_labels(day, location, practitioner)
     scope = "the clinic day, all practitioners" + (f", at {where}" if location else "")
-    return Huddle(tuple(huddle_days(day, chosen, scope_plans, minutes_saved, scope)),
+    return Huddle(tuple(huddle_days(day.generated_for, chosen, scope_entries, minutes_saved,
+                                    scope)),
                   where, who, format_day(day.generated_for))
+
+
+def whole_day_huddle(generated_for: date, entries: Iterable[HuddleEntry],
+                     minutes_saved: Mapping[str, float]) -> Huddle:
+    """The huddle of every visit of a run (no location or practitioner chosen), from the
+    entries its visits left, in the order of `huddle(day)`: by time, then appointment."""
+    chosen = sorted(entries, key=lambda e: time_key(e.visit))
+    return Huddle(tuple(huddle_days(generated_for, chosen, chosen, minutes_saved,
+                                    "the clinic day, all practitioners")),
+                  "all", "all", format_day(generated_for))

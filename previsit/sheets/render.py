@@ -14,7 +14,8 @@ filters), which keeps a right-to-left name readable without reordering its neigh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from markupsafe import Markup
 
 from previsit.plan import DayPlan, Role, VisitPlan
 from previsit.sheets.formatting import format_day
-from previsit.sheets.huddle import huddle
+from previsit.sheets.huddle import Huddle, huddle
 from previsit.sheets.selection import scope_labels, select_plans
 from previsit.sheets.visit import visit_sheet
 from previsit.shipped import shipped_dir
@@ -111,12 +112,21 @@ def _render(template: str, *, title: str, paper: str, **context: Any) -> str:
         title=title, css=_css(), page_size=_page_size(paper), **context)
 
 
-def render_visit_sheet(plan: VisitPlan, *, paper: Paper = "letter") -> str:
-    """One visit's planning sheet as a standalone HTML page."""
-    sheet = visit_sheet(plan)
+def render_visit_sheet(plan: VisitPlan, *, paper: Paper = "letter",
+                       article: str | None = None) -> str:
+    """One visit's planning sheet as a standalone HTML page. `article`: the visit's
+    `render_visit_article` for its own day, when already rendered."""
+    sheet: Any = Markup(article) if article is not None else visit_sheet(plan)
     title = f"Visit plan {plan.visit.appointment_id}".strip()
     return _render("visits.html.j2", title=title, paper=paper, sheets=[sheet],
                    for_day=format_day(plan.visit.day))
+
+
+def render_visit_article(plan: VisitPlan, for_day: date | None) -> str:
+    """One visit's sheet as it stands in a document of the sheets of `for_day`: what
+    `render_visit_sheets_from` joins."""
+    return environment().get_template("visit_article.html.j2").render(
+        sheet=visit_sheet(plan), for_day=format_day(for_day))
 
 
 def render_visit_sheets(day: DayPlan, *, location: str | None = None,
@@ -130,13 +140,36 @@ def render_visit_sheets(day: DayPlan, *, location: str | None = None,
                    scope_practitioner=who)
 
 
+def render_visit_sheets_from(generated_for: date, articles: Iterable[str], *,
+                             paper: Paper = "letter") -> Iterator[str]:
+    """`render_visit_sheets` of a whole day (no location or practitioner chosen), in parts,
+    from its visits' articles (`render_visit_article`) in time order: the document of
+    thousands of visits is never one string."""
+    return environment().get_template("visits.html.j2").generate(
+        title=f"Visit plans {generated_for.isoformat()}", css=_css(),
+        page_size=_page_size(paper), sheets=(Markup(a) for a in articles),
+        for_day=format_day(generated_for), scope_location="all", scope_practitioner="all")
+
+
 def render_huddle(day: DayPlan, *, location: str | None = None,
                   practitioner: str | None = None,
                   minutes_saved: Mapping[str, float], paper: Paper = "letter") -> str:
     """The clinic-day huddle sheet: one page group per day in the plan (see `huddle`)."""
-    view = huddle(day, location=location, practitioner=practitioner,
-                  minutes_saved=minutes_saved)
-    return _render("huddle.html.j2", title=f"Huddle {day.generated_for.isoformat()}",
-                   paper=paper, days=list(view.days), scope_location=view.location,
-                   scope_practitioner=view.practitioner,
-                   role_columns=[(r.column, r.heading) for r in Role], for_day=view.for_day)
+    return render_huddle_view(huddle(day, location=location, practitioner=practitioner,
+                                     minutes_saved=minutes_saved),
+                              day.generated_for, paper=paper)
+
+
+def render_huddle_view(view: Huddle, generated_for: date, *, paper: Paper = "letter") -> str:
+    """The huddle sheet of a view-model (`huddle`, or `whole_day_huddle` in a run)."""
+    return "".join(render_huddle_parts(view, generated_for, paper=paper))
+
+
+def render_huddle_parts(view: Huddle, generated_for: date, *, paper: Paper = "letter"
+                        ) -> Iterator[str]:
+    """`render_huddle_view` in parts, for a huddle of thousands of rows."""
+    return environment().get_template("huddle.html.j2").generate(
+        title=f"Huddle {generated_for.isoformat()}", css=_css(), page_size=_page_size(paper),
+        days=list(view.days), scope_location=view.location,
+        scope_practitioner=view.practitioner,
+        role_columns=[(r.column, r.heading) for r in Role], for_day=view.for_day)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from previsit.plan import DayPlan, Ref, VisitPlan
+from previsit.plan import DayPlan, Ref, Visit, VisitPlan
 from previsit.references import bare_id
 
 
@@ -60,15 +60,16 @@ def select_plans(day: DayPlan, *, location: str | None = None,
     chosen = [p for p in day.plans
               if (location is None or ref_matches(p.visit.location, location))
               and (practitioner is None or ref_matches(p.visit.practitioner, practitioner))]
-    return sorted(chosen, key=_time_key)
+    return sorted(chosen, key=lambda p: time_key(p.visit))
 
 
-def _time_key(plan: VisitPlan) -> tuple[int, float, str]:
-    start = plan.visit.start
+def time_key(visit: Visit) -> tuple[int, float, str]:
+    """Sheets' order: by start time, visits with no recorded time last, then by id."""
+    start = visit.start
     # Aware datetimes from different offsets compare correctly through timestamp().
     stamp = start.timestamp() if start and start.tzinfo else (
         start.replace(tzinfo=None).timestamp() if start else 0.0)
-    return (0 if start else 1, stamp, plan.visit.appointment_id)
+    return (0 if start else 1, stamp, visit.appointment_id)
 
 
 def scope_labels(day: DayPlan, location: str | None, practitioner: str | None

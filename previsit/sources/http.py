@@ -396,6 +396,14 @@ class HttpSource:
             self._records[patient_id] = task
         return await asyncio.shield(task)
 
+    def release_record(self, patient_id: str) -> None:
+        """The run is done with this patient: let the record go, so that memory stays
+        bounded by the run's concurrency rather than by the day. A read still under way
+        is kept (another visit of the same patient may be waiting on it)."""
+        task = self._records.get(patient_id)
+        if task is not None and task.done():
+            del self._records[patient_id]
+
     async def write_transaction(self, bundle: dict[str, Any], *, key: str) -> WriteResult:
         """Write a transaction Bundle, in parts of at most `transaction_limit` entries.
 
@@ -535,7 +543,7 @@ class HttpSource:
         return tuple(self._problems)
 
     async def aclose(self) -> None:
-        if self._cache is not None and self._records:
+        if self._cache is not None and any(self.cache_counts.values()):
             log.info("record cache: %d records revalidated, %d kept but read in full (a count "
                      "that did not add up, a refused search), %d not kept or too old (read "
                      "in full)", self.cache_counts["revalidated"],

@@ -1,0 +1,121 @@
+"""Planning in worker processes: the same outputs as planning in the run's process, and a
+worker that dies fails only the patient it was planning.
+
+The sample day through the bundle source, streamed into a folder (run.run_to_folder, as
+the CLI runs it) or kept in memory (run.run_day, as the web app runs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import shipped_rules
+
+from previsit import workers
+from previsit.config import Config
+from previsit.plan import VisitPlan
+from previsit.report import EXIT_PARTIAL
+from previsit.run import RunOptions, RunResult, run_day, run_to_folder
+from previsit.sources import VisitWindow
+from previsit.sources.bundles import BundleSource
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_bundles"
+WINDOW = VisitWindow(start=date(2026, 12, 1), end=date(2026, 12, 2), timezone="America/Chicago")
+MINUTES = Config().sheets.minutes_saved
+WHITEHORSE = "appt-1201-1000-whitehorse"
+
+
+def to_folder(out: Path, processes: int | None) -> RunResult:
+    result, _, _ = asyncio.run(run_to_folder(
+        BundleSource(SAMPLE), shipped_rules(), RunOptions(window=WINDOW, processes=processes),
+        out, minutes_saved=MINUTES))
+    return result
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run-report.json"}
+
+
+def test_a_pool_of_two_writes_what_the_run_process_writes(tmp_path: Path) -> None:
+    alone = to_folder(tmp_path / "alone", 0)
+    pooled = to_folder(tmp_path / "pooled", 2)
+    written = outputs(tmp_path / "pooled")
+    assert written == outputs(tmp_path / "alone")
+    assert len([name for name in written if name.startswith("sheets/")]) == 33
+    assert not list((tmp_path / "pooled").glob(".previsit-spool-*"))  # the spool is gone
+    assert pooled.report.to_json() | {"timings": {}} == alone.report.to_json() | {"timings": {}}
+    assert pooled.report.visits.planned == 33 and pooled.bundle_count == 32
+
+
+def test_a_pool_gives_run_day_the_same_day_plan() -> None:
+    def day(processes: int) -> RunResult:
+        return asyncio.run(run_day(BundleSource(SAMPLE), shipped_rules(),
+                                   RunOptions(window=WINDOW, processes=processes)))
+
+    pooled, alone = day(2), day(0)
+    assert pooled.day == alone.day
+    assert pooled.bundles == alone.bundles
+    assert list(pooled.bundles) == list(alone.bundles)  # in the day's order
+
+
+def test_a_worker_that_dies_fails_only_the_patient_it_was_planning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = workers.evaluate
+    victim: dict[str, str] = {}
+
+    def evaluate(record: Any, ruleset: Any, visit: Any, settings: Any) -> VisitPlan:
+        if visit.appointment_id == WHITEHORSE:
+            os._exit(9)  # the worker process dies as an out-of-memory kill would end it
+        return real(record, ruleset, visit, settings)
+
+    # worker processes forked from the run plan with this evaluate
+    monkeypatch.setattr(workers, "START_METHOD", "fork")
+    monkeypatch.setattr(workers, "evaluate", evaluate)
+    result = to_folder(tmp_path / "crashed", 2)
+    monkeypatch.setattr(workers, "evaluate", real)
+    to_folder(tmp_path / "whole", 0)
+
+    assert result.exit_code == EXIT_PARTIAL
+    failures = result.report.failures
+    victim = {f.appointment: f.reason for f in failures}
+    assert victim == {WHITEHORSE: "could not be planned: the worker process planning this "
+                                  "patient died (killed, out of memory, or a crash)"}
+    assert result.report.visits.planned == 32
+    crashed, whole = outputs(tmp_path / "crashed"), outputs(tmp_path / "whole")
+    differing = {name for name in whole if crashed.get(name) != whole[name]}
+    # the victim's own sheet and transaction, and the documents of the whole day
+    assert differing == {"plan.json", "huddle.html", "visits.html",
+                         f"sheets/visit-{WHITEHORSE}.html", f"transactions/{WHITEHORSE}.json"}
+    assert f"transactions/{WHITEHORSE}.json" not in crashed
+
+
+def test_the_pool_is_left_out_of_a_small_day_unless_asked_for() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert workers.pool_size(None, workers.POOL_MIN_VISITS - 1) == 0
+    assert workers.pool_size(None, workers.POOL_MIN_VISITS) == (cores if cores > 1 else 0)
+    assert workers.pool_size(0, 10_000) == 0
+    assert workers.pool_size(1, 10_000) == 0
+    assert workers.pool_size(3, 5) == 3
+
+
+def test_a_day_as_large_as_the_threshold_is_planned_in_a_pool_when_left_to_previsit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    caplog.set_level(logging.INFO, logger="previsit.run")
+    monkeypatch.setattr(workers, "POOL_MIN_VISITS", 36)  # the sample day: 36 appointments
+    cores = len(os.sched_getaffinity(0))
+    to_folder(tmp_path / "pooled", None)
+    pooled = [r.getMessage() for r in caplog.records if "worker processes" in r.getMessage()]
+    assert pooled == ([f"planning in {cores} worker processes"] if cores > 1 else [])
+    caplog.clear()
+    monkeypatch.setattr(workers, "POOL_MIN_VISITS", 37)
+    to_folder(tmp_path / "alone", None)
+    assert not [r for r in caplog.records if "worker processes" in r.getMessage()]
