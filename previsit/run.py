@@ -62,6 +62,7 @@ from previsit.suppressions import DeclineLookup
 from previsit.workers import (
     PlanContext,
     Planner,
+    RecordLoader,
     VisitDone,
     VisitJob,
     failed_plan,
@@ -164,6 +165,20 @@ async def _read_record(source: Source, pid: str, gate: asyncio.Semaphore,
         log.warning("a patient record could not be read: unexpected %s", type(exc).__name__)
         log.debug("record %s", pid, exc_info=True)
         return f"record could not be read: {unexpected(exc)}"
+
+
+def _loader(source: Source, patient_id: str) -> RecordLoader | None:
+    """How a worker process can read this patient's record itself, when the source offers
+    that (local files: `BundleSource.record_loader`); None to read it here."""
+    make = getattr(source, "record_loader", None)
+    if not callable(make):
+        return None
+    try:
+        loader = make(patient_id)
+    except Exception:  # read here instead, where a failure is reported as usual
+        log.debug("record loader %s", patient_id, exc_info=True)
+        return None
+    return loader if callable(getattr(loader, "load", None)) else None
 
 
 def _release(source: Source, patient_id: str) -> None:
@@ -297,28 +312,48 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
         return VisitJob(position, visit, horizons[position],
                         same_day[visit.appointment_id], declined)
 
-    async def patient(pid: str) -> None:
-        items = by_patient.pop(pid)
-        since = time.perf_counter()
-        record = await _read_record(source, pid, read_gate, deadline)
-        done.timed("records", since)
+    def read() -> None:
         done.records_done += 1
         if on_progress:
             on_progress("records", done.records_done, patients)
+
+    def fail(items: list[tuple[int, Visit]], reason: str) -> None:
+        for position, visit in items:
+            finish(position, failed_plan(visit, reason), None)
+
+    async def patient(pid: str) -> None:
+        items = by_patient.pop(pid)
+        loader = _loader(source, pid) if planner.pooled else None
         try:
-            if not isinstance(record, PatientRecord):
-                for position, visit in items:
-                    finish(position, failed_plan(visit, record), None)
+            if loader is not None:
+                # Read where it is planned: the worker reads and builds the record too.
+                since = time.perf_counter()
+                async with read_gate:
+                    planned = await plan(loader, [j for p, v in items if (j := job(p, v))])
+                done.timed("planning", since)
+                read()
+            else:
+                since = time.perf_counter()
+                record = await _read_record(source, pid, read_gate, deadline)
+                done.timed("records", since)
+                read()
+                if not isinstance(record, PatientRecord):
+                    fail(items, record)
+                    return
+                since = time.perf_counter()
+                planned = await plan(record, [j for p, v in items if (j := job(p, v))])
+                done.timed("planning", since)
+                del record  # not kept while the writes wait: memory is bounded by the reads
+            if isinstance(planned, str):
+                log.warning("a patient record could not be read")
+                fail(items, planned)
                 return
-            since = time.perf_counter()
-            planned = await plan(record, [j for p, v in items if (j := job(p, v))])
-            done.timed("planning", since)
-            del record  # not kept while the writes wait: memory is bounded by the reads
             await write_all(planned)
         finally:
             _release(source, pid)
 
-    async def plan(record: PatientRecord, jobs: list[VisitJob]) -> list[VisitDone]:
+    async def plan(record: PatientRecord | RecordLoader, jobs: list[VisitJob]
+                   ) -> list[VisitDone] | str:
         try:
             return await planner.plan(record, jobs)
         except Exception as exc:  # the per-patient boundary (the pool itself failing)

@@ -9,7 +9,9 @@ app, tests) or in a process pool (`RunOptions.processes`), so that a night of th
 of visits uses every core while the reads stay asynchronous in the run's process.
 
 What crosses to a worker is the patient's record (a `PatientRecord` pickles in about a
-millisecond, far less than planning it) and small per-visit jobs; the rule set and the
+millisecond, far less than planning it), or, from a source of local files, only how to read
+it (`RecordLoader`: the worker reads and builds the record itself, so that this work is
+spread over the cores too), and small per-visit jobs; the rule set and the
 settings go once, when the pool starts. What comes back is each visit's plan, its
 transaction Bundle and its rendered text: never the record.
 
@@ -32,10 +34,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 from previsit import timeline as tl
-from previsit.errors import ProposalError
+from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
 from previsit.outputs import Rendered, render_visit
 from previsit.plan import Horizon, ProposalOutcome, Visit, VisitPlan
@@ -92,6 +94,17 @@ class VisitDone:
     rendered: Rendered | None = None
 
 
+class RecordLoader(Protocol):
+    """How a worker reads one patient's record itself (picklable, small): a source that
+    reads local files offers one (`BundleSource.record_loader`), so that the reading and
+    building of records is spread over the pool too instead of queuing in the run's
+    process."""
+
+    patient_id: str
+
+    def load(self) -> PatientRecord: ...
+
+
 def failed_plan(visit: Visit, reason: str) -> VisitPlan:
     return VisitPlan(visit=visit, patient_name=None, patient_age=None, patient_sex=None,
                      patient_mrn=None, findings=(), failed=reason)
@@ -123,6 +136,22 @@ def plan_patient(record: PatientRecord, jobs: Sequence[VisitJob], ctx: PlanConte
                 planned.plan, planned.bundle, job.horizon, ctx.render_for))
         done.append(planned)
     return done
+
+
+def read_and_plan(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob],
+                  ctx: PlanContext) -> list[VisitDone] | str:
+    """`plan_patient`, reading the record first when given its loader: the visits planned,
+    or the reason the record could not be read (every visit of the patient fails with it)."""
+    if isinstance(what, PatientRecord):
+        return plan_patient(what, jobs, ctx)
+    try:
+        record = what.load()
+    except SourceError as exc:
+        return f"record could not be read: {exc}"
+    except Exception as exc:  # the per-patient boundary: this patient only
+        log.debug("record %s", what.patient_id, exc_info=True)
+        return f"record could not be read: {unexpected(exc)}"
+    return plan_patient(record, jobs, ctx)
 
 
 def _plan_visit(record: PatientRecord, job: VisitJob, ctx: PlanContext,
@@ -176,9 +205,10 @@ def _start_worker(ctx: PlanContext) -> None:
     _WORKER_CONTEXT = ctx
 
 
-def _in_worker(record: PatientRecord, jobs: Sequence[VisitJob]) -> list[VisitDone]:
+def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
+               ) -> list[VisitDone] | str:
     assert _WORKER_CONTEXT is not None, "the worker was started without its context"
-    return plan_patient(record, jobs, _WORKER_CONTEXT)
+    return read_and_plan(what, jobs, _WORKER_CONTEXT)
 
 
 def pool_size(requested: int | None, visits: int) -> int:
@@ -221,9 +251,16 @@ class Planner:
         return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                    initargs=(self.ctx,))
 
-    async def plan(self, record: PatientRecord, jobs: Sequence[VisitJob]) -> list[VisitDone]:
+    @property
+    def pooled(self) -> bool:
+        return self._pool is not None
+
+    async def plan(self, record: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
+                   ) -> list[VisitDone] | str:
+        """The patient's visits planned, or why the record (given by its loader) could
+        not be read."""
         if self._pool is None:
-            return plan_patient(record, jobs, self.ctx)
+            return read_and_plan(record, jobs, self.ctx)
         pool, generation = self._pool, self._generation
         loop = asyncio.get_running_loop()
         try:
@@ -240,8 +277,8 @@ class Planner:
                             "one at a time")
             return await self._alone(record, jobs)
 
-    async def _alone(self, record: PatientRecord, jobs: Sequence[VisitJob]
-                     ) -> list[VisitDone]:
+    async def _alone(self, record: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
+                     ) -> list[VisitDone] | str:
         single = self._new_pool(1)
         try:
             return await asyncio.get_running_loop().run_in_executor(

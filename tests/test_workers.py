@@ -119,3 +119,52 @@ def test_a_day_as_large_as_the_threshold_is_planned_in_a_pool_when_left_to_previ
     monkeypatch.setattr(workers, "POOL_MIN_VISITS", 37)
     to_folder(tmp_path / "alone", None)
     assert not [r for r in caplog.records if "worker processes" in r.getMessage()]
+
+
+class _DamagedAfterScan(BundleSource):
+    """A folder whose one patient file is broken between the scan and the record's read
+    (a file replaced mid-run): the read happens where the record is planned."""
+
+    def __init__(self, folder: Path, victim: Path) -> None:
+        super().__init__(folder)
+        self.victim = victim
+        self.read_here = 0  # records read in the run's process
+
+    def record_loader(self, patient_id: str) -> Any:
+        if self.victim.stem == patient_id:
+            self.victim.write_text("{ not json")
+        return super().record_loader(patient_id)
+
+    async def patient_record(self, patient_id: str) -> Any:
+        self.read_here += 1
+        return self.record_loader(patient_id).load()
+
+
+def test_a_record_a_worker_cannot_read_fails_only_that_patient(tmp_path: Path) -> None:
+    import shutil
+
+    def damaged(name: str, processes: int) -> tuple[RunResult, int]:
+        folder = tmp_path / name
+        shutil.copytree(SAMPLE, folder)
+        source = _DamagedAfterScan(folder, folder / "patients" / "pat-james-whitehorse.json")
+        result, _, _ = asyncio.run(run_to_folder(
+            source, shipped_rules(), RunOptions(window=WINDOW, processes=processes),
+            tmp_path / f"{name}-out", minutes_saved=MINUTES))
+        return result, source.read_here
+
+    (pooled, read_in_run), (alone, read_alone) = damaged("pooled", 2), damaged("alone", 0)
+    # in a pool each worker reads the records it plans; without one, the run reads them
+    assert (read_in_run, read_alone) == (0, 31)
+    assert pooled.exit_code == EXIT_PARTIAL
+    reasons = {f.appointment: f.reason for f in pooled.report.failures}
+    assert list(reasons) == [WHITEHORSE]
+    assert reasons[WHITEHORSE].startswith("record could not be read: ")
+    assert reasons[WHITEHORSE].endswith("/pooled/patients/pat-james-whitehorse.json: not "
+                                        "valid JSON: Expecting property name enclosed in "
+                                        "double quotes at line 1 column 3; file skipped")
+    assert [f.reason.replace("/alone/", "/pooled/") for f in alone.report.failures] == \
+        [reasons[WHITEHORSE]]
+    assert pooled.report.visits.planned == 32
+    assert outputs(tmp_path / "pooled-out") == {
+        name: content.replace(b"/alone/", b"/pooled/")
+        for name, content in outputs(tmp_path / "alone-out").items()}
