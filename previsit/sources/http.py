@@ -360,23 +360,26 @@ class HttpSource:
         if window.service_types:
             params.append(("service-type", ",".join(window.service_types)))
         params.append(("_count", str(self._page_size)))
-        try:
-            resources = await self._search("Appointment", params, step="reading appointments")
-        except RequestFailed as exc:
-            raise SourceError(str(exc)) from None
         visits: dict[str, Visit] = {}
-        for resource in resources:
+
+        def take(resource: Mapping[str, Any]) -> None:
             if resource.get("resourceType") != "Appointment":
-                continue  # included resources, OperationOutcome entries
+                return  # included resources, OperationOutcome entries
             try:
                 visit = visit_from_appointment(resource, window.timezone,
                                                base_url=self.base_url)
             except AppointmentError as exc:
                 self._problems.append(SourceProblem(
                     f"Appointment/{resource.get('id', '?')}", str(exc)))
-                continue
+                return
             if visit.appointment_id not in visits and in_window(resource, visit, window):
                 visits[visit.appointment_id] = visit
+
+        try:
+            # page by page: a health system's day of appointments is never held as JSON
+            await self._search("Appointment", params, step="reading appointments", each=take)
+        except RequestFailed as exc:
+            raise SourceError(str(exc)) from None
         return sort_visits(list(visits.values()))
 
     async def patient_record(self, patient_id: str) -> PatientRecord:
@@ -810,18 +813,23 @@ class HttpSource:
     # --- searching and paging ----------------------------------------------------------
 
     async def _search(self, resource_type: str, params: list[tuple[str, str]], *,
-                      step: str) -> list[Mapping[str, Any]]:
+                      step: str, each: Callable[[Mapping[str, Any]], None] | None = None
+                      ) -> list[Mapping[str, Any]]:
         response = await self._request("GET", self._base.join(resource_type), params=params,
                                        step=step)
         first = _json_object(response, self._base)
         return await self._pages(first, step, first=_relative(resource_type, params),
-                                 spent=len(response.content))
+                                 spent=len(response.content), each=each)
 
     async def _pages(self, bundle: Mapping[str, Any], step: str, *, first: str,
-                     spent: int = 0) -> list[Mapping[str, Any]]:
+                     spent: int = 0, each: Callable[[Mapping[str, Any]], None] | None = None
+                     ) -> list[Mapping[str, Any]]:
         """The resources of a searchset and of every page its next links lead to, at most
-        `max_search_bytes` of pages (`spent`: the first page's size, when known)."""
+        `max_search_bytes` of pages (`spent`: the first page's size, when known). With
+        `each`, every resource is handed to it as its page arrives and none is kept (a
+        day's appointments: only what is made of each page outlives it)."""
         resources: list[Mapping[str, Any]] = []
+        keep = resources.append if each is None else each
         seen = {first}
         page = 1
         while True:
@@ -831,7 +839,7 @@ class HttpSource:
             for entry in bundle.get("entry") or ():
                 resource = entry.get("resource") if isinstance(entry, Mapping) else None
                 if isinstance(resource, Mapping):
-                    resources.append(resource)
+                    keep(resource)
             next_url = _next_link(bundle)
             if next_url is None:
                 return resources
