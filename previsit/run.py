@@ -174,11 +174,11 @@ def _loader(source: Source, patient_id: str) -> RecordLoader | None:
     if not callable(make):
         return None
     try:
-        loader = make(patient_id)
+        loader: RecordLoader = make(patient_id)
     except Exception:  # read here instead, where a failure is reported as usual
         log.debug("record loader %s", patient_id, exc_info=True)
         return None
-    return loader if callable(getattr(loader, "load", None)) else None
+    return loader
 
 
 def _release(source: Source, patient_id: str) -> None:

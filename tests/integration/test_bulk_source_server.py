@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from fhirserver import FhirTestServer, fhir_test_server
+from nights import change_two_charts, outputs
 
 pytestmark = pytest.mark.integration
 
@@ -47,21 +48,6 @@ def previsit(*args: str | Path, token: str) -> subprocess.CompletedProcess[str]:
 
 def shown(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    """Every output file as a single run's comparison sees it: the report without the
-    figures that legitimately differ (timings; HTTP requests: an export is not a search)."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name == "run-report.json":
-            report = json.loads(data)
-            report.pop("timings")
-            report.pop("http_requests")
-            data = json.dumps(report, sort_keys=True).encode()
-        files[path.relative_to(folder).as_posix()] = data
-    return files
 
 
 @dataclass
@@ -157,19 +143,7 @@ def test_the_next_night_exports_only_what_changed_and_plans_as_search_does(
         night: Night, first: tuple[Path, Path]) -> None:
     since = json.loads((night.tmp / "bulk-state" / "state.json").read_text())["since"]
     with night.client(admin=True) as client:
-        # Walter Kowalski's last INR was redated (an update of a resource the store holds) …
-        inrs = client.get("Observation", params={
-            "patient": "pat-walter-kowalski", "code": "http://loinc.org|6301-6",
-            "_sort": "-date", "_count": "1"}).json()["entry"]
-        inr = {**inrs[0]["resource"], "effectiveDateTime": "2026-11-28T09:00:00-06:00"}
-        assert client.put(f"Observation/{inr['id']}", json=inr).status_code == 200
-        # … and Susan Greenberg has a new TSH result.
-        assert client.put("Observation/greenberg-tsh-new", json={
-            "resourceType": "Observation", "id": "greenberg-tsh-new", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "3016-3"}]},
-            "subject": {"reference": "Patient/pat-susan-greenberg"},
-            "effectiveDateTime": "2026-11-20T09:00:00-06:00",
-            "valueQuantity": {"value": 2.1, "unit": "mIU/L"}}).status_code == 201
+        change_two_charts(client)
     search, bulk = night.run("fhir", "search-2"), night.run("bulk", "bulk-2")
 
     job = night.jobs()[-1]

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from fhirserver import FhirTestServer, fhir_test_server
+from nights import change_two_charts, outputs
 
 pytestmark = pytest.mark.integration
 
@@ -91,21 +92,6 @@ def test_each_record_is_read_once_per_run_for_every_visit_and_both_horizons(
     assert stats["interactions"]["read"] == {"Patient": 31}
 
 
-def outputs(folder: Path) -> dict[str, bytes]:
-    """Every output file, the report without what may differ between two ways of reading
-    the same data (timings, request count)."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name == "run-report.json":
-            report = json.loads(data)
-            report.pop("timings")
-            report.pop("http_requests")
-            data = json.dumps(report, sort_keys=True).encode()
-        files[path.relative_to(folder).as_posix()] = data
-    return files
-
-
 def findings(folder: Path, patient: str) -> dict[str, str]:
     return {f["rule_id"]: f["status"] for v in plan_of(folder)["visits"]
             if v["visit"]["patient_id"] == patient for f in v["findings"]}
@@ -141,19 +127,7 @@ def test_each_kind_of_change_shows_up_the_next_night(
         clinic: Clinic, nights: tuple[tuple[Path, dict[str, Any]], ...]) -> None:
     (_, _), (before, _) = nights
     with clinic.fhir() as client:
-        # changed: Walter Kowalski's last INR redated into the monitoring interval
-        inrs = client.get("Observation", params={
-            "patient": "pat-walter-kowalski", "code": "http://loinc.org|6301-6",
-            "_sort": "-date", "_count": "1"}).json()["entry"]
-        inr = {**inrs[0]["resource"], "effectiveDateTime": "2026-11-28T09:00:00-06:00"}
-        assert client.put(f"Observation/{inr['id']}", json=inr).status_code == 200
-        # new: a TSH result for Susan Greenberg
-        assert client.put("Observation/greenberg-tsh-new", json={
-            "resourceType": "Observation", "id": "greenberg-tsh-new", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "3016-3"}]},
-            "subject": {"reference": "Patient/pat-susan-greenberg"},
-            "effectiveDateTime": "2026-11-20T09:00:00-06:00",
-            "valueQuantity": {"value": 2.1, "unit": "mIU/L"}}).status_code == 201
+        change_two_charts(client)
         # entered in error: Frank DeLuca's hepatitis C antibody test
         hcv = client.get("Observation/frank-deluca-obs-086").json()
         assert client.put("Observation/frank-deluca-obs-086", json={

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from fhirserver import fhir_test_server
+from nights import outputs
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +64,6 @@ def proposals_on(base_url: str) -> Counter[str]:
                     if identifier.get("system") == SYSTEM:
                         seen[identifier["value"]] += 1
     return seen
-
-
-def outputs(folder: Path) -> dict[str, bytes]:
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name == "run-report.json":
-            report = json.loads(data)
-            report.pop("timings")
-            report.pop("http_requests")
-            data = json.dumps(report, sort_keys=True).encode()
-        files[path.relative_to(folder).as_posix()] = data
-    return files
 
 
 @dataclass(frozen=True)
