@@ -51,6 +51,26 @@ def test_only_booked_like_statuses_count(tmp_path: Path, status: str, counted: b
     assert visits(tmp_path) == (["a"] if counted else [])
 
 
+def test_appointments_are_read_again_when_asked_for_and_a_changed_file_is_reported(
+        tmp_path: Path) -> None:
+    first = appointment("a", "2026-12-01T09:00:00-06:00")
+    write(tmp_path, "a.json", bundle(first, appointment("b", "2026-12-01T10:00:00-06:00"),
+                                     first))  # a duplicate is not a second visit
+    source = BundleSource(tmp_path)
+    source.load()
+    assert [v.appointment_id for v in asyncio.run(source.appointments(window()))] == ["a", "b"]
+    # The folder is read again for the day (only where the scan found Appointments):
+    # what changed since the scan is reported, not planned as something else.
+    write(tmp_path, "a.json", bundle(patient(pid="p9"), appointment(
+        "b", "2026-12-01T10:00:00-06:00")))
+    assert [v.appointment_id for v in asyncio.run(source.appointments(window()))] == ["b"]
+    assert [(Path(p.where).name, p.message) for p in source.problems()] == [
+        ("a.json entry[2]", "Appointment/a also appears in "
+         f"{tmp_path / 'a.json'} entry[0]; the first one is used"),
+        ("a.json entry[0]", "the file changed while the run read the folder: an Appointment "
+         "is no longer there; skipped")]
+
+
 def test_practitioner_location_and_service_filters(tmp_path: Path) -> None:
     write(tmp_path, "a.json", bundle(
         appointment("a", "2026-12-01T09:00:00-06:00", practitioner="dr-a", location="east",
@@ -250,21 +270,43 @@ def test_records_may_be_read_concurrently(tmp_path: Path) -> None:
 
 def test_duplicates_are_found_in_the_same_file_across_files_and_past_a_hash_collision(
         tmp_path: Path) -> None:
-    write(tmp_path, "a.json", bundle(patient(pid="p1"), condition("44054006", pid="p1")))
+    cond = {"resourceType": "Condition", "id": "c1"}
+    write(tmp_path, "a.json", bundle(patient(pid="p1"), cond))
     write(tmp_path, "b.ndjson", "\n".join(json.dumps(r) for r in (
         {"resourceType": "Observation", "id": "o1"}, {"resourceType": "Observation",
-                                                       "id": "o1"})) + "\n")
+                                                       "id": "o1"}, cond)) + "\n")
+    write(tmp_path, "c.ndjson", json.dumps(cond) + "\n")
     files = sorted(tmp_path.iterdir())
     seen = _Seen(files)
     seen.digest = lambda key: 7  # every key collides: only the exact comparison is left
-    a, b = (str(f) for f in files)
+    a, b, _ = (str(f) for f in files)
     assert seen.first("Patient/p1", at=0, where=f"{a} entry[0]") is None
-    assert seen.first("Condition/x", at=1, where=f"{a} entry[1]") is None
-    assert seen.first("Patient/p1", at=5, where="elsewhere") == f"{a} entry[0]"
-    assert seen.first("Condition/x", at=5, where="elsewhere") == f"{a} entry[1]"
+    assert seen.first("Condition/c1", at=1, where=f"{a} entry[1]") is None
     assert seen.first("Observation/o1", at=1 << 32, where=f"{b} line 1") is None
     assert seen.first("Observation/o1", at=1 << 32 | 1, where=f"{b} line 2") == \
         f"{b} line 1"
+    assert seen.first("Condition/c1", at=1 << 32 | 2, where=f"{b} line 3") == \
+        f"{a} entry[1]"
+    # b.ndjson holds Condition/c1 as well, and has a slot (for Observation/o1) of the same
+    # hash: the first place is still the one reported.
+    assert seen.first("Condition/c1", at=2 << 32, where="c line 1") == f"{a} entry[1]"
+    assert seen.first("Patient/p1", at=2 << 32 | 5, where="elsewhere") == f"{a} entry[0]"
+    # A key of the same hash that no earlier file holds is new.
+    assert seen.first("Condition/c2", at=2 << 32 | 6, where="elsewhere") is None
+
+
+def test_the_duplicate_index_grows_and_keeps_every_key(tmp_path: Path) -> None:
+    lines = [json.dumps({"resourceType": "Observation", "id": f"o{n}"}) for n in range(9000)]
+    write(tmp_path, "a.ndjson", "\n".join(lines) + "\n")
+    seen = _Seen([tmp_path / "a.ndjson"])
+    assert [seen.first(f"Observation/o{n}", at=n, where=f"line {n + 1}")
+            for n in range(9000)] == [None] * 9000
+    assert len(seen._table) == 16384  # 4,096 slots at first, doubled at 2,731 and 5,462
+    assert seen.first("Observation/o0", at=9000, where="again") == \
+        f"{tmp_path / 'a.ndjson'} line 1"
+    assert seen.first("Observation/o8999", at=9001, where="again") == \
+        f"{tmp_path / 'a.ndjson'} line 9000"
+    assert seen.first("Observation/o9000", at=9002, where="new") is None
 
 
 def test_a_duplicate_in_the_same_file_is_reported_with_its_first_place(

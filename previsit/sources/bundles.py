@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.jsonio import collector_paused
+from previsit.memory import give_back
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id
@@ -174,44 +176,76 @@ def load_record(loader: RecordLoader) -> PatientRecord:
 
 
 class _Seen:
-    """The resources (Type/id) the scan has met, and where: for a folder of a million
-    resources, in a tenth of the memory a dict of their keys and places would take.
+    """The resources (Type/id) the scan has met, and where, in about 8 bytes of memory each.
 
-    Each key is kept as its hash, mapped to the file number and position where it was met.
-    A hash met again is checked against that item, read again from its file (the last few
-    files read so are kept: duplicates come in runs); two keys of one hash are told apart
-    exactly.
+    A dict of a million keys (or of their hashes) costs a hundred bytes per key: for a
+    health system's folder the index, not the records, was the scan's peak. Here each key
+    is one 64-bit slot of an open-addressing table in an `array`: the high bits of the
+    key's hash (its tag) and the number of the file where it was met. A tag met again is
+    checked against that file, read again (the last few files read so are kept: duplicates
+    come in runs): two keys of one tag are told apart exactly, and a key met in several
+    earlier files is reported at the first of them.
     """
+
+    _LOAD = 2 / 3  # the table doubles when fuller than this
 
     def __init__(self, files: Sequence[Path]) -> None:
         self._files = files
-        self._at: dict[int, int] = {}  # hash of Type/id -> file number << 32 | position
-        self._exact: dict[str, str] = {}  # Type/id -> where, for keys whose hash was taken
-        self._items: dict[int, list[tuple[str | None, str]]] = {}  # file -> (key, where)s
+        self._file_bits = max(1, len(files).bit_length())
+        self._table = array("Q", [0]) * (1 << 12)
+        # A tag's probe starts at its top bits: 64 - file bits wide, 12 of them at first.
+        self._shift = 64 - self._file_bits - 12
+        self._count = 0
+        self._items: dict[int, dict[str, tuple[int, str]]] = {}  # file -> key -> first
         self.digest: Callable[[str], int] = hash
 
     def first(self, key: str, *, at: int, where: str) -> str | None:
-        """Where `key` was met before, or None (and it is remembered as met at `at`)."""
-        digest = self.digest(key)
-        before = self._at.get(digest)
-        if before is None:
-            self._at[digest] = at
-            return None
-        first_key, first_where = self._read(before >> 32)[before & 0xFFFFFFFF]
-        if first_key == key:
-            return first_where
-        if key in self._exact:
-            return self._exact[key]
-        self._exact[key] = where
+        """Where `key` was met before, or None (and it is remembered as met at `at`:
+        file number << 32 | position, met in file order)."""
+        tag = ((self.digest(key) & 0xFFFF_FFFF_FFFF_FFFF) >> self._file_bits) or 1
+        table, mask, bits = self._table, len(self._table) - 1, self._file_bits
+        slot = tag >> self._shift
+        before: tuple[int, int, str] | None = None  # (file, position, where) of the first
+        while value := table[slot]:
+            if value >> bits == tag:
+                number = value & ((1 << bits) - 1)
+                met = self._read(number).get(key)
+                if met is not None and (number, met[0]) < (at >> 32, at & 0xFFFFFFFF) \
+                        and (before is None or (number, met[0]) < before[:2]):
+                    before = (number, *met)
+            slot = (slot + 1) & mask
+        if before is not None:
+            return before[2]
+        table[slot] = tag << bits | at >> 32
+        self._count += 1
+        if self._count > len(table) * self._LOAD:
+            self._grow()
         return None
 
-    def _read(self, number: int) -> list[tuple[str | None, str]]:
+    def _grow(self) -> None:
+        """Double the table. A tag's probe starts at its top bits, so no hash is needed."""
+        old = self._table
+        self._table = table = array("Q", [0]) * (2 * len(old))
+        self._shift -= 1
+        mask, bits, shift = len(table) - 1, self._file_bits, self._shift
+        for value in old:
+            if value:
+                slot = value >> bits >> shift
+                while table[slot]:
+                    slot = (slot + 1) & mask
+                table[slot] = value
+
+    def _read(self, number: int) -> dict[str, tuple[int, str]]:
+        """The keys of one file, each with its first position and place in the file."""
         if number not in self._items:
             if len(self._items) >= 8:
                 del self._items[next(iter(self._items))]
-            self._items[number] = [
-                (_key(item.resource) if item.resource is not None else None, item.where)
-                for item in read_file(self._files[number])]
+            keys: dict[str, tuple[int, str]] = {}
+            for position, item in enumerate(read_file(self._files[number])):
+                key = _key(item.resource) if item.resource is not None else None
+                if key is not None and key not in keys:
+                    keys[key] = (position, item.where)
+            self._items[number] = keys
         return self._items[number]
 
 
@@ -223,7 +257,9 @@ class BundleSource:
         self._problems: list[SourceProblem] = []
         self._loaded = False
         self._lock = threading.Lock()
-        self._appointments: list[tuple[str, dict[str, Any]]] = []
+        # Where the Appointments are (file number << 32 | position): read again when asked
+        # for, as a day's Appointment JSON held through the run grew with the day.
+        self._appointments = array("Q")
         self._files: list[Path] = []
         self._patient_files: dict[str, list[int]] = {}  # patient id -> file numbers
         # (file number, patient id) -> the patient's resources in a file shared with others
@@ -250,6 +286,8 @@ class BundleSource:
             with collector_paused():
                 for number, path in enumerate(self._files):
                     self._scan(number, path, seen)
+            del seen
+            give_back()
             self._loaded = True
 
     def _scan(self, number: int, path: Path, seen: _Seen) -> None:
@@ -263,6 +301,8 @@ class BundleSource:
                                                  where=item.where))
             if placed is None:
                 self._set_aside.setdefault(number, set()).add(position)
+            elif item.resource["resourceType"] == "Appointment":
+                self._appointments.append(number << 32 | position)
             elif placed.owner is not None:
                 owned.setdefault(placed.owner, []).append(placed.resource)
         for owner, resources in owned.items():
@@ -287,7 +327,6 @@ class BundleSource:
                               "is used")
                 return None
         if rtype == "Appointment":
-            self._appointments.append((where, resource))
             return _Placed(resource)
         if rtype == "Medication":
             if isinstance(rid, str):
@@ -325,7 +364,7 @@ class BundleSource:
     async def appointments(self, window: VisitWindow) -> Sequence[Visit]:
         self.load()
         visits = []
-        for where, resource in self._appointments:
+        for where, resource in self._read_appointments():
             try:
                 visit = visit_from_appointment(resource, window.timezone)
             except AppointmentError as exc:
@@ -335,6 +374,22 @@ class BundleSource:
             if in_window(resource, visit, window):
                 visits.append(visit)
         return sort_visits(visits)
+
+    def _read_appointments(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The Appointments the scan found (duplicates aside), read again from their files."""
+        positions: dict[int, set[int]] = {}
+        for at in self._appointments:
+            positions.setdefault(at >> 32, set()).add(at & 0xFFFFFFFF)
+        for number, wanted in positions.items():
+            with collector_paused():
+                for position, item in enumerate(read_file(self._files[number])):
+                    if position not in wanted:
+                        continue
+                    if item.resource is None or item.resource["resourceType"] != "Appointment":
+                        self._problem(item.where, "the file changed while the run read the "
+                                      "folder: an Appointment is no longer there; skipped")
+                        continue
+                    yield item.where, item.resource
 
     async def patient_record(self, patient_id: str) -> PatientRecord:
         return self.record_loader(patient_id).load()
