@@ -39,6 +39,7 @@ _DUMPS = (orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 _FIXED_SMALL = re.compile(rb"0\.0000")
 _SHORT_EXPONENT = re.compile(rb"e-[0-9](?![0-9])")
 _NUMBER_BYTES = frozenset(b"0123456789.")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, and only that
 
 class JsonError(ValueError):
     """Text that is not JSON (or not the JSON expected)."""
@@ -65,6 +66,77 @@ def loads(data: bytes | str) -> Any:
         # e.g. an integer of more than 4,300 digits (Python refuses to convert it)
         raise JsonError(f"not valid JSON: {type(exc).__name__}: {str(exc)[:100]}") from None
     return _without_lone_surrogates(value)
+
+
+def split_array(text: str, name: str) -> tuple[Any, list[tuple[int, int]]] | None:
+    """A large document `{..., "<name>": [{...}, {...}], ...}` read a piece at a time.
+
+    Parsed whole, a 14 MB Bundle of appointments holds 130 MB of Python objects at once.
+    This finds where each object of the array `name` is in `text`, as (start, end): parse
+    one with `loads(text[start:end])`, then drop it. Returned with the document's other
+    members, parsed by `loads` (the array left out). Anything but that shape, or anything
+    unusual (not JSON, the member twice, an item that is not an object, a NaN, nesting
+    too deep): None, and the caller parses the text whole, which says what is wrong. The
+    items' ends are found by the standard library's parser (one item held at a time).
+    """
+    others: list[str] = []
+    items: list[tuple[int, int]] | None = None
+    try:
+        at = _skip(text, 0)
+        if text[at:at + 1] != "{":
+            return None
+        at = _skip(text, at + 1)
+        while text[at:at + 1] == '"':
+            start = at
+            key, at = _SCAN.raw_decode(text, at)
+            at = _skip(text, at)
+            if text[at:at + 1] != ":":
+                return None
+            at = _skip(text, at + 1)
+            if key != name:
+                at = _SCAN.raw_decode(text, at)[1]
+                others.append(text[start:at])
+            elif items is not None or text[at:at + 1] != "[":
+                return None
+            else:
+                items = []
+                at = _items(text, _skip(text, at + 1), items)
+            at = _skip(text, at)
+            if text[at:at + 1] == ",":
+                at = _skip(text, at + 1)
+            elif text[at:at + 1] == "}":
+                if items is None or _skip(text, at + 1) != len(text):
+                    return None
+                return loads("{" + ",".join(others) + "}"), items
+    except (ValueError, RecursionError, _NotSplit):
+        return None
+    return None
+
+
+def _skip(text: str, at: int) -> int:
+    """Past the whitespace at `at`."""
+    match = _WHITESPACE.match(text, at)
+    return match.end() if match else at
+
+
+class _NotSplit(Exception):
+    """The array is not one of objects only: parse the text whole."""
+
+
+def _items(text: str, at: int, items: list[tuple[int, int]]) -> int:
+    """Where each object of the array at `at` (after its `[`) is; the end of the array."""
+    if text[at:at + 1] == "]":
+        return at + 1
+    while text[at:at + 1] == "{":
+        end = _SCAN.raw_decode(text, at)[1]
+        items.append((at, end))
+        at = _skip(text, end)
+        if text[at:at + 1] == "]":
+            return at + 1
+        if text[at:at + 1] != ",":
+            break
+        at = _skip(text, at + 1)
+    raise _NotSplit
 
 
 def object_or_none(data: bytes | str) -> dict[str, Any] | None:
@@ -170,6 +242,10 @@ def _without_bom(data: bytes | str) -> bytes | str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# Finds where a value ends (split_array); NaN and Infinity are not JSON.
+_SCAN = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _clean(text: str) -> str:

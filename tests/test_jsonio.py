@@ -18,6 +18,7 @@ from previsit.jsonio import (
     dumps,
     loads,
     object_or_none,
+    split_array,
 )
 
 
@@ -169,3 +170,28 @@ def test_a_collector_switched_off_before_stays_off() -> None:
 def test_numbers_spelled_unlike_json_are_found_in_orjson_output(text: bytes,
                                                                  unlike: bool) -> None:
     assert _spelled_unlike_json(text) is unlike
+
+
+def test_split_array_finds_each_object_of_the_array_and_parses_the_rest() -> None:
+    text = ' {"resourceType": "Bundle", "entry" : [ {"a": [1, {"b": "]}"}]} ,\n{"c": 2}],' \
+        ' "total": 2, "meta": {"x": "\\"entry\\""}}\n'
+    split = split_array(text, "entry")
+    assert split is not None
+    others, spans = split
+    assert others == {"resourceType": "Bundle", "total": 2, "meta": {"x": '"entry"'}}
+    assert [text[start:end] for start, end in spans] == ['{"a": [1, {"b": "]}"}]}', '{"c": 2}']
+    assert split_array('{"entry": [], "n": 1}', "entry") == ({"n": 1}, [])
+    # the member's name as JSON spells it, escapes and all
+    assert split_array('{"entr\\u0079": [{}]}', "entry") == ({}, [(16, 18)])
+
+
+@pytest.mark.parametrize("text", [
+    '{"entry": [{}]', '{"entry": [{}]} x', '[{"entry": []}]', '{"n": 1}', '"entry"',
+    '{"entry": [{}], "entry": []}',  # twice: which one counts is the whole parser's call
+    '{"entry": [{}, 1]}', '{"entry": [{}, "x"]}', '{"entry": [[]]}', '{"entry": {}}',
+    '{"entry": [{},]}', '{"entry": [{"n": NaN}]}', '{"n": Infinity, "entry": []}',
+    '{"entry": [{"n": 1} {"n": 2}]}', '{"entry" [{}]}', '{"n": 1,}', '{"entry": [{}]}}',
+    '{"entry": [' + '[' * 5000 + ']' * 5000 + ']}',
+    '\ufeff{"entry": []}'])
+def test_split_array_leaves_anything_unusual_to_the_whole_parser(text: str) -> None:
+    assert split_array(text, "entry") is None

@@ -8,12 +8,16 @@ is yielded as a problem with where it is (file, entry or line), never skipped si
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from previsit.jsonio import JsonError, loads
+from previsit.jsonio import JsonError, loads, split_array
+
+# A Bundle file larger than this (in characters) is read an entry at a time: parsed whole,
+# a day's appointments in one 14 MB Bundle held 130 MB of objects at once.
+LARGE_FILE = 4 << 20
 
 
 @dataclass(slots=True)  # not frozen: made for every resource, twice a run, and a frozen
@@ -59,12 +63,33 @@ def read_file(path: Path) -> Iterator[FolderItem]:
             if line.strip():
                 yield _item(line, f"{where} line {number}")
         return
+    if len(text) > LARGE_FILE:
+        large = _large_bundle(text, where)
+        if large is not None:
+            yield from large
+            return
     try:
         data = loads(text)
     except JsonError as exc:
         yield FolderItem(where, problem=f"{exc}; file skipped")
         return
     yield from _document(data, where)
+
+
+def _large_bundle(text: str, where: str) -> Iterator[FolderItem] | None:
+    """A large Bundle's items, its entries parsed one at a time (the items `_document`
+    gives for the whole parsed text); None when it is not a Bundle of object entries that
+    all parse (then the whole text is parsed, and what is wrong said as for any file)."""
+    split = split_array(text, "entry")
+    if split is None or not isinstance(split[0], dict) or \
+            split[0].get("resourceType") != "Bundle":
+        return None
+    spans = split[1]
+    try:
+        aliases = _aliases(loads(text[start:end]) for start, end in spans)
+    except JsonError:
+        return None
+    return _entries((loads(text[start:end]) for start, end in spans), where, aliases)
 
 
 def _item(line: str, where: str) -> FolderItem:
@@ -93,12 +118,22 @@ def _document(data: Any, where: str) -> Iterator[FolderItem]:
     if not isinstance(entries, list):
         yield FolderItem(where, problem="Bundle.entry is not a list; file skipped")
         return
+    yield from _entries(entries, where, _aliases(entries))
+
+
+def _aliases(entries: Iterable[Any]) -> dict[str, str]:
+    """A Bundle's fullUrls, each with the Type/id of its entry's resource."""
     aliases: dict[str, str] = {}
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
             res = entry["resource"]
             if isinstance(entry.get("fullUrl"), str) and res.get("id"):
                 aliases[entry["fullUrl"]] = f"{res.get('resourceType')}/{res['id']}"
+    return aliases
+
+
+def _entries(entries: Iterable[Any], where: str, aliases: Mapping[str, str]
+             ) -> Iterator[FolderItem]:
     for index, entry in enumerate(entries):
         at = f"{where} entry[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
