@@ -45,6 +45,7 @@ from previsit.filenames import safe_part
 from previsit.files import private_folder, write_text
 from previsit.identifiers import DEFAULT_SHEET_SYSTEM, DEFAULT_SYSTEM
 from previsit.jsonio import dumps
+from previsit.memory import give_back
 from previsit.outputs import Rendered
 from previsit.plan import DayPlan, Horizon, ProposalOutcome, Visit, VisitPlan
 from previsit.record import PatientRecord
@@ -439,6 +440,7 @@ async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: Visi
     visits = await _appointments(source, timeline.read_window, seconds)
     if options.patients is not None:
         visits = [v for v in visits if options.patients(v.patient_id)]
+    give_back()  # what reading them freed, before a pool's workers are started
     read_done = time.perf_counter()
     ahead_count = sum(timeline.horizon(v) == Horizon.LABS_AHEAD for v in visits)
     log.info("planning %d appointments, and the pre-visit labs of %d further out",
