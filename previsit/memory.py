@@ -3,8 +3,8 @@
 glibc's malloc keeps what is freed for reuse, and after a large block is freed it keeps
 more: its mmap threshold rises to that block's size and the heap top it keeps to twice
 that (up to 64 MB). A run that has just scanned a folder, or read a 14 MB Bundle of a
-day's appointments, would hold that much free memory for the rest of the night, and a
-worker process started then would count it too. `give_back()` asks glibc to return it
+day's appointments, would hold that much free memory for the rest of the night: at
+10,000 appointments, 45 MB of the run's peak. `give_back()` asks glibc to return it
 (`malloc_trim`); where there is no such call (musl, macOS) it does nothing.
 """
 

@@ -36,7 +36,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
@@ -72,10 +72,10 @@ def _patient_of(resource: Mapping[str, Any], aliases: Mapping[str, str]) -> str 
     return None
 
 
-@dataclass(frozen=True)
-class _Placed:
+class _Placed(NamedTuple):
     """Where one resource of the folder goes: the patient it is part of (`owner`), or why
-    it is set aside (`problem`). Decided the same way by the scan and by a re-read."""
+    it is set aside (`problem`). Decided the same way by the scan and by a re-read (made
+    for every resource twice a run: a tuple, not a dataclass)."""
 
     resource: dict[str, Any]
     owner: str | None = None
@@ -163,7 +163,7 @@ class RecordLoader:
                 # The whole file no longer reads as it did when the folder was scanned.
                 raise PatientReadError(self.patient_id, f"{item.where}: {item.problem}")
             if resource is None or position in part.set_aside or \
-                    (_key(resource) is None and resource.get("id") is not None):
+                    not isinstance(resource.get("id", ""), str):  # set aside by the scan
                 continue
             placed = _place(resource, item.aliases)
             if placed.owner == self.patient_id:
@@ -296,9 +296,8 @@ class BundleSource:
             if item.resource is None:
                 self._problem(item.where, item.problem or "unreadable")
                 continue
-            placed = self._add(item.resource, item.where, item.aliases,
-                               functools.partial(seen.first, at=number << 32 | position,
-                                                 where=item.where))
+            placed = self._add(item.resource, item.where, item.aliases, seen,
+                               number << 32 | position)
             if placed is None:
                 self._set_aside.setdefault(number, set()).add(position)
             elif item.resource["resourceType"] == "Appointment":
@@ -311,9 +310,9 @@ class BundleSource:
                 self._held[(number, owner)] = tuple(resources)
 
     def _add(self, resource: dict[str, Any], where: str, aliases: Mapping[str, str],
-             first: Callable[[str], str | None]) -> _Placed | None:
-        """Index one resource; None when it is a duplicate (set aside). `first(key)`: where
-        the resource `key` was met before, or None (then it is remembered as met here)."""
+             seen: _Seen, at: int) -> _Placed | None:
+        """Index one resource, met at `at` (file number << 32 | position); None when it is
+        a duplicate (set aside)."""
         rtype = resource["resourceType"]
         rid = resource.get("id")
         if rid is not None and not isinstance(rid, str):
@@ -321,7 +320,7 @@ class BundleSource:
             return _Placed(resource)
         if isinstance(rid, str):
             key = f"{rtype}/{rid}"
-            before = first(key)
+            before = seen.first(key, at=at, where=where)
             if before is not None:
                 self._problem(where, f"{key} also appears in {before}; the first one "
                               "is used")
@@ -337,8 +336,7 @@ class BundleSource:
             self._problem(where, placed.problem)
         if placed.owner is None or rtype == "Patient":
             return placed
-        wanted = _medication_refs((placed.resource,))
-        if wanted:
+        if rtype == "MedicationRequest" and (wanted := _medication_refs((placed.resource,))):
             self._wanted.setdefault(placed.owner, set()).update(wanted)
         for ident in resource.get("identifier") or ():
             if isinstance(ident, dict) and isinstance(ident.get("value"), str):
