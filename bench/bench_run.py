@@ -103,6 +103,31 @@ def machine(python: Path) -> dict[str, str]:
     }
 
 
+_REFERENCE_LOOP = """
+import time
+best = float("inf")
+for _ in range(3):
+    started = time.perf_counter()
+    total = 0
+    for n in range(3_000_000):
+        total += n % 7
+    best = min(best, time.perf_counter() - started)
+print(round(best * 1000))
+"""
+
+
+def reference_ms(python: Path) -> int | None:
+    """How fast this machine runs Python right now: a fixed loop's best of 3, in ms. A
+    shared or throttled machine can be a third slower one hour than the next while
+    "others CPU s" stays near zero; compare runs only at a like figure."""
+    try:
+        done = subprocess.run([str(python), "-c", _REFERENCE_LOOP], capture_output=True,
+                              text=True, check=True, timeout=120)
+        return int(done.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 # --- one measured child process ----------------------------------------------------------
 
 
@@ -507,16 +532,16 @@ def check_targets(rows: Sequence[Row]) -> list[Verdict]:
         verdicts.append(Verdict("http: <= 1.5 read requests per appointment", "n/a",
                                 "no HTTP run finished"))
     for (source, mode), curve in sorted(_curves(rows).items()):
-        if source != "http":
-            continue
+        # memory flat whatever the source (the streaming run); time linear as well
+        run = f"{source} {mode}"
         small, large = curve[0], curve[-1]
         if small is large:
-            name = f"http {mode}: peak RSS at the largest size <= 1.3 x at the smallest"
-            linear = f"http {mode}: linear time, s/appt at the largest size <= 1.25 x at " \
+            name = f"{run}: peak RSS at the largest size <= 1.3 x at the smallest"
+            linear = f"{run}: linear time, s/appt at the largest size <= 1.25 x at " \
                 "the smallest"
         else:
-            name = f"http {mode}: peak RSS at {large.size:,} <= 1.3 x at {small.size:,}"
-            linear = f"http {mode}: linear time, s/appt at {large.size:,} <= 1.25 x at " \
+            name = f"{run}: peak RSS at {large.size:,} <= 1.3 x at {small.size:,}"
+            linear = f"{run}: linear time, s/appt at {large.size:,} <= 1.25 x at " \
                 f"{small.size:,}"
         if small is large:
             verdicts.append(Verdict(name, "n/a", "one size only"))
@@ -766,7 +791,9 @@ def main(argv: list[str] | None = None) -> int:
           f"benchmark server, {settings.latency_ms:g} ms per response; cap {settings.timeout:g} "
           f"s and {settings.max_rss_mb:g} MB per run; work dir {settings.work_dir}")
     print("others CPU s: CPU time the machine spent on anything but previsit and the "
-          "benchmark server during the run (other work slows the run: a noisy figure)\n",
+          "benchmark server during the run (other work slows the run: a noisy figure)")
+    speed = [reference_ms(settings.python)]
+    print(f"machine speed: reference loop {speed[0]} ms (lower is faster; see reference_ms)\n",
           flush=True)
     templates = load_templates(settings.synthea)
     rows: list[Row] = []
@@ -796,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, path in profiles:
         print(f"\nprofile of {label} ({path}):")
         print_profile(path, args.profile_top)
+    speed.append(reference_ms(settings.python))
+    print(f"\nmachine speed: reference loop {speed[0]} ms before the runs, {speed[1]} ms after")
     verdicts = [] if args.profile else check_targets(rows)
     if verdicts:
         print("\ntargets:")
@@ -803,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {verdict.status:<4} {verdict.target}: {verdict.detail}")
     if args.json is not None:
         args.json.write_text(json.dumps({
-            "machine": info, "latency_ms": settings.latency_ms,
+            "machine": info, "latency_ms": settings.latency_ms, "reference_ms": speed,
             "rows": [r.to_json() for r in rows],
             "targets": [asdict(v) for v in verdicts]}, indent=2, default=str) + "\n",
             encoding="utf-8")
