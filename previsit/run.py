@@ -69,6 +69,7 @@ from previsit.workers import (
     failed_plan,
     pool_size,
     unexpected,
+    warm_up,
 )
 
 log = logging.getLogger("previsit.run")
@@ -437,6 +438,7 @@ async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: Visi
     timeline = tl.Timeline(
         run_day=options.run_day or options.window.start - timedelta(days=1),
         huddle=options.window, labs_ahead_days=options.labs_ahead_days)
+    warm_up(options.processes)
     visits = await _appointments(source, timeline.read_window, seconds)
     if options.patients is not None:
         visits = [v for v in visits if options.patients(v.patient_id)]

@@ -34,6 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from datetime import date
+from multiprocessing import forkserver
 from typing import Any, Protocol
 
 from previsit import timeline as tl
@@ -211,14 +212,32 @@ def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
     return read_and_plan(what, jobs, _WORKER_CONTEXT)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+
+
 def pool_size(requested: int | None, visits: int) -> int:
     """Worker processes for a day of `visits`: `requested` (0 or 1: none, plan in the run's
     process); None: one per core when the day is large enough to gain from them."""
     if requested is not None:
         return requested if requested > 1 else 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
+    cores = _cores()
     return cores if cores > 1 and visits >= POOL_MIN_VISITS else 0
+
+
+def warm_up(requested: int | None) -> bool:
+    """Start the fork server now, while the day is being read, when the day may be planned
+    in a pool (`requested` as for pool_size): its import of previsit, half a second, then
+    runs on another core beside the read instead of after it. A day that turns out small
+    and is planned in this process has started one idle process. Whether it was started."""
+    if (requested is not None and requested <= 1) or (requested is None and _cores() <= 1):
+        return False
+    if START_METHOD not in multiprocessing.get_all_start_methods():
+        return False
+    multiprocessing.get_context(START_METHOD).set_forkserver_preload(["previsit.workers"])
+    forkserver.ensure_running()
+    return True
 
 
 class Planner:

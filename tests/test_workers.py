@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,44 @@ def test_a_record_a_worker_cannot_read_fails_only_that_patient(tmp_path: Path) -
     assert outputs(tmp_path / "pooled-out") == {
         name: content.replace(b"/alone/", b"/pooled/")
         for name, content in outputs(tmp_path / "alone-out").items()}
+
+
+_FORK_SERVERS = r"""
+import os, sys, time
+from previsit import workers
+
+def fork_servers():
+    found = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmd:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                found += parent == os.getpid() and b"forkserver" in cmd.read()
+        except OSError:
+            pass
+    return found
+
+if __name__ == "__main__":
+    started = [workers.warm_up(0), workers.warm_up(1)]
+    time.sleep(0.5)
+    counts = [fork_servers()]
+    started.append(workers.warm_up(int(sys.argv[1]) if sys.argv[1] != "auto" else None))
+    deadline = time.monotonic() + 10
+    while fork_servers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    counts.append(fork_servers())
+    print(started, counts)
+"""
+
+
+@pytest.mark.parametrize("processes", ["2", "auto"])
+def test_the_fork_server_is_started_while_the_day_is_read_unless_planning_in_process(
+        tmp_path: Path, processes: str) -> None:
+    # Started early, its import of previsit (0.5 s) runs beside the read, not after it.
+    script = tmp_path / "warm.py"
+    script.write_text(_FORK_SERVERS, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), processes], capture_output=True,
+                          text=True, check=True, timeout=60)
+    one_core = processes == "auto" and len(os.sched_getaffinity(0)) == 1  # pool_size: none
+    assert done.stdout.strip() == ("[False, False, False] [0, 0]" if one_core else
+                                   "[False, False, True] [0, 1]")
