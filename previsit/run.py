@@ -442,7 +442,7 @@ async def _run(source: Source, ruleset: RuleSet, options: RunOptions, sink: Visi
     visits = await _appointments(source, timeline.read_window, seconds)
     if options.patients is not None:
         visits = [v for v in visits if options.patients(v.patient_id)]
-    give_back()  # what reading them freed (a 14 MB Bundle of appointments held 130 MB)
+    give_back()  # what reading them (and a folder's scan) freed
     read_done = time.perf_counter()
     ahead_count = sum(timeline.horizon(v) == Horizon.LABS_AHEAD for v in visits)
     log.info("planning %d appointments, and the pre-visit labs of %d further out",

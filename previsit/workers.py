@@ -212,18 +212,25 @@ def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
     return read_and_plan(what, jobs, _WORKER_CONTEXT)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
-
-
 def pool_size(requested: int | None, visits: int) -> int:
     """Worker processes for a day of `visits`: `requested` (0 or 1: none, plan in the run's
     process); None: one per core when the day is large enough to gain from them."""
     if requested is not None:
         return requested if requested > 1 else 0
-    cores = _cores()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
     return cores if cores > 1 and visits >= POOL_MIN_VISITS else 0
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """How pool workers start: START_METHOD where the platform has it, with previsit
+    imported once by the fork server."""
+    method = START_METHOD if START_METHOD in multiprocessing.get_all_start_methods() \
+        else None
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["previsit.workers"])
+    return context
 
 
 def warm_up(requested: int | None) -> bool:
@@ -231,11 +238,9 @@ def warm_up(requested: int | None) -> bool:
     in a pool (`requested` as for pool_size): its import of previsit, half a second, then
     runs on another core beside the read instead of after it. A day that turns out small
     and is planned in this process has started one idle process. Whether it was started."""
-    if (requested is not None and requested <= 1) or (requested is None and _cores() <= 1):
+    if pool_size(requested, POOL_MIN_VISITS) == 0 or \
+            _pool_context().get_start_method() != "forkserver":
         return False
-    if START_METHOD not in multiprocessing.get_all_start_methods():
-        return False
-    multiprocessing.get_context(START_METHOD).set_forkserver_preload(["previsit.workers"])
     forkserver.ensure_running()
     return True
 
@@ -262,13 +267,8 @@ class Planner:
             self._pool = None
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
-        method = START_METHOD if START_METHOD in multiprocessing.get_all_start_methods() \
-            else None
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            context.set_forkserver_preload(["previsit.workers"])
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                   initargs=(self.ctx,))
+        return ProcessPoolExecutor(workers, mp_context=_pool_context(),
+                                   initializer=_start_worker, initargs=(self.ctx,))
 
     @property
     def pooled(self) -> bool:

@@ -42,7 +42,6 @@ from typing import Any, NamedTuple
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.jsonio import collector_paused
-from previsit.memory import give_back
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id
@@ -287,8 +286,6 @@ class BundleSource:
             with collector_paused():
                 for number, path in enumerate(self._files):
                     self._scan(number, path, seen)
-            del seen
-            give_back()
             self._loaded = True
 
     def _scan(self, number: int, path: Path, seen: _Seen) -> None:
