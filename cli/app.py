@@ -142,9 +142,10 @@ def _settings(config: Config) -> Settings:
 T = TypeVar("T")
 
 
-def _open_source(config: Config, scope: str | None = None) -> Source:
+def _open_source(config: Config, scope: str | None = None,
+                 processes: int | None = 0) -> Source:
     if config.source.kind == "bundles":
-        return BundleSource(config.source.path)
+        return BundleSource(config.source.path, processes=processes)
     if config.source.kind == "bulk":
         from previsit.sources.bulk import BulkSource
 
@@ -155,13 +156,14 @@ def _open_source(config: Config, scope: str | None = None) -> Source:
 
 
 def _with_source(config: Config, work: Callable[[Source], Awaitable[T]],
-                 scope: str | None = None) -> T:
+                 scope: str | None = None, processes: int | None = 0) -> T:
     """Run `work` on the configured source in one event loop, and close the source there
     (an httpx client must be closed in the loop that used it). `scope`: what the command
-    needs, when not a run's."""
+    needs, when not a run's; `processes`: the run's worker processes (--processes), which
+    a bundle folder's scan uses too."""
 
     async def scoped() -> T:
-        source = _open_source(config, scope)
+        source = _open_source(config, scope, processes)
         try:
             return await work(source)
         finally:
@@ -361,7 +363,8 @@ def _run_with_progress(config: Config, ruleset: RuleSet, options: RunOptions,
     try:
         return _with_source(config, lambda source: run_to_folder(
             source, ruleset, options, config.output.folder,
-            minutes_saved=config.sheets.minutes_saved, on_progress=progress))
+            minutes_saved=config.sheets.minutes_saved, on_progress=progress),
+            processes=options.processes)
     except SourceError as exc:
         write_failure(config.output.folder, day=options.window.start, reason=str(exc))
         raise fail(f"nothing could be planned: {exc}") from None

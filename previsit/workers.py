@@ -222,7 +222,7 @@ def pool_size(requested: int | None, visits: int) -> int:
     return cores if cores > 1 and visits >= POOL_MIN_VISITS else 0
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
+def pool_context() -> multiprocessing.context.BaseContext:
     """How pool workers start: START_METHOD where the platform has it, with previsit
     imported once by the fork server."""
     method = START_METHOD if START_METHOD in multiprocessing.get_all_start_methods() \
@@ -239,7 +239,7 @@ def warm_up(requested: int | None) -> bool:
     runs on another core beside the read instead of after it. A day that turns out small
     and is planned in this process has started one idle process. Whether it was started."""
     if pool_size(requested, POOL_MIN_VISITS) == 0 or \
-            _pool_context().get_start_method() != "forkserver":
+            pool_context().get_start_method() != "forkserver":
         return False
     forkserver.ensure_running()
     return True
@@ -267,7 +267,7 @@ class Planner:
             self._pool = None
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=_pool_context(),
+        return ProcessPoolExecutor(workers, mp_context=pool_context(),
                                    initializer=_start_worker, initargs=(self.ctx,))
 
     @property

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import multiprocessing
+import os
 import pickle
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from builders import appointment, bundle, condition, observation, patient, write
 
 from previsit.errors import PatientReadError, SourceError
-from previsit.sources import VisitWindow
+from previsit.sources import VisitWindow, bundles
 from previsit.sources.bundles import BundleSource, _Seen, load_record
 
 DAY = date(2026, 12, 1)
@@ -280,33 +284,33 @@ def test_duplicates_are_found_in_the_same_file_across_files_and_past_a_hash_coll
     seen = _Seen(files)
     seen.digest = lambda key: 7  # every key collides: only the exact comparison is left
     a, b, _ = (str(f) for f in files)
-    assert seen.first("Patient/p1", at=0, where=f"{a} entry[0]") is None
-    assert seen.first("Condition/c1", at=1, where=f"{a} entry[1]") is None
-    assert seen.first("Observation/o1", at=1 << 32, where=f"{b} line 1") is None
-    assert seen.first("Observation/o1", at=1 << 32 | 1, where=f"{b} line 2") == \
+    assert seen.first("Patient/p1", at=0) is None
+    assert seen.first("Condition/c1", at=1) is None
+    assert seen.first("Observation/o1", at=1 << 32) is None
+    assert seen.first("Observation/o1", at=1 << 32 | 1) == \
         f"{b} line 1"
-    assert seen.first("Condition/c1", at=1 << 32 | 2, where=f"{b} line 3") == \
+    assert seen.first("Condition/c1", at=1 << 32 | 2) == \
         f"{a} entry[1]"
     # b.ndjson holds Condition/c1 as well, and has a slot (for Observation/o1) of the same
     # hash: the first place is still the one reported.
-    assert seen.first("Condition/c1", at=2 << 32, where="c line 1") == f"{a} entry[1]"
-    assert seen.first("Patient/p1", at=2 << 32 | 5, where="elsewhere") == f"{a} entry[0]"
+    assert seen.first("Condition/c1", at=2 << 32) == f"{a} entry[1]"
+    assert seen.first("Patient/p1", at=2 << 32 | 5) == f"{a} entry[0]"
     # A key of the same hash that no earlier file holds is new.
-    assert seen.first("Condition/c2", at=2 << 32 | 6, where="elsewhere") is None
+    assert seen.first("Condition/c2", at=2 << 32 | 6) is None
 
 
 def test_the_duplicate_index_grows_and_keeps_every_key(tmp_path: Path) -> None:
     lines = [json.dumps({"resourceType": "Observation", "id": f"o{n}"}) for n in range(9000)]
     write(tmp_path, "a.ndjson", "\n".join(lines) + "\n")
     seen = _Seen([tmp_path / "a.ndjson"])
-    assert [seen.first(f"Observation/o{n}", at=n, where=f"line {n + 1}")
+    assert [seen.first(f"Observation/o{n}", at=n)
             for n in range(9000)] == [None] * 9000
     assert len(seen._table) == 16384  # 4,096 slots at first, doubled at 2,731 and 5,462
-    assert seen.first("Observation/o0", at=9000, where="again") == \
+    assert seen.first("Observation/o0", at=9000) == \
         f"{tmp_path / 'a.ndjson'} line 1"
-    assert seen.first("Observation/o8999", at=9001, where="again") == \
+    assert seen.first("Observation/o8999", at=9001) == \
         f"{tmp_path / 'a.ndjson'} line 9000"
-    assert seen.first("Observation/o9000", at=9002, where="new") is None
+    assert seen.first("Observation/o9000", at=9002) is None
 
 
 def test_a_duplicate_in_the_same_file_is_reported_with_its_first_place(
@@ -323,3 +327,145 @@ def test_a_duplicate_in_the_same_file_is_reported_with_its_first_place(
          "one is used"),
         ("a.ndjson line 4", f"Condition/{cond['id']} also appears in {first}; the first "
          "one is used")]
+
+
+# --- the scan read by worker processes ------------------------------------------------------
+
+
+def _mixed_folder(folder: Path) -> None:
+    """Files of every kind the scan meets, in a known order (sorted paths)."""
+    shared_cond = condition("44054006", pid="p2")
+    shared_cond["id"] = "dup-cond"
+    med = {"resourceType": "Medication", "id": "m1", "code": {"coding": [{
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "314076"}]}}
+    request = {"resourceType": "MedicationRequest", "id": "mr1", "status": "active",
+               "intent": "order", "subject": {"reference": "Patient/p1"},
+               "medicationReference": {"reference": "Medication/m1"},
+               "authoredOn": "2026-01-01",
+               "identifier": [{"system": "urn:x", "value": "rx-1"}]}
+    write(folder, "a0.json", bundle(appointment("a1", "2026-12-01T09:00:00-06:00"),
+                                    appointment("a2", "2026-12-01T10:00:00-06:00", pid="p2"),
+                                    {**appointment("a3", "2026-12-01T11:00:00-06:00"),
+                                     "id": 7}))
+    write(folder, "p1.json", bundle(patient(pid="p1"), request, med,
+                                    observation("4548-4", 30, 7.0, "%")))
+    write(folder, "p2.json", bundle(patient(pid="p2"), shared_cond, shared_cond))
+    write(folder, "p3.json", '{"resourceType": "Bundle", "entry": [')
+    write(folder, "p4.json", bundle(patient(pid="p4"), shared_cond,
+                                    observation("4548-4", 5, 8.0, "%", pid="ghost")))
+    write(folder, "q.ndjson", "\n".join(json.dumps(r) for r in (
+        observation("2160-0", 10, 1.1, "mg/dL", pid="p2"),
+        observation("2160-0", 10, 0.9, "mg/dL", pid="p1"))) + "\n{oops\n")
+    for n in range(5, 12):
+        write(folder, f"r{n:02}.json", bundle(patient(pid=f"p{n}"),
+                                              observation("4548-4", n, 6.0, "%", pid=f"p{n}")))
+
+
+def _state(source: BundleSource) -> dict[str, Any]:
+    return {"problems": [(Path(p.where).name, p.message) for p in source.problems()],
+            "appointments": source._appointments.tolist(),
+            "patients": source._patient_files, "held": source._held,
+            "wanted": source._wanted, "medications": source._medications,
+            "set_aside": source._set_aside, "identifiers": source._identifiers,
+            "records": {pid: source.record_loader(pid).load()
+                        for pid in ("p1", "p2", *(f"p{n}" for n in range(5, 12)))}}
+
+
+class _CountingPool(ProcessPoolExecutor):
+    """A pool whose workers run before the scan starts and which takes each task as it is
+    given (the scan reads files itself only while its pool starts, or when no worker has
+    taken a task yet: this leaves it no such gap). `done`: a task finished by a worker."""
+
+    done: ClassVar[list[bool]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        super().submit(int).result()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        future = super().submit(fn, *args, **kwargs)
+        if fn is not int:
+            while not (future.running() or future.done()):
+                time.sleep(0.001)
+            future.add_done_callback(lambda f: _CountingPool.done.append(
+                not f.cancelled() and f.exception() is None))
+        return future
+
+
+class _StartedAtOnce:
+    """The scan's pool starter, run to its end when started (no file is read meanwhile)."""
+
+    def __init__(self, target: Any, **_: Any) -> None:
+        self.target = target
+
+    def start(self) -> None:
+        self.target()
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self) -> None:
+        return None
+
+
+def test_a_large_folder_is_scanned_by_worker_processes_with_the_same_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _mixed_folder(tmp_path)
+    alone = BundleSource(tmp_path, processes=0)
+    alone.load()
+    monkeypatch.setattr(bundles, "_CHUNK_BYTES", 1)  # a task a file
+    monkeypatch.setattr(bundles, "_POOL_MIN_CHUNKS", 2)
+    monkeypatch.setattr(bundles, "ProcessPoolExecutor", _CountingPool)
+    monkeypatch.setattr(bundles, "Thread", _StartedAtOnce)
+    _CountingPool.done = []
+    pooled = BundleSource(tmp_path, processes=2)
+    pooled.load()
+    assert any(_CountingPool.done)  # some files were read by a worker
+    assert _state(pooled) == _state(alone)
+    first = f"{tmp_path / 'p2.json'} entry[1]"
+    assert _state(pooled)["problems"] == [
+        ("a0.json entry[2]", "Appointment.id is not a string; skipped"),
+        ("p2.json entry[2]", f"Condition/dup-cond also appears in {first}; the first one "
+                             "is used"),
+        ("p3.json", "not valid JSON: Expecting value at line 1 column 38; file skipped"),
+        ("p4.json entry[1]", f"Condition/dup-cond also appears in {first}; the first one "
+                             "is used"),
+        ("q.ndjson line 3", "not valid JSON: Expecting property name enclosed in double "
+                            "quotes at line 1 column 2")]
+    # the file of p4 and another patient is held; p1's Medication is found for its order
+    assert sorted(pooled._held) == [(4, "ghost"), (4, "p4"), (5, "p1"), (5, "p2")]
+    assert pooled._wanted == {"p1": {"Medication/m1"}}
+    assert pooled._identifiers == {("urn:x", "rx-1"): "MedicationRequest/mr1"}
+    assert pooled._appointments.tolist() == [0, 1, 2]
+
+
+def test_a_worker_that_dies_while_scanning_costs_no_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _mixed_folder(tmp_path)
+    alone = BundleSource(tmp_path, processes=0)
+    alone.load()
+    parent, real = os.getpid(), bundles.scan_files
+
+    def dying(paths: Any) -> Any:  # in a worker, as if killed (out of memory)
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(paths)
+
+    dying.__module__, dying.__qualname__ = real.__module__, real.__qualname__
+    # Forked workers see this module's patched scan_files (a fork server's would not).
+    monkeypatch.setattr(bundles, "pool_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(bundles, "scan_files", dying)
+    monkeypatch.setattr(bundles, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bundles, "_POOL_MIN_CHUNKS", 2)
+    monkeypatch.setattr(bundles, "ProcessPoolExecutor", _CountingPool)
+    monkeypatch.setattr(bundles, "Thread", _StartedAtOnce)
+    _CountingPool.done = []
+    pooled = BundleSource(tmp_path, processes=2)
+    with caplog.at_level(logging.WARNING, logger="previsit.sources.bundles"):
+        pooled.load()
+    assert _CountingPool.done and not any(_CountingPool.done)  # every worker task died
+    assert _state(pooled) == _state(alone)
+    assert [r.getMessage() for r in caplog.records] == [
+        "a worker process reading the bundle folder died; the files it held are read in "
+        "this process"]

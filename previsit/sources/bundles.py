@@ -17,6 +17,12 @@ bulk export by type) would be read again for each of them, so the scan keeps tho
 resources instead: such a folder costs the memory it always did, one file a patient
 (Synthea, synthea_day.py, sample_bundles/patients) is streamed.
 
+The scan of a large folder is spread over worker processes (`processes`, as the run's
+planning pool: RunOptions.processes). Each file is read where it is scanned and told as a
+`FileScan` (`scan_file`: what each position holds, decided without the other files); this
+process merges the scans in file order (`_merge`), which is where duplicates are found,
+so the result is the one scanning alone gives, problems in the same order.
+
 For a process pool: `record_loader(pid)` gives a `RecordLoader`, a small picklable value
 (the patient id, file paths, positions set aside, Medication files) whose `load()` builds
 the same record as `patient_record(pid)`, without the source object, in any process:
@@ -31,12 +37,18 @@ concurrently (the scan itself is guarded by a lock).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import threading
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Thread
 from typing import Any, NamedTuple
 
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
@@ -47,6 +59,9 @@ from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.folder import folder_files, read_file
+from previsit.workers import POOL_MIN_VISITS, pool_context, pool_size
+
+log = logging.getLogger(__name__)
 
 # Where each resource type points at its patient (FHIR R4 Patient compartment, the parts
 # previsit reads).
@@ -199,7 +214,7 @@ class _Seen:
         self._items: dict[int, dict[str, tuple[int, str]]] = {}  # file -> key -> first
         self.digest: Callable[[str], int] = hash
 
-    def first(self, key: str, *, at: int, where: str) -> str | None:
+    def first(self, key: str, *, at: int) -> str | None:
         """Where `key` was met before, or None (and it is remembered as met at `at`:
         file number << 32 | position, met in file order)."""
         tag = ((self.digest(key) & 0xFFFF_FFFF_FFFF_FFFF) >> self._file_bits) or 1
@@ -249,11 +264,192 @@ class _Seen:
         return self._items[number]
 
 
+# --- the scan of one file: in the run's process or in a worker process -------------------
+
+# What a position of a file holds, as the scan tells it (the first member of an item).
+_UNREADABLE = 0  # (kind, None, problem, False): no resource there
+_BAD_ID = 1  # (kind, None, problem, is an Appointment): an id that is not a string
+_APPOINTMENT = 2  # (kind, key)
+_MEDICATION = 3  # (kind, key, the Medication)
+_OTHER = 4  # (kind, key, owner, problem, wanted, identifiers, resource or None)
+
+
+class FileScan(NamedTuple):
+    """One file as the scan needs it, made by `scan_file` without knowing the other files
+    (so in any process): an item a position, in the file's order (the kinds above; `key`
+    is Type/id, None without an id), each checked for duplicates by the source, in file
+    order, when merged. Resources travel only where the source keeps them: Medications,
+    and the patients' resources of a file shared by several patients."""
+
+    path: Path
+    items: list[tuple[Any, ...]]
+    wheres: tuple[str, ...] | None  # each item's `where`; None: all "<path> entry[<i>]"
+
+    def where(self, position: int) -> str:
+        if self.wheres is not None:
+            return self.wheres[position]
+        return f"{self.path} entry[{position}]"
+
+
+def scan_file(path: Path) -> FileScan:
+    """What `path` holds, item by item (see FileScan)."""
+    items: list[tuple[Any, ...]] = []
+    wheres: list[str] = []
+    owners: set[str] = set()
+    regular = f"{path} entry["
+    for position, item in enumerate(read_file(path)):
+        wheres.append(item.where)
+        if regular and item.where != f"{regular}{position}]":
+            regular = ""
+        resource = item.resource
+        if resource is None:
+            items.append((_UNREADABLE, None, item.problem or "unreadable", False))
+            continue
+        rtype = resource["resourceType"]
+        rid = resource.get("id")
+        if rid is not None and not isinstance(rid, str):
+            items.append((_BAD_ID, None, f"{rtype}.id is not a string; skipped",
+                          rtype == "Appointment"))
+            continue
+        key = None if rid is None else f"{rtype}/{rid}"
+        if rtype == "Appointment":
+            items.append((_APPOINTMENT, key))
+            continue
+        if rtype == "Medication":
+            items.append((_MEDICATION, key, resource))
+            continue
+        placed = _place(resource, item.aliases)
+        owner, wanted, identifiers = placed.owner, None, None
+        if owner is not None:
+            owners.add(owner)
+            if rtype != "Patient":
+                if rtype == "MedicationRequest":
+                    wanted = _medication_refs((placed.resource,)) or None
+                identifiers = _identifiers(resource)
+        items.append((_OTHER, key, owner, placed.problem, wanted, identifiers,
+                      placed.resource))
+    if len(owners) <= 1:  # one patient's file (or none's): read again, not kept
+        items = [(*item[:6], None) if item[0] == _OTHER else item for item in items]
+    return FileScan(path, items, None if regular else tuple(wheres))
+
+
+def _identifiers(resource: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """The resource's identifiers (system, value), with its Type/id: what a conditional
+    create of the same identifier finds."""
+    idents = resource.get("identifier")
+    if not isinstance(idents, list):
+        return None
+    pairs = tuple((str(i.get("system", "")), i["value"]) for i in idents
+                  if isinstance(i, dict) and isinstance(i.get("value"), str))
+    return (f"{resource['resourceType']}/{resource.get('id')}", pairs) if pairs else None
+
+
+def scan_files(paths: Sequence[Path]) -> list[FileScan]:
+    """`scan_file` of each (the task of a worker process)."""
+    with collector_paused():
+        return [scan_file(path) for path in paths]
+
+
+# A worker's task: files adding up to about this many bytes (a few Synthea patients), so
+# that the run's process, which merges the scans in file order, never waits long. A folder
+# of fewer tasks than _POOL_MIN_CHUNKS is read in the run's process (under a second's work:
+# starting the workers would cost more).
+_CHUNK_BYTES = 2 << 20
+_POOL_MIN_CHUNKS = 8
+
+
+def _chunks(paths: Sequence[Path]) -> list[list[Path]]:
+    chunks: list[list[Path]] = [[]]
+    size = 0
+    for path in paths:
+        if size >= _CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(path)
+        with contextlib.suppress(OSError):  # scan_file says what is wrong with it
+            size += path.stat().st_size
+    return [chunk for chunk in chunks if chunk]
+
+
+def _scan_files(paths: Sequence[Path], processes: int | None) -> Iterator[FileScan]:
+    """Every file's scan, in order. A large folder is read by worker processes (as many as
+    previsit.workers.pool_size gives for `processes`) while this process merges the scans:
+    the first files here while the workers start (a fork server still importing previsit
+    would hold this process up), then each task in turn from the pool, or here when no
+    worker has taken it yet. A worker that dies (killed, out of memory) costs no file: what
+    the pool did not return is read here."""
+    chunks = _chunks(paths)
+    workers = pool_size(processes, POOL_MIN_VISITS) if len(chunks) >= _POOL_MIN_CHUNKS else 0
+    if not workers:
+        yield from (scan_file(path) for path in paths)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=pool_context())
+    started: list[bool] = []
+
+    def start() -> None:  # returns when the workers run
+        try:
+            pool.submit(int).result()
+        except Exception:
+            log.warning("worker processes could not be started; the bundle folder is "
+                        "read in this process", exc_info=True)
+            started.append(False)
+        else:
+            started.append(True)
+
+    starter = Thread(target=start, name="previsit-scan-start", daemon=True)
+    starter.start()
+    later = iter(chunks)
+    pending: deque[tuple[list[Path], Future[list[FileScan]] | None]] = deque()
+    alive = True  # until the pool breaks
+
+    def broken() -> None:
+        nonlocal alive
+        if alive:
+            log.warning("a worker process reading the bundle folder died; the files it "
+                        "held are read in this process")
+        alive = False
+
+    def submit() -> None:
+        chunk = next(later, None)
+        if chunk is None:
+            return
+        future = None
+        if alive:
+            try:
+                future = pool.submit(scan_files, chunk)
+            except BrokenProcessPool:
+                broken()
+        pending.append((chunk, future))
+
+    try:
+        while starter.is_alive() and (chunk := next(later, None)) is not None:
+            yield from scan_files(chunk)
+        starter.join()
+        alive = started == [True]
+        for _ in range(4 * workers):
+            submit()
+        while pending:
+            chunk, future = pending.popleft()
+            submit()
+            scans = None
+            if future is not None and not future.cancel():
+                try:
+                    scans = future.result()
+                except BrokenProcessPool:
+                    broken()
+            yield from scans if scans is not None else scan_files(chunk)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class BundleSource:
     """Answers the Source protocol from files (scanned once, on first use)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, processes: int | None = 0) -> None:
         self.folder = folder
+        # Worker processes that read the folder's files for the scan, as for planning
+        # (RunOptions.processes: 0 none, None one per core for a large folder).
+        self.processes = processes
         self._problems: list[SourceProblem] = []
         self._loaded = False
         self._lock = threading.Lock()
@@ -284,63 +480,51 @@ class BundleSource:
             self._files = folder_files(self.folder)
             seen = _Seen(self._files)
             with collector_paused():
-                for number, path in enumerate(self._files):
-                    self._scan(number, path, seen)
+                for number, scan in enumerate(_scan_files(self._files, self.processes)):
+                    self._merge(number, scan, seen)
             self._loaded = True
 
-    def _scan(self, number: int, path: Path, seen: _Seen) -> None:
-        owned: dict[str, list[dict[str, Any]]] = {}  # patient id -> resources, this file
-        for position, item in enumerate(read_file(path)):
-            if item.resource is None:
-                self._problem(item.where, item.problem or "unreadable")
+    def _merge(self, number: int, scan: FileScan, seen: _Seen) -> None:
+        """Index one file's scan, in file order: a resource met before is set aside (the
+        first one is used); what the file's other resources bring is kept."""
+        owned: dict[str, list[dict[str, Any] | None]] = {}  # patient id -> resources, here
+        for position, item in enumerate(scan.items):
+            kind, key = item[0], item[1]
+            if kind in (_UNREADABLE, _BAD_ID):
+                self._problem(scan.where(position), item[2])
+                if item[3]:  # an Appointment whose id is not a string: read, and refused
+                    self._appointments.append(number << 32 | position)
                 continue
-            placed = self._add(item.resource, item.where, item.aliases, seen,
-                               number << 32 | position)
-            if placed is None:
-                self._set_aside.setdefault(number, set()).add(position)
-            elif item.resource["resourceType"] == "Appointment":
-                self._appointments.append(number << 32 | position)
-            elif placed.owner is not None:
-                owned.setdefault(placed.owner, []).append(placed.resource)
+            at = number << 32 | position
+            if key is not None:
+                before = seen.first(key, at=at)
+                if before is not None:
+                    self._problem(scan.where(position), f"{key} also appears in {before}; "
+                                  "the first one is used")
+                    self._set_aside.setdefault(number, set()).add(position)
+                    continue
+            if kind == _APPOINTMENT:
+                self._appointments.append(at)
+            elif kind == _MEDICATION:
+                if key is not None:
+                    self._medications[key] = item[2]
+            else:
+                _, _, owner, problem, wanted, identifiers, resource = item
+                if problem is not None:
+                    self._problem(scan.where(position), problem)
+                if owner is None:
+                    continue
+                owned.setdefault(owner, []).append(resource)
+                if wanted:
+                    self._wanted.setdefault(owner, set()).update(wanted)
+                if identifiers:
+                    target, pairs = identifiers
+                    for pair in pairs:
+                        self._identifiers[pair] = target
         for owner, resources in owned.items():
             self._patient_files.setdefault(owner, []).append(number)
-            if len(owned) > 1:
-                self._held[(number, owner)] = tuple(resources)
-
-    def _add(self, resource: dict[str, Any], where: str, aliases: Mapping[str, str],
-             seen: _Seen, at: int) -> _Placed | None:
-        """Index one resource, met at `at` (file number << 32 | position); None when it is
-        a duplicate (set aside)."""
-        rtype = resource["resourceType"]
-        rid = resource.get("id")
-        if rid is not None and not isinstance(rid, str):
-            self._problem(where, f"{rtype}.id is not a string; skipped")
-            return _Placed(resource)
-        if isinstance(rid, str):
-            key = f"{rtype}/{rid}"
-            before = seen.first(key, at=at, where=where)
-            if before is not None:
-                self._problem(where, f"{key} also appears in {before}; the first one "
-                              "is used")
-                return None
-        if rtype == "Appointment":
-            return _Placed(resource)
-        if rtype == "Medication":
-            if isinstance(rid, str):
-                self._medications[f"Medication/{rid}"] = resource
-            return _Placed(resource)
-        placed = _place(resource, aliases)
-        if placed.problem is not None:
-            self._problem(where, placed.problem)
-        if placed.owner is None or rtype == "Patient":
-            return placed
-        if rtype == "MedicationRequest" and (wanted := _medication_refs((placed.resource,))):
-            self._wanted.setdefault(placed.owner, set()).update(wanted)
-        for ident in resource.get("identifier") or ():
-            if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-                self._identifiers[(str(ident.get("system", "")), ident["value"])] = \
-                    f"{rtype}/{rid}"
-        return placed
+            if len(owned) > 1:  # the scan sent a shared file's resources: held for the run
+                self._held[(number, owner)] = tuple(r for r in resources if r is not None)
 
     def record_loader(self, patient_id: str) -> RecordLoader:
         """What reading `patient_id`'s record needs (the folder is scanned first)."""
