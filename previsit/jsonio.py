@@ -21,7 +21,7 @@ import gc
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -148,23 +148,28 @@ def object_or_none(data: bytes | str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def dumps(data: Any) -> str:
+def dumps(data: Any, default: Callable[[Any], Any] | None = None) -> str:
     """An output file's text: indented, keys sorted, UTF-8 as is, a final newline.
 
-    Byte for byte what `json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)`
-    wrote before orjson (outputs of earlier runs compare equal), at a tenth of the cost.
-    Whatever orjson refuses (an integer beyond 64 bits, a key that is not a string, a lone
-    surrogate, nesting deeper than 254, a str/int/dict subclass, a dataclass) and any
-    output with a float orjson spells differently is written by the standard library.
-    A NaN or an infinity (which previsit never holds: record.py sets them aside) comes out
-    as null, as JSON requires, rather than json's non-standard NaN.
+    Byte for byte what `json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False,
+    default=default)` writes (outputs of earlier runs compare equal), at a tenth of the
+    cost. Whatever orjson refuses (an integer beyond 64 bits, a key that is not a string, a
+    lone surrogate, nesting deeper than 254) and any output with a float orjson spells
+    differently is written by the standard library. `default` gives the JSON value of what
+    neither writes itself (a dataclass, a date) and raises TypeError for what has none;
+    orjson also hands it a subclass of str, int, float, dict, list or tuple (an enum, a
+    NamedTuple), which it must give as its base type, as json writes it. A NaN or an
+    infinity (which previsit never holds: record.py sets them aside) comes out as null, as
+    JSON requires, rather than json's non-standard NaN.
     """
     try:
-        text = orjson.dumps(data, option=_DUMPS)
+        text = orjson.dumps(data, default=default, option=_DUMPS)
     except orjson.JSONEncodeError:
-        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False,
+                          default=default) + "\n"
     if _spelled_unlike_json(text):
-        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False,
+                          default=default) + "\n"
     return text.decode("utf-8")
 
 

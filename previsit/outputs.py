@@ -29,7 +29,7 @@ from typing import IO, Any
 from previsit.filenames import safe_part
 from previsit.files import FILE_MODE, private_folder, utf8, write_chunks, write_text
 from previsit.jsonio import dumps
-from previsit.plan import DayPlan, Horizon, VisitPlan, to_json
+from previsit.plan import DayPlan, Horizon, VisitPlan, json_default
 from previsit.sheets.filenames import visit_sheet_filename
 from previsit.sheets.formatting import format_day
 from previsit.sheets.huddle import HuddleEntry, huddle_entry, whole_day_huddle
@@ -149,7 +149,7 @@ def render_visit(plan: VisitPlan, bundle: dict[str, Any] | None, horizon: Horizo
                  generated_for: date) -> Rendered:
     """Every output of one visit of the day `generated_for`. Pure; a sheet that cannot be
     rendered is logged and left out."""
-    text = dumps(to_json(plan)).rstrip("\n").replace("\n", "\n" + _ITEM_INDENT)
+    text = dumps(plan, default=json_default).rstrip("\n").replace("\n", "\n" + _ITEM_INDENT)
     transaction = None if bundle is None else dumps(bundle)
     if horizon != Horizon.HUDDLE:
         return Rendered(text, transaction)

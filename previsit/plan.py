@@ -301,6 +301,31 @@ def to_json(plan: VisitPlan) -> dict[str, Any]:
     return out
 
 
+_BASES = (str, int, float, dict, list)
+
+
+def json_default(value: Any) -> Any:
+    """The `default` of `jsonio.dumps` for a plan, so that `dumps(plan, default=...)` is
+    `dumps(to_json(plan))` without building the dicts first (a tenth of the Python calls):
+    a dataclass's fields, a date's isoformat, a subclass (an enum) as its base value."""
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None and is_dataclass(kind):
+        names = _FIELD_NAMES.setdefault(kind, tuple(f.name for f in fields(kind)))
+    if names is not None:
+        return {name: getattr(value, name) for name in names}
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    base = next((b for b in _BASES if isinstance(value, b)), None)
+    if base is None:
+        raise TypeError(f"{kind.__name__} cannot be written as JSON")
+    return base(value)
+
+
 def _day(value: Any) -> date | None:
     return date.fromisoformat(value) if isinstance(value, str) else None
 

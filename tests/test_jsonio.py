@@ -6,7 +6,10 @@ import dataclasses
 import gc
 import json
 import math
+from datetime import date, datetime, timedelta, timezone
+from enum import IntEnum, StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -20,6 +23,7 @@ from previsit.jsonio import (
     object_or_none,
     split_array,
 )
+from previsit.plan import _encode, json_default
 
 
 def test_ordinary_json_is_read_as_the_standard_library_reads_it() -> None:
@@ -195,3 +199,47 @@ def test_split_array_finds_each_object_of_the_array_and_parses_the_rest() -> Non
     '\ufeff{"entry": []}'])
 def test_split_array_leaves_anything_unusual_to_the_whole_parser(text: str) -> None:
     assert split_array(text, "entry") is None
+
+
+class _Tone(StrEnum):
+    DUE = "due"
+
+
+class _Rank(IntEnum):
+    HIGH = 3
+
+
+class _Pair(NamedTuple):
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    when: datetime
+    tone: _Tone
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    zeta: tuple[_Inner, ...]
+    alpha: date
+    rank: _Rank
+    pair: _Pair
+    extra: dict[str, object]
+
+
+@pytest.mark.parametrize("small", [2.5, 1e-05])  # 1e-05: the standard library writes it
+def test_dumps_with_a_default_writes_what_a_plan_to_json_wrote(small: float) -> None:
+    value = _Outer(zeta=(_Inner(datetime(2026, 12, 1, 9, 30, tzinfo=timezone(timedelta(
+        hours=-6))), _Tone.DUE),), alpha=date(2026, 11, 30), rank=_Rank.HIGH,
+        pair=_Pair(small, 7.0), extra={"b": [1, None], "a": True})
+    text = dumps(value, default=json_default)
+    assert text == dumps(_encode(value))
+    assert text == json.dumps(_encode(value), indent=2, sort_keys=True) + "\n"
+    assert json.loads(text) == {
+        "alpha": "2026-11-30", "extra": {"a": True, "b": [1, None]},
+        "pair": [small, 7.0], "rank": 3,
+        "zeta": [{"tone": "due", "when": "2026-12-01T09:30:00-06:00"}]}
+    with pytest.raises(TypeError):
+        dumps({"a": {1, 2}}, default=json_default)  # a set is no JSON, as for json.dumps
