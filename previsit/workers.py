@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from previsit import timeline as tl
 from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
+from previsit.jsonio import collector_paused
 from previsit.outputs import Rendered, render_visit
 from previsit.plan import Horizon, ProposalOutcome, Visit, VisitPlan
 from previsit.proposals import SameDay, plan_proposals
@@ -209,7 +210,12 @@ def _start_worker(ctx: PlanContext) -> None:
 def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
                ) -> list[VisitDone] | str:
     assert _WORKER_CONTEXT is not None, "the worker was started without its context"
-    return read_and_plan(what, jobs, _WORKER_CONTEXT)
+    # The collector rests while one patient is read and planned: nearly everything made
+    # then is dropped when the patient is done, and what it would have walked meanwhile is
+    # the patient's parsed files and record, again and again (measured: 10 % of a worker's
+    # time on Synthea). A cycle left behind is collected once the patient is done.
+    with collector_paused():
+        return read_and_plan(what, jobs, _WORKER_CONTEXT)
 
 
 def pool_size(requested: int | None, visits: int) -> int:

@@ -8,6 +8,7 @@ the CLI runs it) or kept in memory (run.run_day, as the web app runs it).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
@@ -19,8 +20,12 @@ from typing import Any
 import pytest
 from builders import shipped_rules
 
+from previsit import timeline as tl
 from previsit import workers
 from previsit.config import Config
+from previsit.errors import SourceError
+from previsit.evaluate import Settings
+from previsit.identifiers import DEFAULT_SYSTEM
 from previsit.plan import VisitPlan
 from previsit.report import EXIT_PARTIAL
 from previsit.run import RunOptions, RunResult, run_day, run_to_folder
@@ -211,3 +216,26 @@ def test_the_fork_server_is_started_while_the_day_is_read_unless_planning_in_pro
     one_core = processes == "auto" and len(os.sched_getaffinity(0)) == 1  # pool_size: none
     assert done.stdout.strip() == ("[False, False, False] [0, 0]" if one_core else
                                    "[False, False, True] [0, 1]")
+
+
+class _CollectorWatch:
+    """A record 'loader' that tells whether Python's cycle collector was on while it read."""
+
+    patient_id = "p1"
+
+    def load(self) -> Any:
+        raise SourceError(f"collector on: {gc.isenabled()}")
+
+
+def test_the_collector_rests_while_a_worker_reads_and_plans_a_patient() -> None:
+    context = workers.PlanContext(
+        shipped_rules(), Settings(), DEFAULT_SYSTEM, False,
+        tl.Timeline(run_day=date(2026, 11, 30), huddle=WINDOW), visits=1)
+
+    async def plan(processes: int) -> object:
+        async with workers.Planner(context, processes) as planner:
+            return await planner.plan(_CollectorWatch(), [])
+
+    assert asyncio.run(plan(1)) == "record could not be read: collector on: False"
+    assert gc.isenabled()  # the run's own process is left as it was
+    assert asyncio.run(plan(0)) == "record could not be read: collector on: True"
