@@ -36,6 +36,7 @@ from previsit.sources.bundles import BundleSource
 from previsit.suppressions import DeclineLookup, store_declines
 from previsit.text import terminal_safe
 from previsit.timeline import run_and_clinic_day
+from previsit.workers import warm_up
 
 
 class _Guarded(TyperGroup):
@@ -265,6 +266,9 @@ def run(
     processes: ProcessesOpt = None,
 ) -> None:
     """Plan the visits of a clinic day: plan.json, transactions, sheets and a run report."""
+    # The fork server of the worker processes imports previsit while the configuration and
+    # the rule library load (the run would start it a moment later, with the read waiting).
+    warm_up(processes)
     _setup_logging(verbose, quiet)
     part = _shard(shard)
     overrides: dict[str, Any] = {"source__timezone": timezone, "output__folder": out,
