@@ -111,21 +111,29 @@ class _Spooled:
 
 
 class _Appender:
-    """A spool file written at its end and read back piece by piece."""
+    """A spool file written at its end and read back piece by piece. Appends are buffered
+    (a megabyte): a night appends to each spool thousands of times, and a write of each, on
+    a machine whose every core is planning, cost the run's process a tenth of a millisecond
+    apiece; a read writes out what is buffered first."""
 
     def __init__(self, path: Path) -> None:
-        self._file: IO[bytes] = open(path, "w+b")  # noqa: SIM115 - closed by close()
+        self._file: IO[bytes] = open(  # noqa: SIM115 - closed by close()
+            path, "w+b", buffering=1 << 20)
         self._end = 0
+        self._at_end = True  # the file's position is its end: appends need no seek
 
     def append(self, data: bytes) -> _Part:
-        self._file.seek(self._end)
+        if not self._at_end:
+            self._file.seek(self._end)
+            self._at_end = True
         self._file.write(data)
         part = _Part(self._end, len(data))
         self._end += len(data)
         return part
 
     def read(self, part: _Part) -> bytes:
-        self._file.seek(part.offset)
+        self._at_end = False
+        self._file.seek(part.offset)  # writes out what is buffered
         return self._file.read(part.length)
 
     def close(self) -> None:

@@ -106,3 +106,16 @@ def test_a_sheet_that_cannot_be_rendered_is_left_out_and_the_rest_is_written(
         "a sheet could not be rendered (ValueError): visit-a2.html left out",
         "a sheet could not be rendered (ValueError): huddle.html left out"]
     assert not list(out.glob(".*"))  # no spool, no half-written file
+
+
+def test_a_spool_reads_back_each_part_whatever_the_order_of_appends_and_reads(
+        tmp_path: Path) -> None:
+    from previsit.outputs import _Appender
+
+    spool = _Appender(tmp_path / "spool")
+    parts = [spool.append(b"first "), spool.append(b"second")]
+    assert spool.read(parts[0]) == b"first "  # buffered appends are written before a read
+    parts.append(spool.append(b" third"))  # an append after a read goes at the end
+    assert [spool.read(p) for p in reversed(parts)] == [b" third", b"second", b"first "]
+    spool.close()
+    assert (tmp_path / "spool").read_bytes() == b"first second third"
