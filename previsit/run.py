@@ -147,13 +147,20 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 async def _read_record(source: Source, pid: str, gate: asyncio.Semaphore,
-                       deadline: float | None) -> PatientRecord | str:
+                       deadline: float | None, pooled: bool = False
+                       ) -> PatientRecord | RecordLoader | str:
     """One patient's record, or the reason it could not be read. `deadline`
-    (time.monotonic()) ends the read when it is still going."""
+    (time.monotonic()) ends the read when it is still going. `pooled`: the record is
+    planned in a worker process, which builds it when the source reads it to be built
+    there (`fetch_record`: HttpSource)."""
+    fetch = getattr(source, "fetch_record", None) if pooled else None
     try:
         async with asyncio.timeout(None if deadline is None
                                    else max(0.0, deadline - time.monotonic())):
             async with gate:
+                if callable(fetch):
+                    read: PatientRecord | RecordLoader = await fetch(pid)
+                    return read
                 return await source.patient_record(pid)
     except SourceError as exc:
         # the reason can name the patient's resources: not at WARNING
@@ -336,10 +343,10 @@ async def _plan_day(source: Source, ruleset: RuleSet, options: RunOptions,
                 read()
             else:
                 since = time.perf_counter()
-                record = await _read_record(source, pid, read_gate, deadline)
+                record = await _read_record(source, pid, read_gate, deadline, planner.pooled)
                 done.timed("records", since)
                 read()
-                if not isinstance(record, PatientRecord):
+                if isinstance(record, str):
                     fail(items, record)
                     return
                 since = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
 import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from http_harness import BASE, NOW, Harness, outcome, run, searchset
 
 from previsit.capability import RECORD_TYPES
 from previsit.errors import PatientReadError, SourceError, WriteError
+from previsit.record import PatientRecord, ResourcesRead
 from previsit.sources import VisitWindow
 from previsit.sources.http import (
     HttpSource,
@@ -897,3 +899,49 @@ def test_a_request_does_not_search_the_python_path(monkeypatch: pytest.MonkeyPat
     finally:
         server.shutdown()
     assert searches == []
+
+
+def test_a_record_fetched_for_a_worker_is_built_there_as_it_would_be_here() -> None:
+    h = Harness()
+    h.capability(batch=True)
+    obs = observation("4548-4", days_ago=10, value=7.25, unit="%")
+    obs["note"] = [{"text": "repris \u00e0 jeun \u2014 \U0001f489"}]
+    h.router.post(BASE).mock(return_value=json_response(record_batch(obs)))
+    fetched = run(h.source.fetch_record("p1"))
+    assert isinstance(fetched, ResourcesRead)
+    assert (fetched.patient_id, fetched.where) == ("p1", "Patient/p1")
+    # what crosses to the worker is plain JSON; the record it builds is the one read here
+    record = pickle.loads(pickle.dumps(fetched)).load()
+    assert record == run(h.source.patient_record("p1"))
+    assert [o.value_quantity.value for o in record.observations
+            if o.value_quantity is not None] == [7.25]
+    assert h.source.request_count == 3  # metadata, then one batch a read
+
+
+def test_a_record_fetched_for_a_worker_fails_as_it_would_here() -> None:
+    # another patient's data is refused here, before anything crosses to a worker
+    h = Harness()
+    h.capability(batch=True)
+    response = record_batch()
+    response["entry"][0]["resource"] = patient(pid="p2")
+    h.router.post(BASE).mock(return_value=json_response(response))
+    with pytest.raises(PatientReadError, match="answered the read of this patient with "
+                                               "another patient") as err:
+        run(h.source.fetch_record("p1"))
+    assert err.value.patient_id == "p1"
+    # a record that cannot be built fails in the worker with the reason it has here
+    with pytest.raises(PatientReadError) as there:
+        ResourcesRead("p1", "Patient/p1", b"[]").load()
+    assert (there.value.patient_id, str(there.value)) == (
+        "p1", "Patient/p1: no Patient resource among the resources")
+
+
+def test_a_record_orjson_cannot_write_is_built_here() -> None:
+    h = Harness()
+    h.capability(batch=True)
+    obs = observation("4548-4", days_ago=10, value=7.0, unit="%")
+    obs["valueQuantity"]["value"] = 10**400  # beyond a double: the record sets it aside
+    h.router.post(BASE).mock(return_value=json_response(record_batch(obs)))
+    fetched = run(h.source.fetch_record("p1"))
+    assert isinstance(fetched, PatientRecord)
+    assert fetched == run(h.source.patient_record("p1"))

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
+import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
@@ -65,7 +66,7 @@ from previsit.errors import (
 from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure, describe_outcome, redacted_target
 from previsit.plan import Visit
-from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
+from previsit.record import RECORD_SEARCHES, PatientRecord, ResourcesRead, build_record
 from previsit.references import patient_id as patient_of_reference
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.bodies import ACCEPT_ENCODING, capped_send
@@ -582,7 +583,25 @@ class HttpSource:
 
     # --- reading one record ------------------------------------------------------------
 
+    async def fetch_record(self, patient_id: str) -> PatientRecord | ResourcesRead:
+        """`patient_record` for a run that plans in worker processes: the record's
+        resources read and checked here, built by the worker that plans the patient
+        (ResourcesRead), so that this process spends its time reading. A record whose
+        resources orjson cannot write (an integer beyond 64 bits, which the record sets
+        aside) is built here. Raises PatientReadError as `patient_record` does."""
+        self._bind_loop()
+        resources = await self._checked_resources(patient_id)
+        try:
+            text = orjson.dumps(resources)
+        except orjson.JSONEncodeError:
+            return _built(patient_id, resources)
+        return ResourcesRead(patient_id, f"Patient/{patient_id}", text)
+
     async def _read_record(self, patient_id: str) -> PatientRecord:
+        return _built(patient_id, await self._checked_resources(patient_id))
+
+    async def _checked_resources(self, patient_id: str) -> list[Mapping[str, Any]]:
+        """The record's resources, every one of them this patient's."""
         if not FHIR_ID.fullmatch(patient_id):
             raise PatientReadError(patient_id, f"{patient_id!r} is not a valid FHIR id")
         where = f"Patient/{patient_id}"
@@ -594,10 +613,7 @@ class HttpSource:
         if foreign is not None:
             raise PatientReadError(patient_id, f"{where}: {foreign}; this record is not used "
                                    "(another patient's data must never be planned)")
-        try:
-            return build_record(resources)
-        except RecordError as exc:
-            raise PatientReadError(patient_id, f"{where}: {exc}") from None
+        return resources
 
     async def _record_resources(self, patient_id: str) -> list[Mapping[str, Any]]:
         """The record's resources: revalidated from the cache, else by one batch, else by
@@ -1088,6 +1104,13 @@ def _json_object(response: httpx.Response, base: httpx.URL) -> dict[str, Any]:
                             f"object ({content_type}, {len(response.content)} bytes)",
                             status=response.status_code)
     return body
+
+
+def _built(patient_id: str, resources: list[Mapping[str, Any]]) -> PatientRecord:
+    try:
+        return build_record(resources)
+    except RecordError as exc:
+        raise PatientReadError(patient_id, f"Patient/{patient_id}: {exc}") from None
 
 
 def _not_of_patient(resources: Sequence[Mapping[str, Any]], patient_id: str,
