@@ -13,7 +13,9 @@ millisecond, far less than planning it), or, from a source of local files, only 
 it (`RecordLoader`: the worker reads and builds the record itself, so that this work is
 spread over the cores too), and small per-visit jobs; the rule set and the
 settings go once, when the pool starts. What comes back is each visit's plan, its
-transaction Bundle and its rendered text: never the record.
+transaction Bundle and its rendered text: never the record. It comes back in a file
+(previsit.answers), the pool's pipe carrying only its name, so that a worker killed while
+answering cannot leave the pool waiting for the rest of an answer forever.
 
 Failure boundaries stay as in-process: an exception planning one visit fails that visit
 (`plan_patient` catches it); a worker process that dies (killed, out of memory, a crash
@@ -37,6 +39,7 @@ from datetime import date
 from multiprocessing import forkserver
 from typing import Any, Protocol
 
+from previsit import answers
 from previsit import timeline as tl
 from previsit.errors import ProposalError, SourceError
 from previsit.evaluate import Settings, evaluate
@@ -199,12 +202,16 @@ _WORKER_CONTEXT: PlanContext | None = None
 START_METHOD = "forkserver"
 
 
-def _start_worker(ctx: PlanContext) -> None:
-    global _WORKER_CONTEXT
+_WORKER_ANSWERS: str | None = None  # where the worker puts its answers (previsit.answers)
+
+
+def _start_worker(ctx: PlanContext, answers: str | None = None) -> None:
+    global _WORKER_CONTEXT, _WORKER_ANSWERS
     # What the worker starts with (previsit, the rule set) lives as long as it does: frozen,
     # the collector never walks it again (nor copies a page shared with the fork server).
     gc.freeze()
     _WORKER_CONTEXT = ctx
+    _WORKER_ANSWERS = answers
 
 
 def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
@@ -216,6 +223,12 @@ def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
     # time on Synthea). A cycle left behind is collected once the patient is done.
     with collector_paused():
         return read_and_plan(what, jobs, _WORKER_CONTEXT)
+
+
+def _in_worker_answer(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]) -> str:
+    """`_in_worker`, its answer handed over in a file (previsit.answers): its path."""
+    assert _WORKER_ANSWERS is not None, "the worker was started without its answers folder"
+    return answers.put(_in_worker(what, jobs), _WORKER_ANSWERS)
 
 
 def pool_size(requested: int | None, visits: int) -> int:
@@ -260,9 +273,11 @@ class Planner:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0  # which pool a broken future came from
+        self._answers: str | None = None  # the workers' answers folder (previsit.answers)
 
     async def __aenter__(self) -> Planner:
         if self.processes:
+            self._answers = answers.folder()
             self._pool = self._new_pool(self.processes)
             log.info("planning in %d worker processes", self.processes)
         return self
@@ -271,10 +286,21 @@ class Planner:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._answers is not None:
+            answers.remove(self._answers)
+            self._answers = None
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(workers, mp_context=pool_context(),
-                                   initializer=_start_worker, initargs=(self.ctx,))
+                                   initializer=_start_worker,
+                                   initargs=(self.ctx, self._answers))
+
+    async def _run(self, pool: ProcessPoolExecutor, record: PatientRecord | RecordLoader,
+                   jobs: Sequence[VisitJob]) -> list[VisitDone] | str:
+        path = await asyncio.get_running_loop().run_in_executor(
+            pool, _in_worker_answer, record, jobs)
+        done: list[VisitDone] | str = answers.take(path)
+        return done
 
     @property
     def pooled(self) -> bool:
@@ -287,9 +313,8 @@ class Planner:
         if self._pool is None:
             return read_and_plan(record, jobs, self.ctx)
         pool, generation = self._pool, self._generation
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, _in_worker, record, jobs)
+            return await self._run(pool, record, jobs)
         except BrokenProcessPool:
             # A worker died: every patient in flight in that pool lands here. Replace the
             # pool (once), then plan this patient again alone, so that only a patient who
@@ -306,8 +331,7 @@ class Planner:
                      ) -> list[VisitDone] | str:
         single = self._new_pool(1)
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                single, _in_worker, record, jobs)
+            return await self._run(single, record, jobs)
         except BrokenProcessPool:
             log.warning("planning a patient ended its worker process: its %d visit(s) "
                         "failed", len(jobs))

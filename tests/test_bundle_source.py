@@ -439,23 +439,38 @@ def test_a_large_folder_is_scanned_by_worker_processes_with_the_same_result(
     assert pooled._appointments.tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("when", ["scanning", "answering", "no room to answer"])
 def test_a_worker_that_dies_while_scanning_costs_no_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        when: str) -> None:
     _mixed_folder(tmp_path)
     alone = BundleSource(tmp_path, processes=0)
     alone.load()
-    parent, real = os.getpid(), bundles.scan_files
+    parent = os.getpid()
+    if when == "scanning":
+        real_scan = bundles.scan_files
 
-    def dying(paths: Any) -> Any:  # in a worker, as if killed (out of memory)
-        if os.getpid() != parent:
+        def dying_scan(paths: Any) -> Any:  # in a worker, as if killed (out of memory)
+            if os.getpid() != parent:
+                os._exit(9)
+            return real_scan(paths)
+
+        monkeypatch.setattr(bundles, "scan_files", dying_scan)
+    else:
+        real_answer = bundles.scans_answer
+
+        def dying_answer(paths: Any, into: str) -> Any:  # killed with its answer written
+            if when == "no room to answer":  # the worker lives; its answer is lost
+                raise OSError(28, "No space left on device")
+            real_answer(paths, into)
             os._exit(9)
-        return real(paths)
 
-    dying.__module__, dying.__qualname__ = real.__module__, real.__qualname__
-    # Forked workers see this module's patched scan_files (a fork server's would not).
+        # the task is named by reference: the forked worker finds this one by that name
+        dying_answer.__module__, dying_answer.__qualname__ = \
+            real_answer.__module__, real_answer.__qualname__
+        monkeypatch.setattr(bundles, "scans_answer", dying_answer)
+    # Forked workers see this module's patches (a fork server's would not).
     monkeypatch.setattr(bundles, "pool_context", lambda: multiprocessing.get_context("fork"))
-    monkeypatch.setattr(bundles, "scan_files", dying)
     monkeypatch.setattr(bundles, "_CHUNK_BYTES", 1)
     monkeypatch.setattr(bundles, "_POOL_MIN_CHUNKS", 2)
     monkeypatch.setattr(bundles, "ProcessPoolExecutor", _CountingPool)
@@ -464,8 +479,48 @@ def test_a_worker_that_dies_while_scanning_costs_no_file(
     pooled = BundleSource(tmp_path, processes=2)
     with caplog.at_level(logging.WARNING, logger="previsit.sources.bundles"):
         pooled.load()
-    assert _CountingPool.done and not any(_CountingPool.done)  # every worker task died
+    assert _CountingPool.done and not any(_CountingPool.done)  # every worker task failed
+    assert _state(pooled) == _state(alone)
+    assert [r.getMessage() for r in caplog.records] == ([] if when == "no room to answer" else [
+        "a worker process reading the bundle folder died; the files it held are read in "
+        "this process"])
+
+
+class _NoPool:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError("no semaphores here")
+
+
+def test_a_pool_that_cannot_be_made_leaves_the_scan_to_the_run_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _mixed_folder(tmp_path)
+    alone = BundleSource(tmp_path, processes=0)
+    alone.load()
+    monkeypatch.setattr(bundles, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bundles, "_POOL_MIN_CHUNKS", 2)
+    monkeypatch.setattr(bundles, "ProcessPoolExecutor", _NoPool)
+    pooled = BundleSource(tmp_path, processes=2)
+    with caplog.at_level(logging.WARNING, logger="previsit.sources.bundles"):
+        pooled.load()
     assert _state(pooled) == _state(alone)
     assert [r.getMessage() for r in caplog.records] == [
-        "a worker process reading the bundle folder died; the files it held are read in "
-        "this process"]
+        "worker processes could not be started; the bundle folder is read in this process"]
+
+
+def test_a_medication_reference_that_is_not_a_string_costs_one_resource_not_the_folder(
+        tmp_path: Path) -> None:
+    order = {"resourceType": "MedicationRequest", "id": "mr", "status": "active",
+             "intent": "order", "subject": {"reference": "urn:uuid:a"},
+             "medicationReference": {"reference": ["x"]}, "authoredOn": "2026-01-01",
+             "identifier": 5}  # nor is this identifier a list: not one to match
+    write(tmp_path, "a.json", {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:a", "resource": patient(pid="A")}, {"resource": order}]})
+    write(tmp_path, "b.json", {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:a", "resource": patient(pid="A")}, {"resource": order}]})
+    source = BundleSource(tmp_path)
+    record = asyncio.run(source.patient_record("A"))
+    assert record.patient.id == "A"
+    assert source._identifiers == {}
+    assert [(Path(p.where).name, p.message.split(" also ")[0]) for p in source.problems()] \
+        == [("b.json entry[0]", "Patient/A"), ("b.json entry[1]", "MedicationRequest/mr")]

@@ -51,6 +51,7 @@ from pathlib import Path
 from threading import Thread
 from typing import Any, NamedTuple
 
+from previsit import answers
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.jsonio import collector_paused
@@ -113,7 +114,7 @@ def _place(resource: dict[str, Any], aliases: Mapping[str, str]) -> _Placed:
         return _Placed(resource, problem=f"{rtype}/{rid} has no Patient subject; skipped")
     if aliases and isinstance(resource.get("medicationReference"), dict):
         ref = resource["medicationReference"].get("reference")
-        if ref in aliases:
+        if isinstance(ref, str) and ref in aliases:
             resource = {**resource, "medicationReference": {
                 **resource["medicationReference"], "reference": aliases[ref]}}
     return _Placed(resource, owner=patient)
@@ -345,9 +346,15 @@ def _identifiers(resource: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, str
 
 
 def scan_files(paths: Sequence[Path]) -> list[FileScan]:
-    """`scan_file` of each (the task of a worker process)."""
+    """`scan_file` of each."""
     with collector_paused():
         return [scan_file(path) for path in paths]
+
+
+def scans_answer(paths: Sequence[Path], into: str) -> str:
+    """`scan_files`, as a worker's task: its answer handed over in a file
+    (previsit.answers; a chunk's scans are hundreds of kilobytes)."""
+    return answers.put(scan_files(paths), into)
 
 
 # A worker's task: files adding up to about this many bytes (a few Synthea patients), so
@@ -376,18 +383,24 @@ def _scan_files(paths: Sequence[Path], processes: int | None) -> Iterator[FileSc
     previsit.workers.pool_size gives for `processes`) while this process merges the scans:
     the first files here while the workers start (a fork server still importing previsit
     would hold this process up), then each task in turn from the pool, or here when no
-    worker has taken it yet. A worker that dies (killed, out of memory) costs no file: what
-    the pool did not return is read here."""
+    worker has taken it yet. A pool that cannot start, or a worker that dies (killed, out
+    of memory), costs no file: what the pool did not return is read here."""
     chunks = _chunks(paths)
     workers = pool_size(processes, POOL_MIN_VISITS) if len(chunks) >= _POOL_MIN_CHUNKS else 0
     if not workers:
         yield from (scan_file(path) for path in paths)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=pool_context())
+    later = iter(chunks)
+    pending: deque[tuple[list[Path], Future[str] | None]] = deque()
+    handed = answers.folder()
+    pool: ProcessPoolExecutor | None = None
+    starter: Thread | None = None
     started: list[bool] = []
+    alive = True  # until the pool breaks
 
     def start() -> None:  # returns when the workers run
         try:
+            assert pool is not None
             pool.submit(int).result()
         except Exception:
             log.warning("worker processes could not be started; the bundle folder is "
@@ -395,12 +408,6 @@ def _scan_files(paths: Sequence[Path], processes: int | None) -> Iterator[FileSc
             started.append(False)
         else:
             started.append(True)
-
-    starter = Thread(target=start, name="previsit-scan-start", daemon=True)
-    starter.start()
-    later = iter(chunks)
-    pending: deque[tuple[list[Path], Future[list[FileScan]] | None]] = deque()
-    alive = True  # until the pool breaks
 
     def broken() -> None:
         nonlocal alive
@@ -414,19 +421,29 @@ def _scan_files(paths: Sequence[Path], processes: int | None) -> Iterator[FileSc
         if chunk is None:
             return
         future = None
-        if alive:
+        if alive and pool is not None:
             try:
-                future = pool.submit(scan_files, chunk)
+                future = pool.submit(scans_answer, chunk, handed)
             except BrokenProcessPool:
                 broken()
         pending.append((chunk, future))
 
     try:
-        while starter.is_alive() and (chunk := next(later, None)) is not None:
-            yield from scan_files(chunk)
-        starter.join()
-        alive = started == [True]
-        for _ in range(4 * workers):
+        try:
+            pool = ProcessPoolExecutor(workers, mp_context=pool_context())
+            starter = Thread(target=start, name="previsit-scan-start", daemon=True)
+            starter.start()
+        except Exception:  # no semaphores, no processes: read here
+            log.warning("worker processes could not be started; the bundle folder is read "
+                        "in this process", exc_info=True)
+            alive = False
+        while starter is not None and starter.is_alive():
+            first = next(later, None)
+            if first is None:
+                return  # every file was read here while the workers started
+            yield from scan_files(first)
+        alive = alive and started == [True]
+        for _ in range(2 * workers + 2):
             submit()
         while pending:
             chunk, future = pending.popleft()
@@ -434,12 +451,18 @@ def _scan_files(paths: Sequence[Path], processes: int | None) -> Iterator[FileSc
             scans = None
             if future is not None and not future.cancel():
                 try:
-                    scans = future.result()
+                    scans = answers.take(future.result())
                 except BrokenProcessPool:
                     broken()
+                except Exception:  # the worker's answer not handed over (no room): here
+                    log.debug("a worker's scan of %d file(s) is read again here", len(chunk),
+                              exc_info=True)
             yield from scans if scans is not None else scan_files(chunk)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            # Not waited for while still starting (every file was read here meanwhile).
+            pool.shutdown(wait=starter is None or not starter.is_alive(), cancel_futures=True)
+        answers.remove(handed)
 
 
 class BundleSource:
