@@ -37,7 +37,6 @@ concurrently (the scan itself is guarded by a lock).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -55,6 +54,7 @@ from previsit import answers
 from previsit.appointments import in_window, sort_visits, visit_from_appointment
 from previsit.errors import AppointmentError, PatientReadError, RecordError, SourceError
 from previsit.jsonio import collector_paused
+from previsit.memory import give_back
 from previsit.plan import Visit
 from previsit.record import RECORD_SEARCHES, PatientRecord, build_record
 from previsit.references import patient_id
@@ -205,12 +205,16 @@ class _Seen:
 
     _LOAD = 2 / 3  # the table doubles when fuller than this
 
-    def __init__(self, files: Sequence[Path]) -> None:
+    def __init__(self, files: Sequence[Path], expected: int = 0) -> None:
+        """`expected`: about how many resources the files hold. The table starts large
+        enough for them: growing it at the end holds the old table and the new at once
+        (48 MB for the 2 million resources of 10,000 Synthea patients, where 32 suffice)."""
         self._files = files
         self._file_bits = max(1, len(files).bit_length())
-        self._table = array("Q", [0]) * (1 << 12)
-        # A tag's probe starts at its top bits: 64 - file bits wide, 12 of them at first.
-        self._shift = 64 - self._file_bits - 12
+        bits = max(12, int(expected / self._LOAD).bit_length())
+        self._table = array("Q", [0]) * (1 << bits)
+        # A tag's probe starts at its top bits: 64 - file bits wide, `bits` of them at first.
+        self._shift = 64 - self._file_bits - bits
         self._count = 0
         self._items: dict[int, dict[str, tuple[int, str]]] = {}  # file -> key -> first
         self.digest: Callable[[str], int] = hash
@@ -353,8 +357,12 @@ def scan_files(paths: Sequence[Path]) -> list[FileScan]:
 
 def scans_answer(paths: Sequence[Path], into: str) -> str:
     """`scan_files`, as a worker's task: its answer handed over in a file
-    (previsit.answers; a chunk's scans are hundreds of kilobytes)."""
-    return answers.put(scan_files(paths), into)
+    (previsit.answers; a chunk's scans are hundreds of kilobytes). What parsing the files
+    took is given back to the system after each task (glibc keeps it otherwise: tens of MB
+    a worker, alive beside the run's own peak while it reads the day's appointments)."""
+    path = answers.put(scan_files(paths), into)
+    give_back()
+    return path
 
 
 # A worker's task: files adding up to about this many bytes (a few Synthea patients), so
@@ -365,27 +373,39 @@ _CHUNK_BYTES = 2 << 20
 _POOL_MIN_CHUNKS = 8
 
 
-def _chunks(paths: Sequence[Path]) -> list[list[Path]]:
+# FHIR JSON holds about a resource a kilobyte (Synthea: 960 bytes): what the duplicate
+# index is sized by.
+_BYTES_PER_RESOURCE = 1024
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # scan_file says what is wrong with it
+
+
+def _chunks(paths: Sequence[Path], sizes: Sequence[int]) -> list[list[Path]]:
     chunks: list[list[Path]] = [[]]
     size = 0
-    for path in paths:
+    for path, file_size in zip(paths, sizes, strict=True):
         if size >= _CHUNK_BYTES:
             chunks.append([])
             size = 0
         chunks[-1].append(path)
-        with contextlib.suppress(OSError):  # scan_file says what is wrong with it
-            size += path.stat().st_size
+        size += file_size
     return [chunk for chunk in chunks if chunk]
 
 
-def _scan_files(paths: Sequence[Path], processes: int | None) -> Iterator[FileScan]:
+def _scan_files(paths: Sequence[Path], sizes: Sequence[int], processes: int | None
+                ) -> Iterator[FileScan]:
     """Every file's scan, in order. A large folder is read by worker processes (as many as
     previsit.workers.pool_size gives for `processes`) while this process merges the scans:
     the first files here while the workers start (a fork server still importing previsit
     would hold this process up), then each task in turn from the pool, or here when no
     worker has taken it yet. A pool that cannot start, or a worker that dies (killed, out
     of memory), costs no file: what the pool did not return is read here."""
-    chunks = _chunks(paths)
+    chunks = _chunks(paths, sizes)
     workers = pool_size(processes, POOL_MIN_VISITS) if len(chunks) >= _POOL_MIN_CHUNKS else 0
     if not workers:
         yield from (scan_file(path) for path in paths)
@@ -501,9 +521,11 @@ class BundleSource:
             if not self.folder.is_dir():
                 raise SourceError(f"{self.folder}: bundle folder does not exist")
             self._files = folder_files(self.folder)
-            seen = _Seen(self._files)
+            sizes = [_size(path) for path in self._files]
+            seen = _Seen(self._files, expected=sum(sizes) // _BYTES_PER_RESOURCE)
             with collector_paused():
-                for number, scan in enumerate(_scan_files(self._files, self.processes)):
+                for number, scan in enumerate(_scan_files(self._files, sizes,
+                                                          self.processes)):
                     self._merge(number, scan, seen)
             self._loaded = True
 
