@@ -276,13 +276,19 @@ class VisitPlan:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass type (looked up once), None for any other type."""
+    names = _FIELD_NAMES.get(kind)
+    if names is None and is_dataclass(kind):
+        names = _FIELD_NAMES.setdefault(kind, tuple(f.name for f in fields(kind)))
+    return names
+
+
 def _encode(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is int or kind is float or kind is bool or value is None:
         return value
-    names = _FIELD_NAMES.get(kind)
-    if names is None and is_dataclass(kind):
-        names = _FIELD_NAMES.setdefault(kind, tuple(f.name for f in fields(kind)))
+    names = _field_names(kind)
     if names is not None:
         return {name: _encode(getattr(value, name)) for name in names}
     if isinstance(value, (datetime, date)):
@@ -309,9 +315,7 @@ def json_default(value: Any) -> Any:
     `dumps(to_json(plan))` without building the dicts first (a tenth of the Python calls):
     a dataclass's fields, a date's isoformat, a subclass (an enum) as its base value."""
     kind = type(value)
-    names = _FIELD_NAMES.get(kind)
-    if names is None and is_dataclass(kind):
-        names = _FIELD_NAMES.setdefault(kind, tuple(f.name for f in fields(kind)))
+    names = _field_names(kind)
     if names is not None:
         return {name: getattr(value, name) for name in names}
     if isinstance(value, (datetime, date)):

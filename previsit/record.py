@@ -694,7 +694,14 @@ class ResourcesRead:
     text: bytes  # the resources, a JSON array
 
     def load(self) -> PatientRecord:
-        try:
-            return build_record(loads(self.text))
-        except RecordError as exc:
-            raise PatientReadError(self.patient_id, f"{self.where}: {exc}") from None
+        return build_patient_record(self.patient_id, loads(self.text), self.where)
+
+
+def build_patient_record(patient_id: str, resources: Iterable[JSON], where: str
+                         ) -> PatientRecord:
+    """`build_record` of what a source read for one patient: a record that cannot be built
+    fails that patient (PatientReadError, the reason after `where`)."""
+    try:
+        return build_record(resources)
+    except RecordError as exc:
+        raise PatientReadError(patient_id, f"{where}: {exc}") from None

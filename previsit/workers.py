@@ -205,30 +205,27 @@ START_METHOD = "forkserver"
 _WORKER_ANSWERS: str | None = None  # where the worker puts its answers (previsit.answers)
 
 
-def _start_worker(ctx: PlanContext, answers: str | None = None) -> None:
+def _start_worker(ctx: PlanContext, answers_folder: str) -> None:
     global _WORKER_CONTEXT, _WORKER_ANSWERS
     # What the worker starts with (previsit, the rule set) lives as long as it does: frozen,
     # the collector never walks it again (nor copies a page shared with the fork server).
     gc.freeze()
     _WORKER_CONTEXT = ctx
-    _WORKER_ANSWERS = answers
+    _WORKER_ANSWERS = answers_folder
 
 
-def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]
-               ) -> list[VisitDone] | str:
-    assert _WORKER_CONTEXT is not None, "the worker was started without its context"
+def _in_worker(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]) -> str:
+    """`read_and_plan` in a worker; its answer handed over in a file (previsit.answers):
+    the file's path."""
+    assert _WORKER_CONTEXT is not None and _WORKER_ANSWERS is not None, \
+        "the worker was started without its context"
     # The collector rests while one patient is read and planned: nearly everything made
     # then is dropped when the patient is done, and what it would have walked meanwhile is
     # the patient's parsed files and record, again and again (measured: 10 % of a worker's
     # time on Synthea). A cycle left behind is collected once the patient is done.
     with collector_paused():
-        return read_and_plan(what, jobs, _WORKER_CONTEXT)
-
-
-def _in_worker_answer(what: PatientRecord | RecordLoader, jobs: Sequence[VisitJob]) -> str:
-    """`_in_worker`, its answer handed over in a file (previsit.answers): its path."""
-    assert _WORKER_ANSWERS is not None, "the worker was started without its answers folder"
-    return answers.put(_in_worker(what, jobs), _WORKER_ANSWERS)
+        done = read_and_plan(what, jobs, _WORKER_CONTEXT)
+    return answers.put(done, _WORKER_ANSWERS)
 
 
 def pool_size(requested: int | None, visits: int) -> int:
@@ -291,6 +288,7 @@ class Planner:
             self._answers = None
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        assert self._answers is not None, "a pool is made only inside the context"
         return ProcessPoolExecutor(workers, mp_context=pool_context(),
                                    initializer=_start_worker,
                                    initargs=(self.ctx, self._answers))
@@ -298,7 +296,7 @@ class Planner:
     async def _run(self, pool: ProcessPoolExecutor, record: PatientRecord | RecordLoader,
                    jobs: Sequence[VisitJob]) -> list[VisitDone] | str:
         path = await asyncio.get_running_loop().run_in_executor(
-            pool, _in_worker_answer, record, jobs)
+            pool, _in_worker, record, jobs)
         done: list[VisitDone] | str = answers.take(path)
         return done
 

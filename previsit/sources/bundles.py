@@ -415,19 +415,20 @@ def _scan_files(paths: Sequence[Path], sizes: Sequence[int], processes: int | No
     handed = answers.folder()
     pool: ProcessPoolExecutor | None = None
     starter: Thread | None = None
-    started: list[bool] = []
-    alive = True  # until the pool breaks
+    alive = True  # until the pool breaks (read only once `starter` has ended)
+
+    def not_started() -> None:
+        nonlocal alive
+        log.warning("worker processes could not be started; the bundle folder is read in "
+                    "this process", exc_info=True)
+        alive = False
 
     def start() -> None:  # returns when the workers run
         try:
             assert pool is not None
             pool.submit(int).result()
         except Exception:
-            log.warning("worker processes could not be started; the bundle folder is "
-                        "read in this process", exc_info=True)
-            started.append(False)
-        else:
-            started.append(True)
+            not_started()
 
     def broken() -> None:
         nonlocal alive
@@ -454,15 +455,12 @@ def _scan_files(paths: Sequence[Path], sizes: Sequence[int], processes: int | No
             starter = Thread(target=start, name="previsit-scan-start", daemon=True)
             starter.start()
         except Exception:  # no semaphores, no processes: read here
-            log.warning("worker processes could not be started; the bundle folder is read "
-                        "in this process", exc_info=True)
-            alive = False
+            not_started()
         while starter is not None and starter.is_alive():
             first = next(later, None)
             if first is None:
                 return  # every file was read here while the workers started
             yield from scan_files(first)
-        alive = alive and started == [True]
         for _ in range(2 * workers + 2):
             submit()
         while pending:
@@ -532,7 +530,8 @@ class BundleSource:
     def _merge(self, number: int, scan: FileScan, seen: _Seen) -> None:
         """Index one file's scan, in file order: a resource met before is set aside (the
         first one is used); what the file's other resources bring is kept."""
-        owned: dict[str, list[dict[str, Any] | None]] = {}  # patient id -> resources, here
+        # patient id -> its resources here (sent by the scan only for a shared file)
+        owned: dict[str, list[dict[str, Any]]] = {}
         for position, item in enumerate(scan.items):
             kind, key = item[0], item[1]
             if kind in (_UNREADABLE, _BAD_ID):
@@ -559,7 +558,9 @@ class BundleSource:
                     self._problem(scan.where(position), problem)
                 if owner is None:
                     continue
-                owned.setdefault(owner, []).append(resource)
+                mine = owned.setdefault(owner, [])
+                if resource is not None:
+                    mine.append(resource)
                 if wanted:
                     self._wanted.setdefault(owner, set()).update(wanted)
                 if identifiers:
@@ -569,7 +570,7 @@ class BundleSource:
         for owner, resources in owned.items():
             self._patient_files.setdefault(owner, []).append(number)
             if len(owned) > 1:  # the scan sent a shared file's resources: held for the run
-                self._held[(number, owner)] = tuple(r for r in resources if r is not None)
+                self._held[(number, owner)] = tuple(resources)
 
     def record_loader(self, patient_id: str) -> RecordLoader:
         """What reading `patient_id`'s record needs (the folder is scanned first)."""

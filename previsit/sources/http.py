@@ -58,7 +58,6 @@ from previsit.config import AuthConfig, Config, SourceConfig, requested_scope
 from previsit.errors import (
     AppointmentError,
     PatientReadError,
-    RecordError,
     RequestFailed,
     SourceError,
     WriteError,
@@ -66,7 +65,12 @@ from previsit.errors import (
 from previsit.jsonio import object_or_none
 from previsit.operation_outcome import describe_failure, describe_outcome, redacted_target
 from previsit.plan import Visit
-from previsit.record import RECORD_SEARCHES, PatientRecord, ResourcesRead, build_record
+from previsit.record import (
+    RECORD_SEARCHES,
+    PatientRecord,
+    ResourcesRead,
+    build_patient_record,
+)
 from previsit.references import patient_id as patient_of_reference
 from previsit.sources import SourceProblem, VisitWindow, WriteResult
 from previsit.sources.bodies import ACCEPT_ENCODING, capped_send
@@ -594,11 +598,12 @@ class HttpSource:
         try:
             text = orjson.dumps(resources)
         except orjson.JSONEncodeError:
-            return _built(patient_id, resources)
+            return build_patient_record(patient_id, resources, f"Patient/{patient_id}")
         return ResourcesRead(patient_id, f"Patient/{patient_id}", text)
 
     async def _read_record(self, patient_id: str) -> PatientRecord:
-        return _built(patient_id, await self._checked_resources(patient_id))
+        return build_patient_record(patient_id, await self._checked_resources(patient_id),
+                                    f"Patient/{patient_id}")
 
     async def _checked_resources(self, patient_id: str) -> list[Mapping[str, Any]]:
         """The record's resources, every one of them this patient's."""
@@ -1104,13 +1109,6 @@ def _json_object(response: httpx.Response, base: httpx.URL) -> dict[str, Any]:
                             f"object ({content_type}, {len(response.content)} bytes)",
                             status=response.status_code)
     return body
-
-
-def _built(patient_id: str, resources: list[Mapping[str, Any]]) -> PatientRecord:
-    try:
-        return build_record(resources)
-    except RecordError as exc:
-        raise PatientReadError(patient_id, f"Patient/{patient_id}: {exc}") from None
 
 
 def _not_of_patient(resources: Sequence[Mapping[str, Any]], patient_id: str,

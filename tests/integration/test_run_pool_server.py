@@ -18,11 +18,11 @@ import pytest
 from builders import shipped_rules
 from fhirserver import FhirTestServer, fhir_test_server
 
+from previsit import record as record_module
 from previsit.config import AuthConfig, Config, SourceConfig
 from previsit.record import PatientRecord
 from previsit.run import RunOptions, RunResult, run_to_folder
 from previsit.sources import VisitWindow
-from previsit.sources import http as http_source
 from previsit.sources.http import HttpSource
 
 pytestmark = pytest.mark.integration
@@ -43,14 +43,14 @@ def plan_day(server: FhirTestServer, out: Path, processes: int,
              monkeypatch: pytest.MonkeyPatch) -> tuple[RunResult, int]:
     """The day planned (a dry run); how many records the run's process built."""
     built: list[str] = []
-    real = http_source.build_record
+    real = record_module.build_record
 
     def counted(resources: Any) -> PatientRecord:
         record = real(resources)
         built.append(record.patient.id)
         return record
 
-    monkeypatch.setattr(http_source, "build_record", counted)
+    monkeypatch.setattr(record_module, "build_record", counted)
 
     async def go() -> RunResult:
         source = HttpSource.from_config(SourceConfig(kind="fhir", base_url=server.base_url),
