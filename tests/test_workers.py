@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from builders import shipped_rules
 
+from previsit import answers, workers
 from previsit import timeline as tl
-from previsit import workers
 from previsit.config import Config
 from previsit.errors import SourceError
 from previsit.evaluate import Settings
@@ -73,9 +73,10 @@ def test_a_pool_gives_run_day_the_same_day_plan() -> None:
     assert list(pooled.bundles) == list(alone.bundles)  # in the day's order
 
 
+@pytest.mark.parametrize("when", ["planning", "answering"])
 def test_a_worker_that_dies_fails_only_the_patient_it_was_planning(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = workers.evaluate
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    real, real_put = workers.evaluate, answers.put
     victim: dict[str, str] = {}
 
     def evaluate(record: Any, ruleset: Any, visit: Any, settings: Any) -> VisitPlan:
@@ -83,11 +84,22 @@ def test_a_worker_that_dies_fails_only_the_patient_it_was_planning(
             os._exit(9)  # the worker process dies as an out-of-memory kill would end it
         return real(record, ruleset, visit, settings)
 
-    # worker processes forked from the run plan with this evaluate
+    def put(answer: Any, into: str) -> str:  # dies with its answer (tens of KB) written
+        path = real_put(answer, into)
+        if isinstance(answer, list) and any(d.plan.visit.appointment_id == WHITEHORSE
+                                            for d in answer):
+            os._exit(9)
+        return path
+
+    # worker processes forked from the run plan with these
     monkeypatch.setattr(workers, "START_METHOD", "fork")
-    monkeypatch.setattr(workers, "evaluate", evaluate)
+    if when == "planning":
+        monkeypatch.setattr(workers, "evaluate", evaluate)
+    else:
+        monkeypatch.setattr(answers, "put", put)
     result = to_folder(tmp_path / "crashed", 2)
     monkeypatch.setattr(workers, "evaluate", real)
+    monkeypatch.setattr(answers, "put", real_put)
     to_folder(tmp_path / "whole", 0)
 
     assert result.exit_code == EXIT_PARTIAL
